@@ -1,0 +1,1 @@
+"""The graph compiler: quantized model -> networkx graph -> passes -> Program."""

@@ -1,0 +1,1 @@
+"""FPGA flow: generated Verilog -> Yosys + nextpnr -> resources, Fmax, bitstreams."""

@@ -1,0 +1,93 @@
+"""The ``qaccel`` command. Library code raises; only this module prints errors and exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qaccel import __version__, config, formats
+
+
+def _number(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def cmd_formats(args: argparse.Namespace) -> None:
+    rows = []
+    for f in formats.FORMATS.values():
+        rows.append(
+            [
+                f.name,
+                str(f.bits),
+                f.kind,
+                _number(f.min_value),
+                _number(f.max_value),
+                _number(f.smallest_positive),
+                f.specials(),
+            ]
+        )
+    print(_table(["format", "bits", "kind", "min", "max", "min > 0", "special values"], rows))
+    print()
+    mx_rows = [
+        [m.name, m.element.name, str(m.block), str(m.element_emax), f"{m.bits_per_element:g}"]
+        for m in formats.MX_FORMATS.values()
+    ]
+    print(_table(["MX format", "element", "block", "element emax", "bits/element"], mx_rows))
+    print(f"\nscale: e8m0 per block. Rounding everywhere: {formats.ROUNDING}; encoding saturates.")
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    print(config.dump_toml(config.load_config(args.file)), end="")
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from qaccel import toolchain
+
+    status = toolchain.check_tools()
+    print(
+        _table(
+            ["tool", "ok", "version / problem"],
+            [[t.name, "yes" if t.ok else "NO", t.detail] for t in status],
+        )
+    )
+    missing = [t.name for t in status if not t.ok]
+    if missing:
+        raise OSError(f"not working: {', '.join(missing)} (run 'make setup')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qaccel",
+        description="Design quantized neural-network accelerators: number formats, "
+        "configurations, hardware generation, compilation and simulation.",
+    )
+    parser.add_argument("--version", action="version", version=f"qaccel {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("formats", help="list every number format: bits, range, special values")
+    p.set_defaults(func=cmd_formats)
+    p = sub.add_parser("doctor", help="check that every external tool runs (warms their caches)")
+    p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("config", help="validate a configuration and print it in normal form")
+    p.add_argument("file", help="a TOML configuration, e.g. configs/edge.toml")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, OSError) as e:
+        print(f"qaccel: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
