@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qaccel import formats
+from qaccel import formats, modes
 
 __all__ = [
     "AcceleratorConfig",
@@ -105,6 +105,10 @@ class ArrayConfig:
             if mode in seen:
                 raise ConfigError(f"modes[{i}]", f"{mode} is listed twice")
             seen.add(mode)
+            try:  # the PE supports this pair (qaccel.modes says why not)
+                modes.mode_spec(mode.weight, mode.activation, rows=self.rows, acc_bits=32)
+            except ValueError as e:
+                raise ConfigError(f"modes[{i}]", f"{mode}: {e}") from None
         _check_int("acc_bits", self.acc_bits, 8, 64)
         # Integer modes accumulate in acc_bits; it must at least hold one exact product.
         for i, mode in enumerate(self.modes):

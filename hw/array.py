@@ -1,0 +1,324 @@
+"""The systolic array: rows x cols PEs with skewed edges and stream interfaces.
+
+Streams (all payloads are ``lib.data`` layouts; ``ArrayLayout`` element 0 sits in the LSBs):
+
+- ``w``: one weight word per column and the mode of the whole transfer. A word holds
+  ``ModeSpec.lanes`` codes (``qaccel.modes.pack_lanes``).
+- ``a``: one activation word per row, and ``last``.
+- ``o``: one accumulator per column (two's complement, in units of 2**-frac_bits of the
+  mode), and ``invalid`` per column (a NaN, inf or NaR joined the sum). ``o`` is never stalled:
+  whoever consumes it must always take it (the memories behind it do).
+
+Each operand is decoded once, at the edge (``hw.operands``), registered, skewed (row r by r
+cycles, column c by c cycles) and then passed PE to PE through registers. The bottom row's
+partial sums are de-skewed (column c delayed by cols-1-c), so a result row leaves in one beat.
+
+**Weight-stationary** (``dataflow`` = 0). A matrix W (K x cols, K = lanes * rows) is loaded as
+``rows`` ``w`` beats, bottom row first (beat i holds the words of PE row rows-1-i); the beats
+shift down the weight chain, and the last one latches the whole chain into one of two banks.
+Then every ``a`` beat (one row of the left matrix, K codes) yields one ``o`` beat, its dot
+products with the columns of W; the beat with ``last`` retires the bank. The other bank loads
+meanwhile, so tiles follow each other without a bubble as long as a tile has at least rows
+activation beats. Latency: an ``a`` beat accepted in cycle t gives its ``o`` beat in cycle
+t + rows + cols.
+
+**Output-stationary** (``dataflow`` = 1). ``w`` and ``a`` are joined: each step carries one
+k-slice (``lanes`` values of k) of W (per column) and of A (per row); each PE accumulates
+C[r, c]. The step with ``last`` ends a tile; its rows leave as rows consecutive ``o`` beats, row r
+in cycle t_last + rows + cols + 1 + r, while the next tile accumulates. Tiles must be at least
+``rows`` steps long (shorter ones stall until then).
+
+Change ``dataflow`` only while ``busy`` is low.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.operands import ScalarDecoder
+from hw.pe import PE, Datapath
+from qaccel import config as qconfig
+from qaccel.modes import ModeSpec, mode_spec
+
+__all__ = ["SystolicArray", "array_modes"]
+
+DATAFLOWS = ("ws", "os", "both")
+
+
+def array_modes(cfg: qconfig.ArrayConfig) -> tuple[ModeSpec, ...]:
+    """The ModeSpecs of an array configuration, in the configuration's order."""
+    return tuple(
+        mode_spec(p.weight, p.activation, rows=cfg.rows, acc_bits=cfg.acc_bits) for p in cfg.modes
+    )
+
+
+class SystolicArray(wiring.Component):
+    """A ``rows`` x ``cols`` array of mixed-precision PEs (see the module docstring)."""
+
+    def __init__(self, rows: int, cols: int, modes: Sequence[ModeSpec], dataflow: str = "both"):
+        try:
+            self._check(rows, cols, dataflow)
+        except ValueError:
+            self._MustUse__silence = True  # rejected, so never elaborated: nothing to warn about
+            raise
+        self._rows, self._cols, self._dataflow = rows, cols, dataflow
+        self._dp = Datapath(tuple(modes), ws=dataflow != "os", os=dataflow != "ws")
+        dp = self._dp
+        members = {
+            "w": In(
+                stream.Signature(
+                    data.StructLayout(
+                        {"data": data.ArrayLayout(dp.w_word_bits, cols), "mode": dp.mode_bits}
+                    )
+                )
+            ),
+            "a": In(
+                stream.Signature(
+                    data.StructLayout({"data": data.ArrayLayout(dp.a_word_bits, rows), "last": 1})
+                )
+            ),
+            "o": Out(
+                stream.Signature(
+                    data.StructLayout(
+                        {
+                            "data": data.ArrayLayout(signed(dp.acc_width), cols),
+                            "invalid": data.ArrayLayout(1, cols),
+                        }
+                    ),
+                    always_ready=True,
+                )
+            ),
+            "busy": Out(1),
+        }
+        if dataflow == "both":
+            members["dataflow"] = In(1)
+        super().__init__(members)
+
+    @staticmethod
+    def _check(rows, cols, dataflow):
+        if not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be a positive integer, not {rows!r}")
+        if not isinstance(cols, int) or cols < 1:
+            raise ValueError(f"cols must be a positive integer, not {cols!r}")
+        if dataflow not in DATAFLOWS:
+            raise ValueError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {dataflow!r}")
+
+    @classmethod
+    def from_config(cls, cfg: qconfig.AcceleratorConfig) -> SystolicArray:
+        arr = cfg.array
+        return cls(arr.rows, arr.cols, array_modes(arr), arr.dataflow)
+
+    rows = property(lambda self: self._rows)
+    cols = property(lambda self: self._cols)
+    supported_dataflow = property(lambda self: self._dataflow)  # ws, os or both
+    modes = property(lambda self: self._dp.modes)
+    datapath = property(lambda self: self._dp)
+
+    def mode_index(self, weight: str, activation: str) -> int:
+        for i, spec in enumerate(self.modes):
+            if (spec.weight.name, spec.activation.name) == (weight, activation):
+                return i
+        raise ValueError(f"the array has no mode {weight}*{activation}")
+
+    def elaborate(self, platform):
+        m = Module()
+        dp, rows, cols = self._dp, self._rows, self._cols
+
+        os = self.dataflow if self._dataflow == "both" else Const(int(self._dataflow == "os"), 1)
+
+        # ---- control -------------------------------------------------------------------
+        a_take = Signal()
+        w_take = Signal()
+        a_mode = Signal(dp.mode_bits)
+        first = Signal(init=1)
+        ws_bank = Signal()
+        m.d.comb += [a_take.eq(self.a.valid & self.a.ready), w_take.eq(self.w.valid & self.w.ready)]
+        ws_w_ready, ws_a_ready, ws_busy, os_ready = Const(0), Const(0), Const(0), Const(0)
+        ws_mode = Signal(dp.mode_bits)
+        if dp.ws:
+            ws_w_ready, ws_a_ready, ws_shift, ws_latch, ws_latch_bank, ws_busy = self._ws_control(
+                m, w_take, a_take, ws_mode, ws_bank
+            )
+        if dp.os:
+            os_ready = self._os_control(m, a_take, first)
+        m.d.comb += [
+            self.w.ready.eq(Mux(os, os_ready & self.a.valid, ws_w_ready)),
+            self.a.ready.eq(Mux(os, os_ready & self.w.valid, ws_a_ready)),
+            a_mode.eq(Mux(os, self.w.payload.mode, ws_mode)),
+        ]
+
+        in_flight = 2 * rows + cols + 3  # covers the slowest beat's path through the array
+        flight = Signal(range(in_flight + 1))
+        with m.If(a_take | w_take):
+            m.d.sync += flight.eq(in_flight)
+        with m.Elif(flight != 0):
+            m.d.sync += flight.eq(flight - 1)
+        m.d.comb += self.busy.eq((flight != 0) | ws_busy)
+
+        # ---- edges: decode, register, skew --------------------------------------------
+        a_edge = []
+        for r in range(rows):
+            tagged = Signal(dp.a_tagged(), name=f"a_edge{r}")
+            op = self._decode_activation(m, self.a.payload.data[r], a_mode, f"a{r}")
+            m.d.comb += [
+                tagged.op.eq(op),
+                tagged.valid.eq(a_take),
+                tagged.mode.eq(a_mode),
+                tagged.bank.eq(ws_bank),
+                tagged.first.eq(first),
+                tagged.last.eq(self.a.payload.last),
+            ]
+            a_edge.append(self._delay(m, tagged, r + 1, f"a_skew{r}"))
+        w_edge, ctrl_edge = [], []
+        for c in range(cols):
+            op = self._decode_weight(m, self.w.payload.data[c], self.w.payload.mode, f"w{c}")
+            w_edge.append(self._delay(m, op, c + 1, f"w_skew{c}"))
+            if dp.ws:
+                ctrl = Signal(3, name=f"ws_ctrl{c}")
+                m.d.comb += ctrl.eq(Cat(ws_shift, ws_latch, ws_latch_bank))
+                ctrl_edge.append(self._delay(m, ctrl, c + 1, f"ws_ctrl_skew{c}"))
+
+        # ---- the PE grid -----------------------------------------------------------------
+        grid = [[PE(dp, top=r == 0) for c in range(cols)] for r in range(rows)]
+        for r in range(rows):
+            for c in range(cols):
+                pe = grid[r][c]
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += [
+                    pe.os.eq(os),
+                    pe.a_in.eq(a_edge[r] if c == 0 else grid[r][c - 1].a_out),
+                    pe.w_in.eq(w_edge[c] if r == 0 else grid[r - 1][c].w_out),
+                ]
+                if dp.ws:
+                    shift, latch, bank = ctrl_edge[c]
+                    m.d.comb += [
+                        pe.w_shift.eq(shift),
+                        pe.w_latch.eq(latch),
+                        pe.w_latch_bank.eq(bank),
+                    ]
+                if r > 0:
+                    m.d.comb += [
+                        pe.p_in.eq(grid[r - 1][c].p_out),
+                        pe.tok_in.eq(grid[r - 1][c].tok_out),
+                    ]
+
+        # ---- de-skew ---------------------------------------------------------------------
+        for c in range(cols):
+            out = self._delay(m, grid[rows - 1][c].p_out, cols - 1 - c, f"o_deskew{c}")
+            m.d.comb += [self.o.payload.data[c].eq(out.value)]
+            if dp.has_special:
+                m.d.comb += self.o.payload.invalid[c].eq(out.invalid)
+            if c == cols - 1:
+                m.d.comb += self.o.valid.eq(out.valid)
+        return m
+
+    # -- control blocks -------------------------------------------------------------------
+
+    def _ws_control(self, m, w_take, a_take, ws_mode, use_bank):
+        """Weight-stationary bank bookkeeping: which bank loads, which computes, when each is
+        free. A bank may be overwritten once the last activation that uses it has passed the
+        bottom row: ``drain`` counts the cycles until then."""
+        rows = self._rows
+        count = Signal(range(rows), name="w_count")
+        load_bank = Signal(name="load_bank")
+        full = Signal(2, name="bank_full")
+        bank_mode = Array(Signal(self._dp.mode_bits, name=f"bank_mode{i}") for i in range(2))
+        drain = Array(Signal(range(max(rows - 1, 1)), name=f"drain{i}") for i in range(2))
+        final = count == rows - 1
+        free = ~full.bit_select(load_bank, 1) & (drain[load_bank] == 0)
+        w_ready = ~final | free
+        a_ready = full.bit_select(use_bank, 1)
+        for i in range(2):
+            with m.If(drain[i] != 0):
+                m.d.sync += drain[i].eq(drain[i] - 1)
+        with m.If(w_take):
+            m.d.sync += count.eq(Mux(final, 0, count + 1))
+            with m.If(final):
+                m.d.sync += [
+                    full.bit_select(load_bank, 1).eq(1),
+                    bank_mode[load_bank].eq(self.w.payload.mode),
+                    load_bank.eq(~load_bank),
+                ]
+        with m.If(a_take & self.a.payload.last):
+            m.d.sync += [
+                full.bit_select(use_bank, 1).eq(0),
+                drain[use_bank].eq(max(rows - 2, 0)),
+                use_bank.eq(~use_bank),
+            ]
+        m.d.comb += ws_mode.eq(bank_mode[use_bank])
+        busy = full.any() | (count != 0)
+        return w_ready, a_ready, w_take, w_take & final, load_bank, busy
+
+    def _os_control(self, m, a_take, first):
+        """Output-stationary: a tile may end only ``rows`` steps after the previous one, so
+        that every PE's ``hold`` has been inserted into the partial-sum chain."""
+        rows = self._rows
+        gap = Signal(range(rows), name="tile_gap")
+        last = self.a.payload.last
+        with m.If(a_take):
+            m.d.sync += [first.eq(last), gap.eq(Mux(last, rows - 1, Mux(gap != 0, gap - 1, 0)))]
+        with m.Elif(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
+        return ~(last & (gap != 0))
+
+    # -- edge decoders --------------------------------------------------------------------
+
+    def _decode_activation(self, m, word, mode, name):
+        dp = self._dp
+        op = Signal(dp.a_operand(), name=f"{name}_op")
+        decoded = self._float_decoders(m, [s.activation for s in dp.floats], word, name)
+        with m.Switch(mode):
+            for index, spec in enumerate(dp.modes):
+                with m.Case(index):
+                    if spec.integer:
+                        m.d.comb += op.data.eq(word[: spec.a_word_bits])
+                    else:
+                        self._take(m, op, decoded[spec.activation.name])
+        return op
+
+    def _decode_weight(self, m, word, mode, name):
+        dp = self._dp
+        op = Signal(dp.w_operand(), name=f"{name}_op")
+        decoded = self._float_decoders(m, [s.weight for s in dp.floats], word, name)
+        with m.Switch(mode):
+            for index, spec in enumerate(dp.modes):
+                with m.Case(index):
+                    if spec.integer and spec.weight.kind == "binary":
+                        # A binary code c is the 2-bit two's complement value {~c, 1}: +1 or -1.
+                        m.d.comb += op.data.eq(
+                            Cat(*(Cat(Const(1, 1), ~word[i]) for i in range(spec.lanes)))
+                        )
+                    elif spec.integer:
+                        m.d.comb += op.data.eq(word[: spec.w_word_bits])
+                    else:
+                        self._take(m, op, decoded[spec.weight.name])
+        return op
+
+    @staticmethod
+    def _float_decoders(m, fmts, word, name):
+        decoders = {}
+        for fmt in fmts:
+            if fmt.name not in decoders:
+                dec = ScalarDecoder(fmt)
+                m.submodules[f"{name}_{fmt.name}"] = dec
+                m.d.comb += dec.code.eq(word[: fmt.bits])
+                decoders[fmt.name] = dec
+        return decoders
+
+    def _take(self, m, op, dec):
+        m.d.comb += [op.data.eq(dec.sig), op.shift.eq(dec.shift)]
+        if self._dp.has_special:
+            m.d.comb += op.special.eq(dec.special)
+
+    @staticmethod
+    def _delay(m, value, cycles, name):
+        """``value`` through ``cycles`` registers."""
+        for i in range(cycles):
+            reg = Signal.like(value, name=f"{name}_{i}")
+            m.d.sync += reg.eq(value)
+            value = reg
+        return value

@@ -1,0 +1,299 @@
+"""The mixed-precision processing element.
+
+Operands arrive decoded (``hw.operands``): an 8-bit weight word and an activation word, each with
+a shift and a special flag for the float modes. The run-time ``mode`` picks one of the configured
+(weight, activation) pairs; only their hardware is generated.
+
+**Sub-word decomposition (Bit Fusion style).** The 8-bit weight word is cut into ``slices``
+slices of 8/slices bits (1, 2 or 4 slices: as many as the most lanes any configured mode needs).
+Each slice has its own small signed multiplier against a 9-bit activation, and the slice
+products are added after shifts fixed by the mode:
+
+- 8-bit weights (1 lane): w = sum_j w_j * 2**(s*j), every slice against the same activation, the
+  top slice signed: the sum is the full 8x9-bit product;
+- 4-bit weights (2 lanes): slices pair up into two 4-bit weights, each against its own
+  activation lane: p = w0*a0 + w1*a1, two products per cycle;
+- 2-bit, ternary and binary weights (4 lanes): four products per cycle (binary codes become the
+  2-bit values +1 = 0b01, -1 = 0b11 at the array's edge).
+
+So an 8-bit PE delivers 8/bits multiply-accumulates per cycle for 8-, 4- and 2-bit weights.
+Float modes (FP8, FP6, FP4, posit, and FP4 x INT8) use the same slices on an 8-bit two's-
+complement significand, then shift the product left by the two operand shifts: the result is
+exact in the mode's fixed-point accumulator, so a dot product is never rounded.
+
+Accumulation saturates at the mode's width (``ModeSpec.acc_width``): ``acc_bits`` for integer
+modes, the exact ``qaccel.formats.accumulator_format`` width for float modes. A NaN, inf or NaR
+operand sets the sticky ``invalid`` flag of the sum it joins; the value then holds the sum of the
+finite products.
+
+**Dataflows.** Weight-stationary: two weight banks (loaded through the vertical weight chain
+while the other bank computes); the partial sum flows down, ``p_out = sat(p_in + w*a)``.
+Output-stationary: weights flow down, activations right; the PE accumulates and, at the tile's
+last step, moves the sum to ``hold``; a token that walks down the column at half speed tells the
+PE when to insert ``hold`` into the partial-sum chain, so the tile's rows leave the bottom on
+consecutive cycles while the next tile accumulates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from qaccel import formats
+from qaccel.modes import ACT_SIG_BITS, MAX_SLICES, BusWidths, ModeSpec, shift_bits, sig_bits
+
+__all__ = ["PE", "Datapath"]
+
+
+@dataclass(frozen=True)
+class Datapath:
+    """The widths every block of an array shares, derived from its modes."""
+
+    modes: tuple[ModeSpec, ...]
+    ws: bool = True
+    os: bool = True
+
+    def __post_init__(self):
+        if not self.modes:
+            raise ValueError("a datapath needs at least one mode")
+        if not (self.ws or self.os):
+            raise ValueError("a datapath needs a dataflow")
+
+    @cached_property
+    def slices(self) -> int:
+        return max(m.lanes for m in self.modes)
+
+    @property
+    def slice_bits(self) -> int:
+        return 8 // self.slices
+
+    @cached_property
+    def floats(self) -> tuple[ModeSpec, ...]:
+        return tuple(m for m in self.modes if not m.integer)
+
+    @cached_property
+    def bus(self) -> BusWidths:
+        return BusWidths.of(self.modes)
+
+    @property
+    def w_word_bits(self) -> int:
+        """Width of one weight on the array's input bus (all of a word's lanes)."""
+        return self.bus.w_word_bits
+
+    @property
+    def a_word_bits(self) -> int:
+        return self.bus.a_word_bits
+
+    @cached_property
+    def a_data_bits(self) -> int:
+        """Activation operand data: raw lanes (integer modes) or a significand (float)."""
+        widths = [m.a_word_bits for m in self.modes if m.integer]
+        widths += [sig_bits(m.activation) for m in self.floats]
+        return max(widths)
+
+    @cached_property
+    def w_shift_bits(self) -> int:
+        return max([shift_bits(m.weight) for m in self.floats], default=0)
+
+    @cached_property
+    def a_shift_bits(self) -> int:
+        return max([shift_bits(m.activation) for m in self.floats], default=0)
+
+    @cached_property
+    def has_special(self) -> bool:
+        return any(
+            f.nan_codes or f.inf_codes for m in self.floats for f in (m.weight, m.activation)
+        )
+
+    @property
+    def acc_width(self) -> int:
+        return self.bus.acc_width
+
+    @cached_property
+    def product_bits(self) -> int:
+        """Signed width of one cycle's product (all lanes summed), in accumulator LSBs."""
+        return max(
+            formats.accumulator_format(m.weight, m.activation, m.lanes).width for m in self.modes
+        )
+
+    @property
+    def mode_bits(self) -> int:
+        return self.bus.mode_bits
+
+    def w_operand(self) -> data.StructLayout:
+        return data.StructLayout(
+            {"data": 8, "shift": self.w_shift_bits, "special": int(self.has_special)}
+        )
+
+    def a_operand(self) -> data.StructLayout:
+        return data.StructLayout(
+            {"data": self.a_data_bits, "shift": self.a_shift_bits, "special": int(self.has_special)}
+        )
+
+    def a_tagged(self) -> data.StructLayout:
+        """An activation on its way right, with what the PEs need to know about it."""
+        return data.StructLayout(
+            {
+                "op": self.a_operand(),
+                "valid": 1,
+                "mode": self.mode_bits,
+                "bank": 1,
+                "first": 1,
+                "last": 1,
+            }
+        )
+
+    def psum(self) -> data.StructLayout:
+        return data.StructLayout(
+            {"value": signed(self.acc_width), "valid": 1, "invalid": int(self.has_special)}
+        )
+
+
+class PE(wiring.Component):
+    """One processing element. ``top``: the PE starts its column's output-stationary token."""
+
+    def __init__(self, dp: Datapath, *, top: bool = False):
+        self._dp, self._top = dp, top
+        super().__init__(
+            {
+                "os": In(1),  # 1: output-stationary, 0: weight-stationary (quasi-static)
+                "a_in": In(dp.a_tagged()),
+                "a_out": Out(dp.a_tagged()),
+                "w_in": In(dp.w_operand()),
+                "w_out": Out(dp.w_operand()),
+                "w_shift": In(1),  # weight-stationary: shift the weight chain this cycle
+                "w_latch": In(1),  # ...and copy w_in into bank w_latch_bank
+                "w_latch_bank": In(1),
+                "p_in": In(dp.psum()),
+                "p_out": Out(dp.psum()),
+                "tok_in": In(1),
+                "tok_out": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        dp = self._dp
+        a = self.a_in
+        m.d.sync += self.a_out.eq(a)
+
+        # Weights: the chain register (w_out), and two banks in weight-stationary designs.
+        with m.If(self.os | self.w_shift):
+            m.d.sync += self.w_out.eq(self.w_in)
+        weight = Signal(dp.w_operand())
+        if dp.ws:
+            banks = [Signal(dp.w_operand(), name=f"bank{i}") for i in range(2)]
+            with m.If(self.w_latch & ~self.os):
+                with m.If(self.w_latch_bank):
+                    m.d.sync += banks[1].eq(self.w_in)
+                with m.Else():
+                    m.d.sync += banks[0].eq(self.w_in)
+            ws_weight = Mux(a.bank, banks[1], banks[0])
+            m.d.comb += weight.eq(Mux(self.os, self.w_in, ws_weight) if dp.os else ws_weight)
+        else:
+            m.d.comb += weight.eq(self.w_in)
+
+        product = Signal(signed(dp.product_bits))
+        lo, hi = Signal(signed(dp.acc_width)), Signal(signed(dp.acc_width))
+        self._multiply(m, weight, a.op, a.mode, product, lo, hi)
+        special = (weight.special | a.op.special) if dp.has_special else Const(0)
+
+        def saturating(base):
+            total = base + product
+            return Mux(total < lo, lo, Mux(total > hi, hi, total))
+
+        ws_next, os_next = Signal.like(self.p_out), Signal.like(self.p_out)
+        if dp.ws:
+            m.d.comb += [
+                ws_next.value.eq(saturating(self.p_in.value)),
+                ws_next.valid.eq(a.valid),
+            ]
+            if dp.has_special:
+                m.d.comb += ws_next.invalid.eq(self.p_in.invalid | (a.valid & special))
+        if dp.os:
+            self._output_stationary(m, a, saturating, special, os_next)
+        if dp.ws and dp.os:
+            m.d.sync += self.p_out.eq(Mux(self.os, os_next, ws_next))
+        else:
+            m.d.sync += self.p_out.eq(ws_next if dp.ws else os_next)
+        return m
+
+    def _output_stationary(self, m, a, saturating, special, os_next):
+        dp = self._dp
+        acc = Signal(signed(dp.acc_width))
+        acc_invalid = Signal()
+        hold = Signal(dp.psum())
+        total = Signal(signed(dp.acc_width))
+        m.d.comb += total.eq(saturating(Mux(a.first, 0, acc)))
+        total_invalid = (~a.first & acc_invalid) | special
+        with m.If(a.valid & self.os):
+            m.d.sync += [acc.eq(total), acc_invalid.eq(total_invalid)]
+            with m.If(a.last):
+                m.d.sync += [hold.value.eq(total), hold.valid.eq(1)]
+                if dp.has_special:
+                    m.d.sync += hold.invalid.eq(total_invalid)
+        # The insertion token: this PE's own last step (top row) or the token from above,
+        # delayed one more cycle per row, so row r inserts r + 1 cycles after its last step.
+        insert, delay = Signal(), Signal()
+        if self._top:
+            m.d.sync += insert.eq(a.valid & a.last & self.os)
+        else:
+            m.d.sync += [delay.eq(self.tok_in), insert.eq(delay)]
+        m.d.comb += [
+            self.tok_out.eq(insert),
+            os_next.eq(Mux(insert, hold, self.p_in)),
+        ]
+
+    def _multiply(self, m, weight, act, mode, product, lo, hi):
+        """product = this cycle's sum of lane products (float: shifted into accumulator LSBs);
+        lo, hi = the mode's saturation bounds."""
+        dp = self._dp
+        s, sw = dp.slices, dp.slice_bits
+        w_slices = [Signal(signed(sw + 1), name=f"w_slice{j}") for j in range(s)]
+        a_slices = [Signal(signed(ACT_SIG_BITS), name=f"a_slice{j}") for j in range(s)]
+        positions = [Signal(range(MAX_SLICES), name=f"pos{j}") for j in range(s)]
+        shift = Signal(dp.w_shift_bits + dp.a_shift_bits + 1)
+        is_float = Signal()
+        with m.Switch(mode):
+            for index, spec in enumerate(dp.modes):
+                with m.Case(index):
+                    self._route(m, spec, weight, act, w_slices, a_slices, positions)
+                    low, high = spec.acc_range
+                    m.d.comb += [lo.eq(low), hi.eq(high)]
+                    if not spec.integer:
+                        m.d.comb += [is_float.eq(1), shift.eq(weight.shift + act.shift)]
+        lane_sum = Signal(signed(8 + ACT_SIG_BITS + 2))
+        m.d.comb += lane_sum.eq(
+            sum((w_slices[j] * a_slices[j]) << (positions[j] * sw) for j in range(s))
+        )
+        if dp.floats:
+            m.d.comb += product.eq(Mux(is_float, lane_sum << shift, lane_sum))
+        else:
+            m.d.comb += product.eq(lane_sum)
+
+    def _route(self, m, spec: ModeSpec, weight, act, w_slices, a_slices, positions):
+        """Wire the slice multipliers for one mode (see the module docstring)."""
+        dp = self._dp
+        s, sw = dp.slices, dp.slice_bits
+        per_lane = s // spec.lanes  # slices that make up one weight lane
+        for j in range(s):
+            lane, pos = divmod(j, per_lane)
+            top = pos == per_lane - 1
+            bits = weight.data[j * sw : (j + 1) * sw]
+            if spec.integer:
+                signed_w = top and (spec.weight.kind != "int" or spec.weight.signed)
+                ab = spec.a_code_bits
+                a_bits = act.data[lane * ab : (lane + 1) * ab]
+                a_val = a_bits.as_signed() if spec.activation.signed else a_bits
+            else:  # an 8-bit two's-complement significand against the activation's
+                signed_w = j == s - 1
+                a_val = act.data[: sig_bits(spec.activation)].as_signed()
+            m.d.comb += [
+                w_slices[j].eq(bits.as_signed() if signed_w else bits),
+                a_slices[j].eq(a_val),
+                positions[j].eq(pos),
+            ]

@@ -1,0 +1,74 @@
+"""Run stream beats (``sim.array_model.Beats``) through a block in amaranth.sim."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from amaranth.sim import Simulator
+
+from sim.array_model import Beats, unpack_output
+
+__all__ = ["ArrayRun", "simulate_array"]
+
+
+@dataclass
+class ArrayRun:
+    a_cycles: list[int]  # the cycle each a beat was accepted in
+    outputs: list[tuple[int, list[int], list[int]]]  # (cycle, values, invalid) per o beat
+    cycles: int  # from the first input to the last output, inclusive
+
+
+def simulate_array(
+    array, beats: Beats, *, vcd: str | None = None, timeout: int = 100_000
+) -> ArrayRun:
+    """Feed ``beats`` to ``array`` (a ``hw.array.SystolicArray``) as fast as it accepts them
+    and record every output. ``vcd`` (or $QACCEL_VCD, a directory) writes a waveform."""
+    bus = array.datapath.bus
+    a_cycles: list[int] = []
+    outputs: list = []
+
+    async def testbench(ctx):
+        if hasattr(array, "dataflow"):
+            ctx.set(array.dataflow, int(beats.os))
+        w_next = a_next = cycle = 0
+        while len(outputs) < len(beats.expected):
+            w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
+            ctx.set(array.w.valid, w_valid)
+            ctx.set(array.a.valid, a_valid)
+            if w_valid:
+                ctx.set(array.w.payload.as_value(), beats.w[w_next])
+            if a_valid:
+                ctx.set(array.a.payload.as_value(), beats.a[a_next])
+            *_, w_ready, a_ready, o_valid, o_payload = await ctx.tick().sample(
+                array.w.ready, array.a.ready, array.o.valid, array.o.payload.as_value()
+            )
+            if w_valid and w_ready:
+                w_next += 1
+            if a_valid and a_ready:
+                a_next += 1
+                a_cycles.append(cycle)
+            if o_valid:
+                outputs.append((cycle, *unpack_output(o_payload, bus, array.cols)))
+            cycle += 1
+            if cycle > timeout:
+                raise AssertionError(
+                    f"{len(outputs)} of {len(beats.expected)} results after {timeout} cycles"
+                )
+
+    sim = Simulator(array)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    vcd = vcd or (
+        os.path.join(os.environ["QACCEL_VCD"], "array.vcd")
+        if os.environ.get("QACCEL_VCD")
+        else None
+    )
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    first = min(a_cycles, default=0)
+    last = max((c for c, *_ in outputs), default=first)
+    return ArrayRun(a_cycles, outputs, last - first + 1)

@@ -1,0 +1,187 @@
+"""The systolic array's contract in Python: what it computes, how its streams are packed, when
+each result leaves.
+
+- ``reference``: the exact result of one mode's matrix product as the PEs compute it: products
+  from the formats' own decoders (``qaccel.formats``), summed ``lanes`` at a time (one PE step),
+  each step added with saturation at the mode's accumulator width, in k order.
+- ``ws_beats`` / ``os_beats``: the stream beats (flat payload integers, as the Verilog ports see
+  them) that run a product on the array, and the results expected on ``o``.
+- ``WS_LATENCY`` / ``os_latency``: the cycle contract (see ``hw.array``):
+  weight-stationary, the result of the ``a`` beat accepted in cycle t leaves in cycle
+  t + rows + cols; output-stationary, row r of the tile whose last step was accepted in cycle t
+  leaves in cycle t + rows + cols + 1 + r.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qaccel.modes import BusWidths, ModeSpec, pack_lanes
+
+__all__ = ["Beats", "os_beats", "os_latency", "reference", "ws_beats", "ws_latency"]
+
+
+def ws_latency(rows: int, cols: int) -> int:
+    """Cycles from an accepted ``a`` beat to its ``o`` beat, weight-stationary."""
+    return rows + cols
+
+
+def os_latency(rows: int, cols: int, row: int = 0) -> int:
+    """Cycles from a tile's accepted last step to its result row ``row``, output-stationary."""
+    return rows + cols + 1 + row
+
+
+def _values(fmt, codes) -> np.ndarray:
+    """Decoded values, NaN for every special code (NaN, inf, NaR)."""
+    values = fmt.decode(np.asarray(codes, dtype=np.int64))
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def reference(spec: ModeSpec, w_codes, a_codes) -> tuple[np.ndarray, np.ndarray]:
+    """C = A @ W for codes A (M x K) and W (K x N) in mode ``spec``.
+
+    Returns (values, invalid): values in accumulator units (2**-spec.frac_bits), Python ints in
+    an object array; invalid where a special operand joined the sum (its value then holds the
+    sum of the finite products)."""
+    w = _values(spec.weight, w_codes)
+    a = _values(spec.activation, a_codes)
+    (m, k), (k2, n) = a.shape, w.shape
+    if k != k2 or k % spec.lanes:
+        raise ValueError(f"cannot multiply {a.shape} by {w.shape} in {spec.lanes}-lane steps")
+    products = a[:, :, None] * w[None, :, :]  # M x K x N, exact in float64 for <= 8-bit codes
+    invalid = np.isnan(products).any(axis=1)
+    scaled = np.where(np.isnan(products), 0.0, products) * 2.0**spec.frac_bits
+    if not np.array_equal(scaled, np.round(scaled)):
+        raise AssertionError(f"{spec.name}: products are not exact in the accumulator")
+    # Python ints: float accumulators can be wider than 64 bits
+    steps = np.frompyfunc(int, 1, 1)(scaled).reshape(m, k // spec.lanes, spec.lanes, n)
+    low, high = spec.acc_range
+    acc = np.zeros((m, n), dtype=object)
+    for s in range(steps.shape[1]):
+        acc = np.clip(acc + steps[:, s].sum(axis=1), low, high)
+    return acc, invalid
+
+
+@dataclass
+class Beats:
+    """One run on the array: input beats (flat payloads) and the expected ``o`` beats."""
+
+    os: bool
+    w: list[int] = field(default_factory=list)
+    a: list[int] = field(default_factory=list)
+    expected: list[tuple[list[int], list[int]]] = field(default_factory=list)  # values, invalid
+    # for each o beat: the index of the a beat whose acceptance fixes its cycle, and the delay
+    timing: list[tuple[int, int]] = field(default_factory=list)
+
+    def extend(self, other: Beats) -> Beats:
+        base = len(self.a)
+        self.w += other.w
+        self.a += other.a
+        self.expected += other.expected
+        self.timing += [(i + base, d) for i, d in other.timing]
+        return self
+
+
+def _flat(elements, bits: int) -> int:
+    return sum((int(e) & ((1 << bits) - 1)) << (i * bits) for i, e in enumerate(elements))
+
+
+def _w_payload(bus: BusWidths, words, mode: int, cols: int) -> int:
+    return _flat(words, bus.w_word_bits) | mode << (cols * bus.w_word_bits)
+
+
+def _a_payload(bus: BusWidths, words, last: bool, rows: int) -> int:
+    return _flat(words, bus.a_word_bits) | int(last) << (rows * bus.a_word_bits)
+
+
+def _expect(beats: Beats, spec: ModeSpec, w_codes, a_codes):
+    values, invalid = reference(spec, w_codes, a_codes)
+    for row_v, row_i in zip(values, invalid, strict=True):
+        beats.expected.append(([int(v) for v in row_v], [int(i) for i in row_i]))
+
+
+def ws_beats(
+    bus: BusWidths, rows: int, cols: int, mode: int, spec: ModeSpec, w_codes, a_codes
+) -> Beats:
+    """Weight-stationary: W (lanes*rows x cols) into a bank, then one ``a`` beat per row of A."""
+    w_codes, a_codes = np.asarray(w_codes), np.asarray(a_codes)
+    k = spec.lanes * rows
+    if w_codes.shape != (k, cols) or a_codes.ndim != 2 or a_codes.shape[1] != k:
+        raise ValueError(
+            f"weight-stationary needs W {k}x{cols} and A Mx{k}, "
+            f"not {w_codes.shape} and {a_codes.shape}"
+        )
+    beats = Beats(os=False)
+    w_words = pack_lanes(w_codes.T, spec.lanes, spec.w_code_bits).T  # rows x cols
+    for i in range(rows):
+        beats.w.append(_w_payload(bus, w_words[rows - 1 - i], mode, cols))
+    a_words = pack_lanes(a_codes, spec.lanes, spec.a_code_bits)  # M x rows
+    for i, words in enumerate(a_words):
+        beats.a.append(_a_payload(bus, words, i == len(a_words) - 1, rows))
+        beats.timing.append((i, ws_latency(rows, cols)))
+    _expect(beats, spec, w_codes, a_codes)
+    return beats
+
+
+def os_beats(
+    bus: BusWidths, rows: int, cols: int, mode: int, spec: ModeSpec, w_codes, a_codes
+) -> Beats:
+    """Output-stationary: one tile, A (rows x K) and W (K x cols), K a multiple of lanes."""
+    w_codes, a_codes = np.asarray(w_codes), np.asarray(a_codes)
+    if (
+        a_codes.ndim != 2
+        or a_codes.shape[0] != rows
+        or a_codes.shape[1] % spec.lanes
+        or w_codes.shape != (a_codes.shape[1], cols)
+    ):
+        raise ValueError(
+            f"output-stationary needs A {rows}xK and W Kx{cols} with K a multiple "
+            f"of {spec.lanes}, not {a_codes.shape} and {w_codes.shape}"
+        )
+    beats = Beats(os=True)
+    w_words = pack_lanes(w_codes.T, spec.lanes, spec.w_code_bits).T  # steps x cols
+    a_words = pack_lanes(a_codes, spec.lanes, spec.a_code_bits).T  # steps x rows
+    steps = len(a_words)
+    for s in range(steps):
+        beats.w.append(_w_payload(bus, w_words[s], mode, cols))
+        beats.a.append(_a_payload(bus, a_words[s], s == steps - 1, rows))
+    beats.timing = [(steps - 1, os_latency(rows, cols, r)) for r in range(rows)]
+    _expect(beats, spec, w_codes, a_codes)
+    return beats
+
+
+def unpack_output(payload: int, bus: BusWidths, cols: int) -> tuple[list[int], list[int]]:
+    """An ``o`` payload as (signed values, invalid flags) per column."""
+    bits = bus.acc_width
+    values = []
+    for c in range(cols):
+        v = (payload >> (c * bits)) & ((1 << bits) - 1)
+        values.append(v - (1 << bits) if v >> (bits - 1) else v)
+    flags = payload >> (cols * bits)
+    return values, [(flags >> c) & 1 for c in range(cols)]
+
+
+def check_run(
+    beats: Beats, a_cycles: list[int], outputs: list[tuple[int, list[int], list[int]]]
+) -> None:
+    """Raise AssertionError unless a run matches the contract: every expected ``o`` beat, in
+    order, bit-exact, in the cycle the latency formula gives. ``a_cycles``: the cycle each
+    ``a`` beat was accepted; ``outputs``: (cycle, values, invalid) of every ``o`` beat."""
+    if len(outputs) != len(beats.expected):
+        raise AssertionError(f"{len(outputs)} output beats, expected {len(beats.expected)}")
+    for i, ((cycle, values, invalid), (want_v, want_i), (a_index, delay)) in enumerate(
+        zip(outputs, beats.expected, beats.timing, strict=True)
+    ):
+        if values != want_v or invalid != want_i:
+            raise AssertionError(
+                f"output beat {i}: got {values} invalid {invalid}, "
+                f"expected {want_v} invalid {want_i}"
+            )
+        want_cycle = a_cycles[a_index] + delay
+        if cycle != want_cycle:
+            raise AssertionError(
+                f"output beat {i} left in cycle {cycle}, the latency formula "
+                f"says {want_cycle} (a beat {a_index} + {delay})"
+            )
