@@ -141,10 +141,10 @@ class SystolicArray(wiring.Component):
         ws_mode = Signal(dp.mode_bits)
         if dp.ws:
             ws_w_ready, ws_a_ready, ws_shift, ws_latch, ws_latch_bank, ws_busy = self._ws_control(
-                m, w_take, a_take, ws_mode, ws_bank
+                m, w_take & ~os, a_take & ~os, ws_mode, ws_bank
             )
         if dp.os:
-            os_ready = self._os_control(m, a_take, first)
+            os_ready = self._os_control(m, a_take & os, first)
         m.d.comb += [
             self.w.ready.eq(Mux(os, os_ready & self.a.valid, ws_w_ready)),
             self.a.ready.eq(Mux(os, os_ready & self.w.valid, ws_a_ready)),

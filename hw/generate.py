@@ -1,12 +1,21 @@
-"""Verilog from any block: ports named after its signature (``a__payload``, ``o__valid``)."""
+"""Verilog and a JSON manifest for the blocks of a configuration (``qaccel generate``).
+
+Ports are named after the block's signature (``a__payload``, ``o__valid``), plus ``clk`` and
+``rst``."""
 
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
 
 from amaranth.back import verilog
 from amaranth.hdl import Signal
 from amaranth.lib import wiring
 
-__all__ = ["ports", "to_verilog"]
+from qaccel import config
+
+__all__ = ["TOPS", "build_top", "generate", "manifest", "ports", "to_verilog"]
 
 
 def ports(component: wiring.Component) -> dict[str, tuple[str, int]]:
@@ -25,14 +34,101 @@ def ports(component: wiring.Component) -> dict[str, tuple[str, int]]:
     return result
 
 
+# Yosys wakes every ``always @*`` block at time 0 by initialising a dummy register in its
+# declaration; under IEEE 1800 semantics (Icarus -g2012) that is no event, so blocks that only
+# read constant registers stay X. A #0 write is an event in every simulator.
+_WAKE = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*dump_module\$\d+) += 0;$", re.M)
+
+
 def to_verilog(component: wiring.Component, name: str) -> str:
     signals = [
         v.as_value() if hasattr(v, "as_value") else v
         for _, _, v in component.signature.flatten(component)
     ]
-    return verilog.convert(
+    text = verilog.convert(
         component,
         name=name,
         ports=[s for s in signals if isinstance(s, Signal)],
         emit_src=False,
     )
+    return _WAKE.sub(r"\1reg \2 = 0;\n\1initial #0 \2 = 1;", text)
+
+
+TOPS = ("array",)
+
+
+def build_top(cfg: config.AcceleratorConfig, top: str) -> wiring.Component:
+    """The block ``top`` of an accelerator configuration."""
+    if top not in TOPS:
+        raise ValueError(f"unknown top {top!r}; known: {', '.join(TOPS)}")
+    if cfg.array is None:
+        raise config.ConfigError(
+            "array", f"missing: the configuration has no [array] for --top {top}"
+        )
+    from hw.array import SystolicArray
+
+    return SystolicArray.from_config(cfg)
+
+
+def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: str) -> dict:
+    """What a user of the Verilog needs: ports, parameters, modes, stream layouts, latency."""
+    from sim.array_model import os_latency, ws_latency
+
+    rows, cols = component.rows, component.cols
+    bus = component.datapath.bus
+    return {
+        "top": top,
+        "config": cfg.name,
+        "clock": "clk (rising edge); rst: synchronous, active high",
+        "ports": {name: {"direction": d, "width": w} for name, (d, w) in ports(component).items()},
+        "parameters": {
+            "rows": rows,
+            "cols": cols,
+            "dataflow": component.supported_dataflow,
+            "acc_bits": cfg.array.acc_bits,
+        },
+        "modes": [
+            {
+                "index": i,
+                "weight": m.weight.name,
+                "activation": m.activation.name,
+                "lanes": m.lanes,
+                "macs_per_cycle": m.lanes * rows * cols,
+                "acc_width": m.acc_width,
+                "acc_frac_bits": m.frac_bits,
+            }
+            for i, m in enumerate(component.modes)
+        ],
+        "payloads": {
+            "w__payload": {
+                "data": f"{cols} x {bus.w_word_bits} bits, column 0 lowest",
+                "mode": f"{bus.mode_bits} bits above data",
+            },
+            "a__payload": {
+                "data": f"{rows} x {bus.a_word_bits} bits, row 0 lowest",
+                "last": "1 bit above data",
+            },
+            "o__payload": {
+                "data": f"{cols} x {bus.acc_width} bits signed, column 0 lowest",
+                "invalid": f"{cols} bits above data",
+            },
+            "lanes": "lane l of a word holds k index lanes*i + l in bits [l*code, (l+1)*code)",
+        },
+        "latency": {
+            "weight_stationary": f"o beat in cycle t + {ws_latency(rows, cols)} for the a beat "
+            "accepted in cycle t",
+            "output_stationary": f"row r in cycle t_last + {os_latency(rows, cols)} + r",
+        },
+    }
+
+
+def generate(cfg: config.AcceleratorConfig, top: str, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``OUT/<top>.v`` and ``OUT/<top>.json`` (the manifest); return their paths."""
+    component = build_top(cfg, top)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = to_verilog(component, top)
+    verilog_path, manifest_path = out_dir / f"{top}.v", out_dir / f"{top}.json"
+    verilog_path.write_text(text)
+    manifest_path.write_text(json.dumps(manifest(cfg, component, top), indent=2) + "\n")
+    return verilog_path, manifest_path

@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 
 from sim.array_model import Beats, unpack_output
 
-__all__ = ["ArrayRun", "simulate_array"]
+__all__ = ["ArrayRun", "simulate_array", "simulate_jobs"]
 
 
 @dataclass
@@ -24,37 +24,25 @@ def simulate_array(
 ) -> ArrayRun:
     """Feed ``beats`` to ``array`` (a ``hw.array.SystolicArray``) as fast as it accepts them
     and record every output. ``vcd`` (or $QACCEL_VCD, a directory) writes a waveform."""
-    bus = array.datapath.bus
-    a_cycles: list[int] = []
-    outputs: list = []
+    return simulate_jobs(array, [beats], vcd=vcd, timeout=timeout)[0]
+
+
+def simulate_jobs(
+    array, jobs: list[Beats], *, vcd: str | None = None, timeout: int = 100_000
+) -> list[ArrayRun]:
+    """Run ``jobs`` one after the other in one simulation, each once the array is idle (so
+    each may change the dataflow)."""
+    runs: list[ArrayRun] = []
 
     async def testbench(ctx):
-        if hasattr(array, "dataflow"):
-            ctx.set(array.dataflow, int(beats.os))
-        w_next = a_next = cycle = 0
-        while len(outputs) < len(beats.expected):
-            w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
-            ctx.set(array.w.valid, w_valid)
-            ctx.set(array.a.valid, a_valid)
-            if w_valid:
-                ctx.set(array.w.payload.as_value(), beats.w[w_next])
-            if a_valid:
-                ctx.set(array.a.payload.as_value(), beats.a[a_next])
-            *_, w_ready, a_ready, o_valid, o_payload = await ctx.tick().sample(
-                array.w.ready, array.a.ready, array.o.valid, array.o.payload.as_value()
-            )
-            if w_valid and w_ready:
-                w_next += 1
-            if a_valid and a_ready:
-                a_next += 1
-                a_cycles.append(cycle)
-            if o_valid:
-                outputs.append((cycle, *unpack_output(o_payload, bus, array.cols)))
-            cycle += 1
-            if cycle > timeout:
-                raise AssertionError(
-                    f"{len(outputs)} of {len(beats.expected)} results after {timeout} cycles"
-                )
+        for beats in jobs:
+            idle = 0
+            while ctx.get(array.busy):
+                await ctx.tick()
+                idle += 1
+                if idle > timeout:
+                    raise AssertionError(f"still busy after {timeout} cycles")
+            runs.append(await _run_job(ctx, array, beats, timeout))
 
     sim = Simulator(array)
     sim.add_clock(1e-8)
@@ -69,6 +57,41 @@ def simulate_array(
             sim.run()
     else:
         sim.run()
+    return runs
+
+
+async def _run_job(ctx, array, beats: Beats, timeout: int) -> ArrayRun:
+    bus = array.datapath.bus
+    a_cycles: list[int] = []
+    outputs: list = []
+    if hasattr(array, "dataflow"):
+        ctx.set(array.dataflow, int(beats.os))
+    w_next = a_next = cycle = 0
+    while len(outputs) < len(beats.expected):
+        w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
+        ctx.set(array.w.valid, w_valid)
+        ctx.set(array.a.valid, a_valid)
+        if w_valid:
+            ctx.set(array.w.payload.as_value(), beats.w[w_next])
+        if a_valid:
+            ctx.set(array.a.payload.as_value(), beats.a[a_next])
+        *_, w_ready, a_ready, o_valid, o_payload = await ctx.tick().sample(
+            array.w.ready, array.a.ready, array.o.valid, array.o.payload.as_value()
+        )
+        if w_valid and w_ready:
+            w_next += 1
+        if a_valid and a_ready:
+            a_next += 1
+            a_cycles.append(cycle)
+        if o_valid:
+            outputs.append((cycle, *unpack_output(o_payload, bus, array.cols)))
+        cycle += 1
+        if cycle > timeout:
+            raise AssertionError(
+                f"{len(outputs)} of {len(beats.expected)} results after {timeout} cycles"
+            )
+    ctx.set(array.w.valid, 0)
+    ctx.set(array.a.valid, 0)
     first = min(a_cycles, default=0)
     last = max((c for c, *_ in outputs), default=first)
     return ArrayRun(a_cycles, outputs, last - first + 1)

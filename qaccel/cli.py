@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from qaccel import __version__, config, formats
 
@@ -61,6 +62,14 @@ def cmd_doctor(args: argparse.Namespace) -> None:
         raise OSError(f"not working: {', '.join(missing)} (run 'make setup')")
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    from hw.generate import generate
+
+    cfg = config.load_config(args.config)
+    verilog, manifest = generate(cfg, args.top, Path(args.output))
+    print(f"wrote {verilog} and {manifest}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qaccel",
@@ -76,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate a configuration and print it in normal form")
     p.add_argument("file", help="a TOML configuration, e.g. configs/edge.toml")
     p.set_defaults(func=cmd_config)
+    p = sub.add_parser("generate", help="write the Verilog of a block and its JSON manifest")
+    p.add_argument("--config", required=True, help="a TOML configuration")
+    p.add_argument("--top", default="array", help="the block: array (default)")
+    p.add_argument("-o", "--output", required=True, help="the output folder")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hw.array import SystolicArray, array_modes
-from hw.simulate import simulate_array
+from hw.simulate import simulate_array, simulate_jobs
 from qaccel import config
 from qaccel.modes import BusWidths, mode_spec
 from sim.array_model import check_run, os_beats, os_latency, reference, ws_beats, ws_latency
@@ -225,3 +225,24 @@ def test_reference_matches_plain_matmul():
         got = np.array([[float(v) for v in row] for row in values]) * 2.0**-spec.frac_bits
         np.testing.assert_array_equal(got, exact)
         assert not invalid.any()
+
+
+def test_dataflow_switches_between_jobs():
+    """WS, OS, WS, OS in one run: each dataflow's bookkeeping survives the other's traffic."""
+    array = make_array(3, 2, [("int8", "int8"), ("int4", "int8")])
+    bus = array.datapath.bus
+    rng = rng_for("switch")
+    jobs = []
+    for index, spec in enumerate(array.modes * 2):
+        index %= 2
+        k = 3 * spec.lanes
+        fw, fa = spec.weight.finite_codes(), spec.activation.finite_codes()
+        jobs.append(
+            ws_beats(bus, 3, 2, index, spec, rng.choice(fw, (k, 2)), rng.choice(fa, (4, k)))
+        )
+        k += spec.lanes  # an output-stationary tile of rows + 1 steps
+        jobs.append(
+            os_beats(bus, 3, 2, index, spec, rng.choice(fw, (k, 2)), rng.choice(fa, (3, k)))
+        )
+    for beats, run in zip(jobs, simulate_jobs(array, jobs, timeout=1000), strict=True):
+        check_run(beats, run.a_cycles, run.outputs)

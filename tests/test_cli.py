@@ -1,5 +1,7 @@
 """The qaccel command: help, version, the formats table, config checking, one-line errors."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +55,48 @@ def test_bad_config_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("qaccel: error: array.rows: expected an integer, got str 'four'")
     assert err.count("\n") == 1
+
+
+SMALL = """
+name = "small"
+[array]
+rows = 2
+cols = 3
+dataflow = "both"
+modes = [{ weight = "int8", activation = "int8" }, { weight = "fp8_e4m3", activation = "fp8_e4m3" }]
+"""
+
+
+def test_generate_writes_verilog_and_a_manifest_that_agree(tmp_path, capsys):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    out = tmp_path / "out"
+    assert main(["generate", "--config", str(cfg), "--top", "array", "-o", str(out)]) == 0
+    verilog = (out / "array.v").read_text()
+    manifest = json.loads((out / "array.json").read_text())
+    assert manifest["parameters"] == {"rows": 2, "cols": 3, "dataflow": "both", "acc_bits": 32}
+    assert [m["macs_per_cycle"] for m in manifest["modes"]] == [6, 6]
+    header = re.search(r"^module array\((.*)\);", verilog, re.M).group(1)
+    assert sorted(header.replace(" ", "").split(",")) == sorted([*manifest["ports"], "clk", "rst"])
+    for name, port in manifest["ports"].items():
+        width = port["width"]
+        decl = f"{'input' if port['direction'] == 'in' else 'output'} "
+        decl += f"[{width - 1}:0] {name};" if width > 1 else f"{name};"
+        assert decl in verilog, decl
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_generate_names_the_bad_key(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(SMALL.replace('weight = "int8"', 'weight = "int3"'))
+    assert main(["generate", "--config", str(cfg), "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qaccel: error: array.modes[0]: int3*int8: int3 weights are not")
+    assert len(err.splitlines()) == 1
+
+
+def test_generate_rejects_an_unknown_top(tmp_path, capsys):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    assert main(["generate", "--config", str(cfg), "--top", "cpu", "-o", str(tmp_path)]) == 1
+    assert "unknown top 'cpu'; known: array" in capsys.readouterr().err

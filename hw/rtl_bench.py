@@ -1,0 +1,161 @@
+"""Run stream beats (``sim.array_model.Beats``) on the generated Verilog with cocotb.
+
+``run_rtl`` builds the Verilog with Icarus or Verilator in its own directory (cocotb's runner)
+and runs ``array_bench`` in the simulator, which drives every job's beats as fast as the array
+accepts them, checks each against the contract (``sim.array_model.check_run``: values bit-exact,
+every result on the latency formula's cycle) and writes what it measured to a JSON file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from qaccel.toolchain import tool_env
+from sim.array_model import Beats, check_run, unpack_output
+
+__all__ = ["SIMULATORS", "run_rtl"]
+
+SIMULATORS = ("icarus", "verilator")
+# Amaranth's Verilog trips these lint warnings by design (widths, incomplete cases, [0:0]
+# ranges); --no-timing: the one delay in it (the #0 time-zero wake, hw.generate) is for
+# event-driven simulators, Verilator evaluates everything at time zero anyway.
+VERILATOR_ARGS = [
+    "--no-timing",
+    "-Wno-WIDTH",
+    "-Wno-STMTDLY",
+    "-Wno-CASEINCOMPLETE",
+    "-Wno-ASCRANGE",
+]
+_JOBS_ENV, _RESULTS_ENV = "QACCEL_RTL_JOBS", "QACCEL_RTL_RESULTS"
+
+
+def run_rtl(
+    verilog: Path,
+    top: str,
+    jobs: list[Beats],
+    *,
+    simulator: str,
+    build_dir: Path,
+    widths: dict,
+    waves: bool = False,
+) -> list[dict]:
+    """Run ``jobs`` one after the other on ``top``; return, per job, the cycle each ``a`` beat
+    was accepted, the outputs and the cycle count. Raises if any job breaks the contract.
+    ``widths``: the array's ``cols`` and bus widths (``acc_width``), to decode its outputs."""
+    from cocotb_tools.runner import get_runner
+
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    jobs_file, results_file = build_dir / "jobs.json", build_dir / "results.json"
+    jobs_file.write_text(
+        json.dumps({"widths": widths, "jobs": [dataclasses.asdict(j) for j in jobs]})
+    )
+    results_file.unlink(missing_ok=True)
+    saved = dict(os.environ)
+    os.environ.update(tool_env())  # Verilator's binary and its make flags
+    try:
+        runner = get_runner(simulator)
+        build_args = VERILATOR_ARGS if simulator == "verilator" else []
+        runner.build(
+            sources=[Path(verilog).resolve()],
+            hdl_toplevel=top,
+            build_dir=build_dir,
+            build_args=build_args,
+            waves=waves,
+            timescale=("1ns", "1ps"),
+        )
+        runner.test(
+            test_module="hw.rtl_bench",
+            hdl_toplevel=top,
+            build_dir=build_dir,
+            test_dir=build_dir,
+            waves=waves,
+            extra_env={_JOBS_ENV: str(jobs_file), _RESULTS_ENV: str(results_file)},
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if not results_file.exists():
+        raise AssertionError(f"the {simulator} run wrote no results (see {build_dir})")
+    return json.loads(results_file.read_text())
+
+
+class _Bus:
+    """Just enough of ``BusWidths`` for ``unpack_output``."""
+
+    def __init__(self, acc_width):
+        self.acc_width = acc_width
+
+
+@cocotb.test()
+async def array_bench(dut):
+    """Every job from $QACCEL_RTL_JOBS, checked against the contract, one after the other."""
+    spec = json.loads(Path(os.environ[_JOBS_ENV]).read_text())
+    widths = spec["widths"]
+    bus, cols = _Bus(widths["acc_width"]), widths["cols"]
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    dut.w__valid.value = 0
+    dut.a__valid.value = 0
+    for _ in range(2):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    results = []
+    for i, job in enumerate(spec["jobs"]):
+        dut._log.info(f"job {i + 1} of {len(spec['jobs'])}")
+        beats = Beats(**job)
+        beats.timing = [tuple(t) for t in beats.timing]
+        beats.expected = [tuple(e) for e in beats.expected]
+        results.append(await _run_job(dut, beats, bus, cols))
+    Path(os.environ[_RESULTS_ENV]).write_text(json.dumps(results))
+
+
+async def _run_job(dut, beats: Beats, bus, cols: int) -> dict:
+    await RisingEdge(dut.clk)
+    for _ in range(100_000):  # the dataflow may change only while the array is idle
+        await ReadOnly()
+        if not int(dut.busy.value):
+            break
+        await RisingEdge(dut.clk)
+    else:
+        raise AssertionError("the array stays busy")
+    await RisingEdge(dut.clk)
+    if hasattr(dut, "dataflow"):
+        dut.dataflow.value = int(beats.os)
+    a_cycles, outputs = [], []
+    w_next = a_next = cycle = 0
+    while len(outputs) < len(beats.expected):
+        w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
+        dut.w__valid.value = int(w_valid)
+        dut.a__valid.value = int(a_valid)
+        if w_valid:
+            dut.w__payload.value = beats.w[w_next]
+        if a_valid:
+            dut.a__payload.value = beats.a[a_next]
+        await ReadOnly()  # this cycle's settled handshakes
+        if w_valid and int(dut.w__ready.value):
+            w_next += 1
+        if a_valid and int(dut.a__ready.value):
+            a_next += 1
+            a_cycles.append(cycle)
+        if int(dut.o__valid.value):
+            payload = dut.o__payload.value.to_unsigned()
+            outputs.append((cycle, *unpack_output(payload, bus, cols)))
+        await RisingEdge(dut.clk)
+        cycle += 1
+        if cycle > 100_000:
+            raise AssertionError(f"{len(outputs)} of {len(beats.expected)} results in time")
+    dut.w__valid.value = 0
+    dut.a__valid.value = 0
+    check_run(beats, a_cycles, outputs)
+    first = a_cycles[0] if a_cycles else 0
+    return {"a_cycles": a_cycles, "cycles": outputs[-1][0] - first + 1, "outputs": len(outputs)}
