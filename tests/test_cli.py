@@ -100,3 +100,37 @@ def test_generate_rejects_an_unknown_top(tmp_path, capsys):
     cfg.write_text(SMALL)
     assert main(["generate", "--config", str(cfg), "--top", "cpu", "-o", str(tmp_path)]) == 1
     assert "unknown top 'cpu'; known: array" in capsys.readouterr().err
+
+
+def one_mode_config(tmp_path, rows, cols, dataflow="ws"):
+    cfg = tmp_path / f"a{rows}x{cols}.toml"
+    cfg.write_text(
+        f'name = "a{rows}x{cols}"\n[array]\nrows = {rows}\ncols = {cols}\n'
+        f'dataflow = "{dataflow}"\nmodes = [{{ weight = "int8", activation = "int8" }}]\n'
+    )
+    return cfg
+
+
+def test_synth_writes_a_report_and_prints_the_table(tmp_path, capsys):
+    cfg, out = one_mode_config(tmp_path, 1, 1), tmp_path / "out"
+    assert main(["synth", "--config", str(cfg), "--target", "ecp5-25k", "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "ecp5-25k" and report["seed"] == 1
+    assert report["resources"]["DSP"]["used"] == 1  # the PE's one 8x9 multiplier
+    assert report["resources"]["FF"]["used"] > 8 and report["fmax_mhz"] > 0
+    table = capsys.readouterr().out
+    assert "LUT4" in table and "Fmax" in table
+
+
+def test_synth_names_the_resource_that_overflows(tmp_path, capsys):
+    cfg = one_mode_config(tmp_path, 3, 3)  # nine multipliers, the UP5K has eight DSPs
+    argv = ["synth", "--config", str(cfg), "--target", "ice40-up5k", "-o", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qaccel: error: does not fit ice40-up5k: needs 9 DSP") and "\n" not in err
+
+
+def test_synth_rejects_an_unknown_target_at_once(tmp_path, capsys):
+    cfg = one_mode_config(tmp_path, 1, 1)
+    assert main(["synth", "--config", str(cfg), "--target", "xc7", "-o", str(tmp_path)]) == 1
+    assert "unknown target 'xc7'; known: ecp5-25k, ecp5-85k, ice40-up5k" in capsys.readouterr().err

@@ -1,0 +1,229 @@
+"""The FPGA flow on tiny hand-written designs: Yosys + nextpnr for every target, the fit check
+before place and route, and the serial I/O wrapper (synthesized, and simulated on Icarus)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fpga.io_wrapper import Port, wrapper_verilog
+from fpga.synth import TARGETS, Device, DoesNotFit, _pnr_failure, synthesize
+
+ADDER = """
+module adder8(input clk, input rst, input [7:0] a, input [7:0] b, output reg [8:0] y);
+  reg [7:0] ra, rb;
+  always @(posedge clk)
+    if (rst) begin ra <= 0; rb <= 0; y <= 0; end
+    else begin ra <= a; rb <= b; y <= ra + rb; end
+endmodule
+"""
+ADDER_PORT_BITS = 1 + 1 + 8 + 8 + 9  # clk, rst, a, b, y
+
+
+def mults(n: int) -> str:
+    """``n`` independent registered 16x16 multipliers behind 34 port bits."""
+    products = "\n".join(f"    p[{i}] <= ra * (rb ^ 16'd{3 * i + 1});" for i in range(n))
+    folded = " ^ ".join(f"p[{i}][31:16]" for i in range(n))
+    return f"""
+module mults(input clk, input rst, input [15:0] a, output reg [15:0] y);
+  reg [15:0] ra, rb;
+  reg [31:0] p [0:{n - 1}];
+  always @(posedge clk) begin
+    ra <= a; rb <= ra;
+{products}
+    y <= {folded};
+  end
+endmodule
+"""
+
+
+WIDE = """
+module wide(input clk, input rst, input [199:0] d, output reg [7:0] y);
+  integer i;
+  reg [7:0] x;
+  always @* begin
+    x = 0;
+    for (i = 0; i < 25; i = i + 1) x = x ^ d[8 * i +: 8];
+  end
+  always @(posedge clk) y <= rst ? 8'd0 : x;
+endmodule
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.v"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_adder_on_every_target(tmp_path, target):
+    out = tmp_path / "out"
+    report = synthesize(write(tmp_path, "adder8", ADDER), "adder8", target, out)
+    r = report.resources
+    assert set(r) >= {"LUT4", "FF", "carry", "DSP", "BRAM", "IO"}
+    assert r["FF"].used >= 8 + 8 + 9
+    assert r["LUT4"].used > 0 and r["carry"].used > 0
+    assert r["IO"].used == ADDER_PORT_BITS
+    assert all(0 <= u.used <= u.available for u in r.values())
+    assert report.fmax_mhz > 20 and report.timing_met and not report.wrapped_io
+    assert report.tools["yosys"].startswith("Yosys ")
+    assert json.loads((out / "report.json").read_text()) == report.to_dict()
+    for name in ("yosys.log", "nextpnr.log"):
+        assert (out / name).stat().st_size > 0
+    # The capacities in TARGETS are the ones nextpnr reports for the device.
+    available = {
+        cell: u["available"]
+        for cell, u in json.loads((out / "nextpnr_report.json").read_text())["utilization"].items()
+    }
+    device = TARGETS[target]
+    if device.family == "ecp5":
+        assert r["LUT4"].used >= 2 * r["carry"].used  # a CCU2C counts its two LUT4s
+        pairs = [("TRELLIS_COMB", "LUT4"), ("TRELLIS_FF", "FF"), ("MULT18X18D", "DSP")]
+        pairs += [("DP16KD", "BRAM"), ("TRELLIS_IO", "IO")]
+    else:
+        pairs = [("ICESTORM_LC", "LUT4"), ("ICESTORM_DSP", "DSP"), ("ICESTORM_RAM", "BRAM")]
+        pairs += [("SB_IO", "IO"), ("ICESTORM_SPRAM", "SPRAM")]
+    for cell, resource in pairs:
+        assert device.capacity[resource] == available[cell], (cell, resource)
+    table = report.table()
+    assert "IO" in table and "Fmax" in table and f"{ADDER_PORT_BITS}" in table
+
+
+def test_ecp5_multiplier_maps_to_dsp(tmp_path):
+    report = synthesize(write(tmp_path, "mults", mults(2)), "mults", "ecp5-25k", tmp_path / "out")
+    assert report.resources["DSP"].used == 2
+    assert report.pnr_utilization["MULT18X18D"].used == 2
+    assert report.fmax_mhz > 0
+
+
+def test_too_many_multipliers_for_up5k(tmp_path):
+    with pytest.raises(
+        DoesNotFit, match=r"^does not fit ice40-up5k: needs 12 DSP, the device has 8$"
+    ) as e:
+        synthesize(write(tmp_path, "mults", mults(12)), "mults", "ice40-up5k", tmp_path / "out")
+    assert e.value.resource == "DSP" and isinstance(e.value, ValueError)
+    assert not (tmp_path / "out" / "nextpnr.log").exists()  # caught before place and route
+
+
+def test_wide_ports_are_wrapped_automatically(tmp_path):
+    out = tmp_path / "out"
+    report = synthesize(write(tmp_path, "wide", WIDE), "wide", "ice40-up5k", out, clock_mhz=500)
+    assert report.wrapped_io and json.loads((out / "report.json").read_text())["wrapped_io"]
+    assert report.resources["IO"].used == 5  # clk, rst, sin, load, sout
+    assert report.resources["FF"].used >= 200 + 8 + 8  # input chain, output chain, y
+    assert report.top == "wide" and "serial wrapper" in report.table()
+    # A missed constraint is reported, not raised.
+    assert report.clock_mhz == 500 and report.fmax_mhz < 500 and report.timing_met is False
+
+
+def test_wide_ports_unwrapped_do_not_fit(tmp_path):
+    with pytest.raises(DoesNotFit, match=r"needs 210 IO, the device has 39") as e:
+        synthesize(write(tmp_path, "wide", WIDE), "wide", "ice40-up5k", tmp_path, wrap_io=False)
+    assert e.value.resource == "IO"
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
+def test_wrapper_shifts_inputs_in_and_outputs_out(tmp_path):
+    ports = [Port("clk", "input", 1), Port("rst", "input", 1), Port("a", "input", 8)]
+    ports += [Port("b", "input", 8), Port("y", "output", 9)]
+    vectors = [(0, 0), (200, 100), (255, 255), (17, 3)]
+    loads = "\n".join(
+        f"    vin = {{8'd{b}, 8'd{a}}}; shift_in; load = 1; tick; tick; tick; load = 0; shift_out;"
+        for a, b in vectors
+    )
+    bench = f"""
+module tb;
+  reg clk = 0, rst = 1, sin = 0, load = 0;
+  wire sout;
+  reg [15:0] vin;
+  reg [8:0] vout;
+  integer i;
+  adder8_io_wrapper dut(.clk(clk), .rst(rst), .sin(sin), .load(load), .sout(sout));
+  task tick; begin #1 clk = 1; #1 clk = 0; end endtask
+  task shift_in; for (i = 15; i >= 0; i = i - 1) begin sin = vin[i]; tick; end endtask
+  task shift_out; begin
+    for (i = 8; i >= 0; i = i - 1) begin vout[i] = sout; tick; end
+    $display("%0d", vout);
+  end endtask
+  initial begin
+    tick; rst = 0;
+{loads}
+    $finish;
+  end
+endmodule
+"""
+    sources = [write(tmp_path, "adder8", ADDER), write(tmp_path, "tb", bench)]
+    wrapper = tmp_path / "wrapper.v"
+    wrapper.write_text(wrapper_verilog("adder8", ports))
+    sim = tmp_path / "sim.vvp"
+    subprocess.run(["iverilog", "-o", sim, *sources, wrapper], check=True)
+    done = subprocess.run(["vvp", "-n", sim], capture_output=True, text=True, check=True)
+    assert [int(x) for x in done.stdout.split()] == [a + b for a, b in vectors]
+
+
+def test_wrapper_refuses_inout_and_output_less_tops():
+    with pytest.raises(ValueError, match=r"^cannot wrap t: port 'z' is inout$"):
+        wrapper_verilog("t", [Port("a", "input", 1), Port("z", "inout", 1)])
+    with pytest.raises(ValueError, match="no output ports"):
+        wrapper_verilog("t", [Port("a", "input", 4)])
+
+
+def test_unknown_target_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown target 'xc7a35t'; known: ecp5-25k, ecp5-85k"):
+        synthesize(tmp_path / "x.v", "x", "xc7a35t", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"top": "a b"}, "top must be a Verilog module name"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"clock_mhz": 0}, "clock_mhz must be a positive number"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, message):
+    args = {"top": "adder8", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        synthesize(write(tmp_path, "adder8", ADDER), target="ecp5-25k", out_dir=tmp_path, **args)
+
+
+def test_missing_verilog_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Verilog file not found"):
+        synthesize(tmp_path / "nowhere.v", "x", "ecp5-25k", tmp_path)
+
+
+def test_yosys_error_names_the_line_and_the_log(tmp_path):
+    source = write(
+        tmp_path, "broken", "module broken(input clk, output y);\n  assign y = ;\nendmodule\n"
+    )
+    with pytest.raises(
+        OSError, match=r"^yosys failed: .*syntax error.*\(log: .*yosys_ports\.log\)$"
+    ):
+        synthesize(source, "broken", "ice40-up5k", tmp_path / "out")
+    with pytest.raises(OSError, match=r"yosys failed: .*nosuch.*\(log: .*yosys\.log\)$"):
+        synthesize(
+            write(tmp_path, "adder8", ADDER), "nosuch", "ice40-up5k", tmp_path, wrap_io=False
+        )
+
+
+def test_nextpnr_out_of_cells_is_does_not_fit():
+    device, log = TARGETS["ice40-up5k"], Path("nextpnr.log")
+    line = "Unable to place cell 'p_DSP', no BELs remaining to implement cell type 'ICESTORM_DSP'"
+    error = _pnr_failure(device, line, log)
+    assert isinstance(error, DoesNotFit) and error.resource == "DSP"
+    assert str(error).startswith("does not fit ice40-up5k: nextpnr ran out of DSP: Unable")
+    other = _pnr_failure(device, "Failed to route", log)
+    assert (
+        type(other) is OSError
+        and str(other) == "nextpnr failed: Failed to route (log: nextpnr.log)"
+    )
+
+
+def test_device_checks_its_family():
+    with pytest.raises(ValueError, match="family must be one of ecp5, ice40, not 'xc7'"):
+        Device("x", "xc7", (), lut4=1, ff=1, carry=1, dsp=0, bram=0, io=1)
