@@ -72,21 +72,36 @@ def run_rtl(
             build_args=build_args,
             waves=waves,
             timescale=("1ns", "1ps"),
+            log_file=build_dir / "build.log",
         )
         runner.test(
             test_module="hw.rtl_bench",
             hdl_toplevel=top,
             build_dir=build_dir,
             test_dir=build_dir,
+            log_file=build_dir / "sim.log",
             waves=waves,
             extra_env={_JOBS_ENV: str(jobs_file), _RESULTS_ENV: str(results_file)},
         )
+    except (RuntimeError, SystemExit) as e:  # the runner's ways of saying a step failed
+        raise AssertionError(
+            f"the {simulator} run failed: {_why(build_dir) or e} (logs in {build_dir})"
+        ) from None
     finally:
         os.environ.clear()
         os.environ.update(saved)
     if not results_file.exists():
-        raise AssertionError(f"the {simulator} run wrote no results (see {build_dir})")
+        why = _why(build_dir) or "it wrote no results"
+        raise AssertionError(f"the {simulator} run failed: {why} (logs in {build_dir})")
     return json.loads(results_file.read_text())
+
+
+def _why(build_dir: Path) -> str | None:
+    """The assertion a failed cocotb run ended with, from its log."""
+    log = build_dir / "sim.log"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    found = [line.strip() for line in text.splitlines() if "AssertionError:" in line]
+    return found[-1].split("AssertionError:", 1)[1].strip() if found else None
 
 
 class _Bus:

@@ -121,3 +121,22 @@ def test_verilator_mixed_modes(tmp_path):
 @pytest.mark.slow
 def test_verilator_every_mode(tmp_path):
     run_array(tmp_path, "verilator", 4, 4, TINY_PAIRS)
+
+
+def test_a_wrong_expectation_fails_with_the_beat(tmp_path):
+    """The RTL bench can fail: one expected value off by one is reported with its beat."""
+    modes = [mode_spec("int8", "int8", rows=2, acc_bits=32)]
+    array = SystolicArray(2, 2, modes, "ws")
+    verilog = tmp_path / "array.v"
+    verilog.write_text(to_verilog(array, "array"))
+    job = ws_beats(array.datapath.bus, 2, 2, 0, modes[0], np.ones((2, 2)), np.ones((3, 2)))
+    job.expected[1][0][0] += 1
+    with pytest.raises(AssertionError, match=r"output beat 1: got \[2, 2\].*expected \[3, 2\]"):
+        run_rtl(
+            verilog,
+            "array",
+            [job],
+            simulator="icarus",
+            build_dir=tmp_path / "icarus",
+            widths={"cols": 2, "acc_width": 32},
+        )
