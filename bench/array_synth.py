@@ -44,7 +44,11 @@ def synth(name: str) -> tuple[str, dict | str]:
 
 def run() -> str:
     with ThreadPoolExecutor(max_workers=2) as pool:  # one yosys per core
-        results = dict(zip(CONFIGS, pool.map(synth, CONFIGS), strict=True))
+        return render(dict(zip(CONFIGS, pool.map(synth, CONFIGS), strict=True)))
+
+
+def render(results: dict[str, tuple[str, dict | str]]) -> str:
+    """The markdown section: per configuration, (target, report or the error it ended with)."""
     lines = [
         "## Systolic arrays on ECP5",
         "",
