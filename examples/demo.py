@@ -77,14 +77,12 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def gemm_jobs(array, rng: np.random.Generator) -> list:
     """One weight-stationary GEMM per mode: A (rows x K) times W (K x cols), K = lanes * rows."""
-    from sim.array_model import ws_beats
+    from sim.array_model import random_tile, ws_beats
 
     rows, cols, bus = array.rows, array.cols, array.datapath.bus
     jobs = []
     for index, spec in enumerate(array.modes):
-        k = spec.lanes * rows
-        w = rng.choice(spec.weight.finite_codes(), (k, cols))
-        a = rng.choice(spec.activation.finite_codes(), (rows, k))
+        w, a = random_tile(spec, rng, rows, spec.lanes * rows, cols)
         jobs.append(ws_beats(bus, rows, cols, index, spec, w, a))
     return jobs
 

@@ -104,19 +104,12 @@ def _why(build_dir: Path) -> str | None:
     return found[-1].split("AssertionError:", 1)[1].strip() if found else None
 
 
-class _Bus:
-    """Just enough of ``BusWidths`` for ``unpack_output``."""
-
-    def __init__(self, acc_width):
-        self.acc_width = acc_width
-
-
 @cocotb.test()
 async def array_bench(dut):
     """Every job from $QACCEL_RTL_JOBS, checked against the contract, one after the other."""
     spec = json.loads(Path(os.environ[_JOBS_ENV]).read_text())
     widths = spec["widths"]
-    bus, cols = _Bus(widths["acc_width"]), widths["cols"]
+    acc_width, cols = widths["acc_width"], widths["cols"]
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
     dut.w__valid.value = 0
@@ -130,11 +123,11 @@ async def array_bench(dut):
         beats = Beats(**job)
         beats.timing = [tuple(t) for t in beats.timing]
         beats.expected = [tuple(e) for e in beats.expected]
-        results.append(await _run_job(dut, beats, bus, cols))
+        results.append(await _run_job(dut, beats, acc_width, cols))
     Path(os.environ[_RESULTS_ENV]).write_text(json.dumps(results))
 
 
-async def _run_job(dut, beats: Beats, bus, cols: int) -> dict:
+async def _run_job(dut, beats: Beats, acc_width: int, cols: int) -> dict:
     await RisingEdge(dut.clk)
     for _ in range(100_000):  # the dataflow may change only while the array is idle
         await ReadOnly()
@@ -164,7 +157,7 @@ async def _run_job(dut, beats: Beats, bus, cols: int) -> dict:
             a_cycles.append(cycle)
         if int(dut.o__valid.value):
             payload = dut.o__payload.value.to_unsigned()
-            outputs.append((cycle, *unpack_output(payload, bus, cols)))
+            outputs.append((cycle, *unpack_output(payload, acc_width, cols)))
         await RisingEdge(dut.clk)
         cycle += 1
         if cycle > 100_000:

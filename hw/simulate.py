@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 
 from amaranth.sim import Simulator
@@ -47,11 +48,9 @@ def simulate_jobs(
     sim = Simulator(array)
     sim.add_clock(1e-8)
     sim.add_testbench(testbench)
-    vcd = vcd or (
-        os.path.join(os.environ["QACCEL_VCD"], "array.vcd")
-        if os.environ.get("QACCEL_VCD")
-        else None
-    )
+    if vcd is None and os.environ.get("QACCEL_VCD"):  # one new file per run, never a fixed name
+        handle, vcd = tempfile.mkstemp(prefix="array-", suffix=".vcd", dir=os.environ["QACCEL_VCD"])
+        os.close(handle)
     if vcd:
         with sim.write_vcd(vcd):
             sim.run()
@@ -84,7 +83,7 @@ async def _run_job(ctx, array, beats: Beats, timeout: int) -> ArrayRun:
             a_next += 1
             a_cycles.append(cycle)
         if o_valid:
-            outputs.append((cycle, *unpack_output(o_payload, bus, array.cols)))
+            outputs.append((cycle, *unpack_output(o_payload, bus.acc_width, array.cols)))
         cycle += 1
         if cycle > timeout:
             raise AssertionError(

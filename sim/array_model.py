@@ -20,7 +20,17 @@ import numpy as np
 
 from qaccel.modes import BusWidths, ModeSpec, pack_lanes
 
-__all__ = ["Beats", "os_beats", "os_latency", "reference", "ws_beats", "ws_latency"]
+__all__ = [
+    "Beats",
+    "check_run",
+    "os_beats",
+    "os_latency",
+    "random_tile",
+    "reference",
+    "unpack_output",
+    "ws_beats",
+    "ws_latency",
+]
 
 
 def ws_latency(rows: int, cols: int) -> int:
@@ -62,6 +72,13 @@ def reference(spec: ModeSpec, w_codes, a_codes) -> tuple[np.ndarray, np.ndarray]
     for s in range(steps.shape[1]):
         acc = np.clip(acc + steps[:, s].sum(axis=1), low, high)
     return acc, invalid
+
+
+def random_tile(spec: ModeSpec, rng: np.random.Generator, m: int, k: int, n: int):
+    """Random finite codes (W: k x n, A: m x k) for one product in mode ``spec``."""
+    w = rng.choice(spec.weight.finite_codes(), (k, n))
+    a = rng.choice(spec.activation.finite_codes(), (m, k))
+    return w, a
 
 
 @dataclass
@@ -152,9 +169,9 @@ def os_beats(
     return beats
 
 
-def unpack_output(payload: int, bus: BusWidths, cols: int) -> tuple[list[int], list[int]]:
-    """An ``o`` payload as (signed values, invalid flags) per column."""
-    bits = bus.acc_width
+def unpack_output(payload: int, acc_width: int, cols: int) -> tuple[list[int], list[int]]:
+    """An ``o`` payload (``acc_width`` bits per column) as (signed values, invalid flags)."""
+    bits = acc_width
     values = []
     for c in range(cols):
         v = (payload >> (c * bits)) & ((1 << bits) - 1)

@@ -11,7 +11,15 @@ from hw.array import SystolicArray, array_modes
 from hw.simulate import simulate_array, simulate_jobs
 from qaccel import config
 from qaccel.modes import BusWidths, mode_spec
-from sim.array_model import check_run, os_beats, os_latency, reference, ws_beats, ws_latency
+from sim.array_model import (
+    check_run,
+    os_beats,
+    os_latency,
+    random_tile,
+    reference,
+    ws_beats,
+    ws_latency,
+)
 
 TINY = config.load_config("configs/tiny.toml")
 PAIRS = [(p.weight, p.activation) for p in TINY.array.modes]
@@ -98,7 +106,7 @@ def test_accumulator_saturates(pair):
     a = np.array([[a_max] * steps + [a_min] * (2 * steps)])
     values, _ = reference(spec, w, a)
     assert values[0, 0] == low  # went through high first, then all the way down
-    assert max(reference(spec, w[:steps], a[:, :steps])[0][0, 0], 0) == high
+    assert reference(spec, w[:steps], a[:, :steps])[0][0, 0] == high  # the top, first
     run_and_check(array, os_beats(bus, 1, 1, 0, spec, w, a))
 
 
@@ -115,41 +123,20 @@ def test_array_back_to_back(shape, dataflow):
     bus = array.datapath.bus
     rng = rng_for(shape, dataflow)
     for index, spec in enumerate(array.modes):
-        fw, fa = spec.weight.finite_codes(), spec.activation.finite_codes()
+        k = spec.lanes * rows
         if dataflow != "os":
-            k = spec.lanes * rows
             m = rows  # the shortest tile that hides the next bank's load (rows beats)
-            beats = ws_beats(
-                bus, rows, cols, index, spec, rng.choice(fw, (k, cols)), rng.choice(fa, (m, k))
-            )
+            beats = ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, m, k, cols))
             beats.extend(
-                ws_beats(
-                    bus,
-                    rows,
-                    cols,
-                    index,
-                    spec,
-                    rng.choice(fw, (k, cols)),
-                    rng.choice(fa, (m + 2, k)),
-                )
+                ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, m + 2, k, cols))
             )
             run = run_and_check(array, beats)
             assert run.a_cycles == list(range(rows, rows + len(beats.a))), spec.name
-        if dataflow != "ws":
-            k = spec.lanes * rows  # the shortest tile that never stalls
-            beats = os_beats(
-                bus, rows, cols, index, spec, rng.choice(fw, (k, cols)), rng.choice(fa, (rows, k))
-            )
+        if dataflow != "ws":  # k = lanes * rows steps: the shortest tile that never stalls
+            beats = os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
+            k += spec.lanes
             beats.extend(
-                os_beats(
-                    bus,
-                    rows,
-                    cols,
-                    index,
-                    spec,
-                    rng.choice(fw, (k + spec.lanes, cols)),
-                    rng.choice(fa, (rows, k + spec.lanes)),
-                )
+                os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
             )
             run = run_and_check(array, beats)
             assert run.a_cycles == list(range(len(beats.a))), spec.name
@@ -218,8 +205,7 @@ def test_reference_matches_plain_matmul():
     rng = rng_for("reference")
     for w_name, a_name in PAIRS:
         spec = mode_spec(w_name, a_name, rows=4, acc_bits=32)
-        w = rng.choice(spec.weight.finite_codes(), (4 * spec.lanes, 3))
-        a = rng.choice(spec.activation.finite_codes(), (5, 4 * spec.lanes))
+        w, a = random_tile(spec, rng, 5, 4 * spec.lanes, 3)
         values, invalid = reference(spec, w, a)
         exact = spec.activation.decode(a) @ spec.weight.decode(w)
         got = np.array([[float(v) for v in row] for row in values]) * 2.0**-spec.frac_bits
@@ -236,13 +222,8 @@ def test_dataflow_switches_between_jobs():
     for index, spec in enumerate(array.modes * 2):
         index %= 2
         k = 3 * spec.lanes
-        fw, fa = spec.weight.finite_codes(), spec.activation.finite_codes()
-        jobs.append(
-            ws_beats(bus, 3, 2, index, spec, rng.choice(fw, (k, 2)), rng.choice(fa, (4, k)))
-        )
+        jobs.append(ws_beats(bus, 3, 2, index, spec, *random_tile(spec, rng, 4, k, 2)))
         k += spec.lanes  # an output-stationary tile of rows + 1 steps
-        jobs.append(
-            os_beats(bus, 3, 2, index, spec, rng.choice(fw, (k, 2)), rng.choice(fa, (3, k)))
-        )
+        jobs.append(os_beats(bus, 3, 2, index, spec, *random_tile(spec, rng, 3, k, 2)))
     for beats, run in zip(jobs, simulate_jobs(array, jobs, timeout=1000), strict=True):
         check_run(beats, run.a_cycles, run.outputs)

@@ -11,23 +11,12 @@ import pytest
 from hw.array import SystolicArray
 from hw.generate import to_verilog
 from hw.rtl_bench import run_rtl
+from qaccel import config
 from qaccel.modes import mode_spec
-from sim.array_model import Beats, os_beats, ws_beats
+from sim.array_model import Beats, os_beats, random_tile, ws_beats
 
 SEED = 20261122
-TINY_PAIRS = [
-    ("int8", "int8"),
-    ("int4", "int8"),
-    ("int4", "int4"),
-    ("int2", "int8"),
-    ("ternary", "int8"),
-    ("binary", "int8"),
-    ("fp8_e4m3", "fp8_e4m3"),
-    ("fp8_e5m2", "fp8_e5m2"),
-    ("fp4_e2m1", "int8"),
-    ("fp4_e2m1", "fp8_e4m3"),
-    ("posit8_0", "posit8_0"),
-]
+TINY_PAIRS = [(p.weight, p.activation) for p in config.load_config("configs/tiny.toml").array.modes]
 
 
 def random_jobs(array: SystolicArray, seed: int) -> list[Beats]:
@@ -37,48 +26,19 @@ def random_jobs(array: SystolicArray, seed: int) -> list[Beats]:
     rows, cols, bus = array.rows, array.cols, array.datapath.bus
     jobs = []
     for index, spec in enumerate(array.modes):
-        fw, fa = spec.weight.finite_codes(), spec.activation.finite_codes()
         k = spec.lanes * rows
         if array.supported_dataflow != "os":
-            job = ws_beats(
-                bus,
-                rows,
-                cols,
-                index,
-                spec,
-                rng.choice(fw, (k, cols)),
-                rng.choice(fa, (rows + 1, k)),
+            job = ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows + 1, k, cols))
+            job.extend(
+                ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
             )
-            jobs.append(
-                job.extend(
-                    ws_beats(
-                        bus,
-                        rows,
-                        cols,
-                        index,
-                        spec,
-                        rng.choice(fw, (k, cols)),
-                        rng.choice(fa, (rows, k)),
-                    )
-                )
-            )
+            jobs.append(job)
         if array.supported_dataflow != "ws":
-            job = os_beats(
-                bus, rows, cols, index, spec, rng.choice(fw, (k, cols)), rng.choice(fa, (rows, k))
+            job = os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
+            job.extend(
+                os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, 2 * k, cols))
             )
-            jobs.append(
-                job.extend(
-                    os_beats(
-                        bus,
-                        rows,
-                        cols,
-                        index,
-                        spec,
-                        rng.choice(fw, (2 * k, cols)),
-                        rng.choice(fa, (rows, 2 * k)),
-                    )
-                )
-            )
+            jobs.append(job)
     return jobs
 
 
