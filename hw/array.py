@@ -28,6 +28,12 @@ C[r, c]. The step with ``last`` ends a tile; its rows leave as rows consecutive 
 in cycle t_last + rows + cols + 1 + r, while the next tile accumulates. Tiles must be at least
 ``rows`` steps long (shorter ones stall until then).
 
+**MX modes** (output-stationary only; ``qaccel.modes`` has the arithmetic). ``w`` and ``a`` carry
+one more field, ``scale``: an E8M0 code per column and per row, the scale of the block the step
+belongs to (read at the block's last step; hold it for the whole block). Blocks are counted
+from each tile's first step: every ``block`` steps, and the tile's last step, end one. In
+weight-stationary mode an MX mode yields ``invalid`` results.
+
 Change ``dataflow`` only while ``busy`` is low.
 """
 
@@ -52,7 +58,14 @@ DATAFLOWS = ("ws", "os", "both")
 def array_modes(cfg: qconfig.ArrayConfig) -> tuple[ModeSpec, ...]:
     """The ModeSpecs of an array configuration, in the configuration's order."""
     return tuple(
-        mode_spec(p.weight, p.activation, rows=cfg.rows, acc_bits=cfg.acc_bits) for p in cfg.modes
+        mode_spec(
+            p.weight,
+            p.activation,
+            rows=cfg.rows,
+            acc_bits=cfg.acc_bits,
+            mx_scale_range=cfg.mx_scale_range,
+        )
+        for p in cfg.modes
     )
 
 
@@ -62,25 +75,20 @@ class SystolicArray(wiring.Component):
     def __init__(self, rows: int, cols: int, modes: Sequence[ModeSpec], dataflow: str = "both"):
         try:
             self._check(rows, cols, dataflow)
+            self._dp = Datapath(tuple(modes), ws=dataflow != "os", os=dataflow != "ws")
         except ValueError:
             self._MustUse__silence = True  # rejected, so never elaborated: nothing to warn about
             raise
         self._rows, self._cols, self._dataflow = rows, cols, dataflow
-        self._dp = Datapath(tuple(modes), ws=dataflow != "os", os=dataflow != "ws")
         dp = self._dp
+        w_fields = {"data": data.ArrayLayout(dp.w_word_bits, cols), "mode": dp.mode_bits}
+        a_fields = {"data": data.ArrayLayout(dp.a_word_bits, rows), "last": 1}
+        if dp.mx:  # one E8M0 block scale per column and per row, above the other fields
+            w_fields["scale"] = data.ArrayLayout(dp.scale_bits, cols)
+            a_fields["scale"] = data.ArrayLayout(dp.scale_bits, rows)
         members = {
-            "w": In(
-                stream.Signature(
-                    data.StructLayout(
-                        {"data": data.ArrayLayout(dp.w_word_bits, cols), "mode": dp.mode_bits}
-                    )
-                )
-            ),
-            "a": In(
-                stream.Signature(
-                    data.StructLayout({"data": data.ArrayLayout(dp.a_word_bits, rows), "last": 1})
-                )
-            ),
+            "w": In(stream.Signature(data.StructLayout(w_fields))),
+            "a": In(stream.Signature(data.StructLayout(a_fields))),
             "o": Out(
                 stream.Signature(
                     data.StructLayout(
@@ -120,7 +128,7 @@ class SystolicArray(wiring.Component):
 
     def mode_index(self, weight: str, activation: str) -> int:
         for i, spec in enumerate(self.modes):
-            if (spec.weight.name, spec.activation.name) == (weight, activation):
+            if (spec.mx or (spec.weight.name, spec.activation.name)) == (weight, activation):
                 return i
         raise ValueError(f"the array has no mode {weight}*{activation}")
 
@@ -143,8 +151,11 @@ class SystolicArray(wiring.Component):
             ws_w_ready, ws_a_ready, ws_shift, ws_latch, ws_latch_bank, ws_busy = self._ws_control(
                 m, w_take & ~os, a_take & ~os, ws_mode, ws_bank
             )
+        block_end = Const(0)
         if dp.os:
             os_ready = self._os_control(m, a_take & os, first)
+        if dp.mx:
+            block_end = self._block_control(m, a_take & os)
         m.d.comb += [
             self.w.ready.eq(Mux(os, os_ready & self.a.valid, ws_w_ready)),
             self.a.ready.eq(Mux(os, os_ready & self.w.valid, ws_a_ready)),
@@ -172,10 +183,17 @@ class SystolicArray(wiring.Component):
                 tagged.first.eq(first),
                 tagged.last.eq(self.a.payload.last),
             ]
+            if dp.mx:
+                m.d.comb += [
+                    tagged.scale.eq(self.a.payload.scale[r]),
+                    tagged.block_end.eq(block_end),
+                ]
             a_edge.append(self._delay(m, tagged, r + 1, f"a_skew{r}"))
         w_edge, ctrl_edge = [], []
         for c in range(cols):
             op = self._decode_weight(m, self.w.payload.data[c], self.w.payload.mode, f"w{c}")
+            if dp.mx:
+                m.d.comb += op.scale.eq(self.w.payload.scale[c])
             w_edge.append(self._delay(m, op, c + 1, f"w_skew{c}"))
             if dp.ws:
                 ctrl = Signal(3, name=f"ws_ctrl{c}")
@@ -210,7 +228,7 @@ class SystolicArray(wiring.Component):
         for c in range(cols):
             out = self._delay(m, grid[rows - 1][c].p_out, cols - 1 - c, f"o_deskew{c}")
             m.d.comb += [self.o.payload.data[c].eq(out.value)]
-            if dp.has_special:
+            if dp.has_invalid:
                 m.d.comb += self.o.payload.invalid[c].eq(out.invalid)
             if c == cols - 1:
                 m.d.comb += self.o.valid.eq(out.valid)
@@ -264,6 +282,16 @@ class SystolicArray(wiring.Component):
         with m.Elif(gap != 0):
             m.d.sync += gap.eq(gap - 1)
         return ~(last & (gap != 0))
+
+    def _block_control(self, m, a_take):
+        """MX: count the steps of each block; a block ends after ``block`` steps or with the
+        tile (a last, partial block is as if padded with zeros)."""
+        block = self._dp.block
+        count = Signal(range(block), name="block_step")
+        block_end = self.a.payload.last | (count == block - 1)
+        with m.If(a_take):
+            m.d.sync += count.eq(Mux(block_end, 0, count + 1))
+        return block_end
 
     # -- edge decoders --------------------------------------------------------------------
 

@@ -87,18 +87,7 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
             "dataflow": component.supported_dataflow,
             "acc_bits": cfg.array.acc_bits,
         },
-        "modes": [
-            {
-                "index": i,
-                "weight": m.weight.name,
-                "activation": m.activation.name,
-                "lanes": m.lanes,
-                "macs_per_cycle": m.lanes * rows * cols,
-                "acc_width": m.acc_width,
-                "acc_frac_bits": m.frac_bits,
-            }
-            for i, m in enumerate(component.modes)
-        ],
+        "modes": [_mode_entry(i, m, rows, cols) for i, m in enumerate(component.modes)],
         "payloads": {
             "w__payload": {
                 "data": f"{cols} x {bus.w_word_bits} bits, column 0 lowest",
@@ -108,6 +97,14 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
                 "data": f"{rows} x {bus.a_word_bits} bits, row 0 lowest",
                 "last": "1 bit above data",
             },
+            **(
+                {
+                    "scales": f"w__payload and a__payload: {bus.scale_bits}-bit E8M0 scale per "
+                    "column / row above the other fields (MX modes; see hw.array)"
+                }
+                if bus.scale_bits
+                else {}
+            ),
             "o__payload": {
                 "data": f"{cols} x {bus.acc_width} bits signed, column 0 lowest",
                 "invalid": f"{cols} bits above data",
@@ -120,6 +117,22 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
             "output_stationary": f"row r in cycle t_last + {os_latency(rows, cols)} + r",
         },
     }
+
+
+def _mode_entry(index: int, spec, rows: int, cols: int) -> dict:
+    weight, activation = spec.mx or (spec.weight.name, spec.activation.name)
+    entry = {
+        "index": index,
+        "weight": weight,
+        "activation": activation,
+        "lanes": spec.lanes,
+        "macs_per_cycle": spec.lanes * rows * cols,
+        "acc_width": spec.acc_width,
+        "acc_frac_bits": spec.frac_bits,
+    }
+    if spec.block:
+        entry |= {"block": spec.block, "scale_range": list(spec.scale_range)}
+    return entry
 
 
 def generate(cfg: config.AcceleratorConfig, top: str, out_dir: Path) -> tuple[Path, Path]:

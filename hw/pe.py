@@ -26,6 +26,12 @@ modes, the exact ``qaccel.formats.accumulator_format`` width for float modes. A 
 operand sets the sticky ``invalid`` flag of the sum it joins; the value then holds the sum of the
 finite products.
 
+**MX block scales** (output-stationary only). In an MX mode the accumulator holds one block's
+exact sum; at the block's last step the sum is shifted left by its combined E8M0 exponent
+(relative to the low end of the configured window, ``qaccel.modes``) and added, saturating, to the
+tile's outer accumulator. Blocks that cannot join exactly (NaN scale, or a nonzero sum outside
+the window) add nothing and set ``invalid``.
+
 **Dataflows.** Weight-stationary: two weight banks (loaded through the vertical weight chain
 while the other bank computes); the partial sum flows down, ``p_out = sat(p_in + w*a)``.
 Output-stationary: weights flow down, activations right; the PE accumulates and, at the tile's
@@ -62,6 +68,10 @@ class Datapath:
             raise ValueError("a datapath needs at least one mode")
         if not (self.ws or self.os):
             raise ValueError("a datapath needs a dataflow")
+        if self.mx and not self.os:
+            raise ValueError("MX modes need the output-stationary dataflow (os or both)")
+        if len({(m.block, m.scale_range) for m in self.mx}) > 1:
+            raise ValueError("all MX modes of a datapath share one block size and scale range")
 
     @cached_property
     def slices(self) -> int:
@@ -74,6 +84,27 @@ class Datapath:
     @cached_property
     def floats(self) -> tuple[ModeSpec, ...]:
         return tuple(m for m in self.modes if not m.integer)
+
+    @cached_property
+    def mx(self) -> tuple[ModeSpec, ...]:
+        return tuple(m for m in self.modes if m.block)
+
+    @property
+    def block(self) -> int:
+        """k values per MX scale (0 without MX modes)."""
+        return self.mx[0].block if self.mx else 0
+
+    @property
+    def scale_range(self) -> tuple[int, int]:
+        return self.mx[0].scale_range if self.mx else (0, 0)
+
+    @cached_property
+    def block_width(self) -> int:
+        return max((m.block_width for m in self.mx), default=0)
+
+    @property
+    def scale_bits(self) -> int:
+        return self.bus.scale_bits
 
     @cached_property
     def bus(self) -> BusWidths:
@@ -110,6 +141,11 @@ class Datapath:
         )
 
     @property
+    def has_invalid(self) -> bool:
+        """Sums carry an ``invalid`` flag: a special operand, or an MX block that cannot join."""
+        return self.has_special or bool(self.mx)
+
+    @property
     def acc_width(self) -> int:
         return self.bus.acc_width
 
@@ -126,7 +162,12 @@ class Datapath:
 
     def w_operand(self) -> data.StructLayout:
         return data.StructLayout(
-            {"data": 8, "shift": self.w_shift_bits, "special": int(self.has_special)}
+            {
+                "data": 8,
+                "shift": self.w_shift_bits,
+                "special": int(self.has_special),
+                "scale": self.scale_bits,  # MX: the column's E8M0 block scale
+            }
         )
 
     def a_operand(self) -> data.StructLayout:
@@ -144,12 +185,14 @@ class Datapath:
                 "bank": 1,
                 "first": 1,
                 "last": 1,
+                "scale": self.scale_bits,  # MX: the row's E8M0 block scale
+                "block_end": int(bool(self.mx)),  # MX: the last step of a block
             }
         )
 
     def psum(self) -> data.StructLayout:
         return data.StructLayout(
-            {"value": signed(self.acc_width), "valid": 1, "invalid": int(self.has_special)}
+            {"value": signed(self.acc_width), "valid": 1, "invalid": int(self.has_invalid)}
         )
 
 
@@ -199,48 +242,63 @@ class PE(wiring.Component):
 
         product = Signal(signed(dp.product_bits))
         lo, hi = Signal(signed(dp.acc_width)), Signal(signed(dp.acc_width))
-        self._multiply(m, weight, a.op, a.mode, product, lo, hi)
+        mode = _ModeControls(dp)
+        self._multiply(m, weight, a.op, a.mode, product, lo, hi, mode)
         special = (weight.special | a.op.special) if dp.has_special else Const(0)
+
+        # The OS accumulator restarts with each tile, and in MX modes with each block.
+        restart = a.first
+        new_block = Signal(init=1)
+        if dp.mx:
+            with m.If(a.valid & self.os):
+                m.d.sync += new_block.eq(a.block_end)
+            restart = a.first | (mode.mx & new_block)
 
         # One saturating adder serves both dataflows: it adds this cycle's product to the
         # partial sum from above (weight-stationary) or to the PE's own accumulator.
         acc = Signal(signed(dp.acc_width))
         if dp.ws and dp.os:
-            base = Mux(self.os, Mux(a.first, 0, acc), self.p_in.value)
+            base = Mux(self.os, Mux(restart, 0, acc), self.p_in.value)
         else:
-            base = self.p_in.value if dp.ws else Mux(a.first, 0, acc)
+            base = self.p_in.value if dp.ws else Mux(restart, 0, acc)
         total, raw = Signal(signed(dp.acc_width)), Signal(signed(dp.acc_width + 1))
         m.d.comb += [raw.eq(base + product), total.eq(Mux(raw < lo, lo, Mux(raw > hi, hi, raw)))]
 
         ws_next, os_next = Signal.like(self.p_out), Signal.like(self.p_out)
         if dp.ws:
             m.d.comb += [ws_next.value.eq(total), ws_next.valid.eq(a.valid)]
-            if dp.has_special:
-                m.d.comb += ws_next.invalid.eq(self.p_in.invalid | (a.valid & special))
+            if dp.has_invalid:  # MX modes have no weight-stationary form: never a valid sum
+                m.d.comb += ws_next.invalid.eq(self.p_in.invalid | (a.valid & (special | mode.mx)))
         if dp.os:
-            self._output_stationary(m, a, acc, total, special, os_next)
+            self._output_stationary(m, a, weight, acc, total, special, restart, mode, os_next)
         if dp.ws and dp.os:
             m.d.sync += self.p_out.eq(Mux(self.os, os_next, ws_next))
         else:
             m.d.sync += self.p_out.eq(ws_next if dp.ws else os_next)
         return m
 
-    def _output_stationary(self, m, a, acc, total, special, os_next):
+    def _output_stationary(self, m, a, weight, acc, total, special, restart, mode, os_next):
         dp = self._dp
         acc_invalid = Signal()
         hold = Signal(dp.psum())
-        total_invalid = (~a.first & acc_invalid) | special
-        with m.If(a.valid & self.os):
+        total_invalid = (~restart & acc_invalid) | special
+        result, result_invalid = total, total_invalid
+        step = a.valid & self.os
+        if dp.mx:
+            outer = self._block_scaling(m, a, weight, total, total_invalid, mode)
+            result = Mux(mode.mx, outer.value, total)
+            result_invalid = Mux(mode.mx, outer.invalid, total_invalid)
+        with m.If(step):
             m.d.sync += [acc.eq(total), acc_invalid.eq(total_invalid)]
             with m.If(a.last):
-                m.d.sync += [hold.value.eq(total), hold.valid.eq(1)]
-                if dp.has_special:
-                    m.d.sync += hold.invalid.eq(total_invalid)
+                m.d.sync += [hold.value.eq(result), hold.valid.eq(1)]
+                if dp.has_invalid:
+                    m.d.sync += hold.invalid.eq(result_invalid)
         # The insertion token: this PE's own last step (top row) or the token from above,
         # delayed one more cycle per row, so row r inserts r + 1 cycles after its last step.
         insert, delay = Signal(), Signal()
         if self._top:
-            m.d.sync += insert.eq(a.valid & a.last & self.os)
+            m.d.sync += insert.eq(step & a.last)
         else:
             m.d.sync += [delay.eq(self.tok_in), insert.eq(delay)]
         m.d.comb += [
@@ -248,9 +306,38 @@ class PE(wiring.Component):
             os_next.eq(Mux(insert, hold, self.p_in)),
         ]
 
-    def _multiply(self, m, weight, act, mode, product, lo, hi):
+    def _block_scaling(self, m, a, weight, block_sum, block_invalid, mode):
+        """MX: at a block's last step, shift its exact sum by the block's combined scale
+        exponent (relative to the window's low end) into the tile's outer accumulator. Returns
+        the outer sum including this block (a psum-like struct)."""
+        dp = self._dp
+        lo, hi = dp.scale_range
+        window = hi - lo
+        outer = Signal(dp.psum())  # the tile's sum of shifted blocks so far
+        live = Signal()  # outer holds blocks of the current tile
+        shift = Signal(signed(11))
+        m.d.comb += shift.eq(a.scale + weight.scale - (254 + lo))
+        nan_scale = (a.scale == 0xFF) | (weight.scale == 0xFF)
+        fits = (shift >= 0) & (shift <= window) & ~nan_scale
+        block = block_sum[: dp.block_width].as_signed()
+        shifted = Signal(signed(dp.acc_width))
+        m.d.comb += shifted.eq(Mux(fits, block << shift[: max(1, window.bit_length())], 0))
+        raw = Signal(signed(dp.acc_width + 1))
+        m.d.comb += raw.eq(Mux(live, outer.value, 0) + shifted)
+        new = Signal(dp.psum())
+        m.d.comb += [
+            new.value.eq(Mux(raw < mode.mx_lo, mode.mx_lo, Mux(raw > mode.mx_hi, mode.mx_hi, raw))),
+            new.invalid.eq(
+                (live & outer.invalid) | block_invalid | nan_scale | (~fits & (block != 0))
+            ),
+        ]
+        with m.If(a.valid & self.os & mode.mx & a.block_end):
+            m.d.sync += [outer.eq(new), live.eq(~a.last)]
+        return new
+
+    def _multiply(self, m, weight, act, mode, product, lo, hi, controls):
         """product = this cycle's sum of lane products (float: shifted into accumulator LSBs);
-        lo, hi = the mode's saturation bounds."""
+        lo, hi = the bounds of the sum it joins; ``controls``: the mode's other settings."""
         dp = self._dp
         s, sw = dp.slices, dp.slice_bits
         w_slices = [Signal(signed(sw + 1), name=f"w_slice{j}") for j in range(s)]
@@ -262,8 +349,15 @@ class PE(wiring.Component):
             for index, spec in enumerate(dp.modes):
                 with m.Case(index):
                     self._route(m, spec, weight, act, w_slices, a_slices, positions)
-                    low, high = spec.acc_range
+                    low, high = spec.block_range if spec.block else spec.acc_range
                     m.d.comb += [lo.eq(low), hi.eq(high)]
+                    if spec.block:
+                        mx_low, mx_high = spec.acc_range
+                        m.d.comb += [
+                            controls.mx.eq(1),
+                            controls.mx_lo.eq(mx_low),
+                            controls.mx_hi.eq(mx_high),
+                        ]
                     if not spec.integer:
                         m.d.comb += [is_float.eq(1), shift.eq(weight.shift + act.shift)]
         lane_sum = Signal(signed(8 + ACT_SIG_BITS + 2))
@@ -299,6 +393,15 @@ class PE(wiring.Component):
                 a_slices[j].eq(a_val),
                 positions[j].eq(pos),
             ]
+
+
+class _ModeControls:
+    """Per-mode settings beyond the multiplier's: MX block scaling and its saturation bounds."""
+
+    def __init__(self, dp: Datapath):
+        self.mx = Signal(name="mx_mode")
+        self.mx_lo = Signal(signed(dp.acc_width), name="mx_lo")
+        self.mx_hi = Signal(signed(dp.acc_width), name="mx_hi")
 
 
 def _slice_product(w, a, slices: int):

@@ -67,8 +67,12 @@ class FormatPair:
     def __post_init__(self):
         for key in ("weight", "activation"):
             name = getattr(self, key)
+            if name in formats.MX_FORMATS:
+                continue
             if name not in formats.FORMATS:
-                raise ConfigError(key, f"unknown number format {name!r}")
+                raise ConfigError(
+                    key, f"unknown number format {name!r} (not in FORMATS or MX_FORMATS)"
+                )
             if formats.FORMATS[name].kind == "scale":
                 raise ConfigError(key, f"{name!r} is a block scale, not an operand format")
 
@@ -76,7 +80,13 @@ class FormatPair:
         return f"{self.weight}*{self.activation}"
 
     @property
+    def is_mx(self) -> bool:
+        return self.weight in formats.MX_FORMATS or self.activation in formats.MX_FORMATS
+
+    @property
     def is_integer(self) -> bool:
+        if self.is_mx:
+            return False
         kinds = {formats.FORMATS[n].kind for n in (self.weight, self.activation)}
         return kinds <= {"int", "binary", "ternary"}
 
@@ -90,9 +100,17 @@ class ArrayConfig:
     modes: tuple[FormatPair, ...]
     dataflow: str = "both"
     acc_bits: int = 32
+    # MX modes: the combined block-scale exponents their accumulators hold exactly (qaccel.modes)
+    mx_scale_range: tuple[int, ...] = modes.MX_SCALE_RANGE
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, MAX_ARRAY_SIDE)
+        scale_range = self.mx_scale_range
+        if len(scale_range) != 2 or not -254 <= scale_range[0] <= scale_range[1] <= 254:
+            raise ConfigError(
+                "mx_scale_range",
+                f"must be [lo, hi] with -254 <= lo <= hi <= 254, not {list(self.mx_scale_range)}",
+            )
         _check_int("cols", self.cols, 1, MAX_ARRAY_SIDE)
         if self.dataflow not in DATAFLOWS:
             raise ConfigError(
@@ -106,9 +124,21 @@ class ArrayConfig:
                 raise ConfigError(f"modes[{i}]", f"{mode} is listed twice")
             seen.add(mode)
             try:  # the PE supports this pair (qaccel.modes says why not)
-                modes.mode_spec(mode.weight, mode.activation, rows=self.rows, acc_bits=32)
+                modes.mode_spec(
+                    mode.weight,
+                    mode.activation,
+                    rows=self.rows,
+                    acc_bits=32,
+                    mx_scale_range=self.mx_scale_range,
+                )
             except ValueError as e:
                 raise ConfigError(f"modes[{i}]", f"{mode}: {e}") from None
+            if mode.is_mx and self.dataflow == "ws":
+                raise ConfigError(
+                    f"modes[{i}]",
+                    f"{mode}: MX block scales need the output-stationary dataflow "
+                    '(dataflow = "os" or "both")',
+                )
         _check_int("acc_bits", self.acc_bits, 8, 64)
         # Integer modes accumulate in acc_bits; it must at least hold one exact product.
         for i, mode in enumerate(self.modes):

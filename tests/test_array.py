@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import zlib
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from hw.array import SystolicArray, array_modes
 from hw.simulate import simulate_array, simulate_jobs
-from qaccel import config
+from qaccel import config, formats
 from qaccel.modes import BusWidths, mode_spec
 from sim.array_model import (
     check_run,
     os_beats,
     os_latency,
+    random_scales,
     random_tile,
     reference,
     ws_beats,
@@ -227,3 +229,179 @@ def test_dataflow_switches_between_jobs():
         jobs.append(os_beats(bus, 3, 2, index, spec, *random_tile(spec, rng, 3, k, 2)))
     for beats, run in zip(jobs, simulate_jobs(array, jobs, timeout=1000), strict=True):
         check_run(beats, run.a_cycles, run.outputs)
+
+
+# --- MX block scales ------------------------------------------------------------------------
+
+MX_PAIRS = [(f, f) for f in formats.MX_FORMATS] + [
+    ("mxfp4", "mxfp8_e4m3"),
+    ("mxint8", "mxfp8_e5m2"),
+]
+
+
+def mx_values(spec, w, a, w_scales, a_scales):
+    """C in units of 2**-frac_bits from the MX formats' own dequantizers, exactly (Fractions)."""
+    mw, ma = (formats.MX_FORMATS[name] for name in spec.mx)
+    w_values = mw.dequantize(np.asarray(w_scales).T, np.asarray(w).T).T  # K x N
+    a_values = ma.dequantize(a_scales, a)  # M x K
+    out = np.zeros((a_values.shape[0], w_values.shape[1]), dtype=object)
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            pairs = zip(a_values[i], w_values[:, j], strict=True)
+            total = sum(Fraction(x) * Fraction(y) for x, y in pairs)
+            out[i, j] = total * 2**spec.frac_bits
+    return out
+
+
+@pytest.mark.parametrize("pair", MX_PAIRS, ids="*".join)
+def test_mx_reference_matches_dequantized_products(pair):
+    """Quantize random reals with ``formats.MXFormat.quantize``: the reference (block sums
+    shifted into the window) equals the exact dot products of the dequantized values."""
+    spec = mode_spec(*pair, rows=4, acc_bits=32)
+    mw, ma = (formats.MX_FORMATS[name] for name in pair)
+    rng = rng_for("mx-reference", pair)
+    k = 2 * spec.block + 7  # two whole blocks and a partial one
+    w_mx = mw.quantize(rng.normal(0, 0.05, (3, k)))  # quantized along K: W transposed
+    a_mx = ma.quantize(rng.normal(0, 2.0, (4, k)))
+    w, w_scales = w_mx.elements.T, w_mx.scales.T
+    values, invalid = reference(spec, w, a_mx.elements, w_scales, a_mx.scales)
+    assert not invalid.any()
+    assert (values == mx_values(spec, w, a_mx.elements, w_scales, a_mx.scales)).all()
+    assert (values != 0).all()
+
+
+@pytest.mark.parametrize("pair", MX_PAIRS, ids="*".join)
+def test_mx_pe_edge_elements(pair):
+    """Every pair of edge elements (±max, zero, smallest, NaN) in one PE's dot product, blocks
+    at random scales in the window; without the NaN elements, the same sum is valid."""
+    array = make_array(1, 1, [pair], "os")
+    spec, bus = array.modes[0], array.datapath.bus
+    rng = rng_for("mx-edges", pair)
+    pairs = [(w, a) for w in edge_codes(spec.weight) for a in edge_codes(spec.activation)]
+    w = np.array([w for w, _ in pairs])[:, None]
+    a = np.array([a for _, a in pairs])[None, :]
+    w_special = set(spec.weight.nan_codes + spec.weight.inf_codes)
+    a_special = set(spec.activation.nan_codes + spec.activation.inf_codes)
+    special = w_special | a_special
+    finite = np.array([w_ not in w_special and a_ not in a_special for w_, a_ in pairs])
+    beats = None
+    for w_k, a_k in ((w, a), (w[finite], a[:, finite])):
+        scales = random_scales(spec, rng, 1, len(w_k), 1)
+        tile = os_beats(bus, 1, 1, 0, spec, w_k, a_k, *scales)
+        beats = tile if beats is None else beats.extend(tile)
+    assert [invalid for _, invalid in beats.expected] == [[int(bool(special))], [0]]
+    run_and_check(array, beats)
+
+
+@pytest.mark.parametrize("dataflow", ["os", "both"])
+def test_mx_array_back_to_back(dataflow):
+    """Every MX pair (and an integer mode between them) on a 3x2 array: tiles of 2.2 blocks
+    and of one block back to back, bit-exact, on the output-stationary latency formula."""
+    pairs = [("int8", "int8"), *MX_PAIRS]
+    array = make_array(3, 2, pairs, dataflow)
+    bus = array.datapath.bus
+    rng = rng_for("mx-array", dataflow)
+    for index, spec in enumerate(array.modes):
+        beats = None
+        for k in (70, 32) if spec.block else (3, 5):
+            w, a = random_tile(spec, rng, 3, k, 2)
+            scales = random_scales(spec, rng, 3, k, 2) if spec.block else (None, None)
+            tile = os_beats(bus, 3, 2, index, spec, w, a, *scales)
+            beats = tile if beats is None else beats.extend(tile)
+        run = run_and_check(array, beats)
+        assert run.a_cycles == list(range(len(beats.a))), spec.name
+
+
+def test_mx_scale_window_edges():
+    """One PE, mxfp8_e4m3, four-block tiles: blocks at both ends of the window join exactly;
+    a zero block needs no window; a nonzero block outside it, a NaN scale or a NaN element
+    makes the sum invalid (and adds nothing)."""
+    array = make_array(1, 1, [("mxfp8_e4m3", "mxfp8_e4m3")], "os")
+    spec, bus = array.modes[0], array.datapath.bus
+    lo, hi = spec.scale_range
+    one = 0x38  # E4M3 1.0
+    ones = np.full(spec.block, one)
+
+    def tile(scale_exponents, elements):
+        """Blocks with W scale 2**e_w and A scale 2**e_a, elements A = 1 and W per block."""
+        w = np.concatenate([ones if e is None else e for e in elements])[:, None]
+        a = np.full((1, len(w)), one)
+        w_scales = np.array([[ew + 127 if ew != "nan" else 0xFF] for ew, _ in scale_exponents])
+        a_scales = np.array([[ea + 127 for _, ea in scale_exponents]])
+        return os_beats(bus, 1, 1, 0, spec, w, a, w_scales, a_scales)
+
+    zero = np.zeros(spec.block, dtype=np.int64)
+    nan = np.array([0x7F] + [one] * (spec.block - 1))
+    cases = [
+        # (scales per block, W elements per block (None: ones)), expected (value, invalid)
+        ([(lo, 0), (0, hi), (0, 0)], [None] * 3, (32 + (32 << (hi - lo)) + (32 << -lo), 0)),
+        ([(lo, 0), (-127, -127)], [None, zero], (32, 0)),
+        ([(lo - 1, 0), (0, 0)], [None] * 2, (32 << -lo, 1)),
+        ([(hi, 1), (0, 0)], [None] * 2, (32 << -lo, 1)),
+        ([("nan", 0), (0, 0)], [zero, None], (32 << -lo, 1)),
+        ([(0, 0), (0, 0)], [nan, None], ((31 + 32) << -lo, 1)),
+    ]
+    beats = None
+    for scales, elements, (value, invalid) in cases:
+        one_tile = tile(scales, elements)
+        elem_units = 2 ** (spec.frac_bits + lo)  # 1.0 * 1.0 in block-sum units
+        assert one_tile.expected == [([value * elem_units], [invalid])], scales
+        beats = one_tile if beats is None else beats.extend(one_tile)
+    run_and_check(array, beats)
+
+
+def test_mx_accumulator_saturates():
+    """470 full-range mxfp4 blocks at the top of the window overflow the 8 guard bits: the sum
+    saturates at the accumulator's maximum."""
+    array = make_array(1, 1, [("mxfp4", "mxfp4")], "os")
+    spec, bus = array.modes[0], array.datapath.bus
+    hi = spec.scale_range[1]
+    blocks = 470
+    w = np.full((blocks * spec.block, 1), 0b0111)  # FP4 6.0
+    a = np.full((1, blocks * spec.block), 0b0111)
+    beats = os_beats(
+        bus, 1, 1, 0, spec, w, a, np.full((blocks, 1), 127 + hi), np.full((1, blocks), 127)
+    )
+    assert beats.expected == [([spec.acc_range[1]], [0])]
+    run_and_check(array, beats)
+
+
+def test_mx_mode_in_weight_stationary_is_invalid():
+    """An MX mode has no weight-stationary form: the hardware flags every result invalid."""
+    array = make_array(2, 2, [("int8", "int8"), ("mxfp4", "mxfp4")])
+    int8, mx = array.modes
+    with pytest.raises(ValueError, match="output-stationary only"):
+        ws_beats(array.datapath.bus, 2, 2, 1, mx, np.zeros((2, 2)), np.zeros((1, 2)))
+    beats = ws_beats(array.datapath.bus, 2, 2, 0, int8, np.ones((2, 2)), np.ones((3, 2)))
+    beats.w = [w | 1 << (2 * array.datapath.bus.w_word_bits) for w in beats.w]  # mode 1
+    run = simulate_array(array, beats)
+    assert [invalid for *_, invalid in run.outputs] == [[1, 1]] * 3
+
+
+def test_mx_beats_and_datapath_reject_misuse():
+    spec = mode_spec("mxfp4", "mxfp4", rows=2, acc_bits=32)
+    bus = BusWidths.of([spec])
+    w, a = np.zeros((40, 2), dtype=np.int64), np.zeros((2, 40), dtype=np.int64)
+    with pytest.raises(ValueError, match="needs the block scales"):
+        os_beats(bus, 2, 2, 0, spec, w, a)
+    with pytest.raises(ValueError, match="W scales must be 2x2 and A scales 2x2"):
+        os_beats(bus, 2, 2, 0, spec, w, a, np.zeros((1, 2)), np.zeros((2, 1)))
+    int8 = mode_spec("int8", "int8", rows=2, acc_bits=32)
+    with pytest.raises(ValueError, match="has no block scales"):
+        reference(int8, np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((1, 2)), np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="need the output-stationary dataflow"):
+        SystolicArray(2, 2, [spec], "ws")
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (("mxfp4", "int8"), "MX formats pair only with MX formats"),
+        (("mxfp4", "mxfp9"), "unknown number format 'mxfp9'"),
+    ],
+)
+def test_mx_mode_spec_rejects(pair, message):
+    with pytest.raises(ValueError, match=message):
+        mode_spec(*pair, rows=2, acc_bits=32)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        mode_spec("mxfp4", "mxfp4", rows=2, acc_bits=32, mx_scale_range=(3, 1))

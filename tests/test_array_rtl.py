@@ -11,21 +11,31 @@ import pytest
 from hw.array import SystolicArray
 from hw.generate import to_verilog
 from hw.rtl_bench import run_rtl
-from qaccel import config
+from qaccel import config, formats
 from qaccel.modes import mode_spec
-from sim.array_model import Beats, os_beats, random_tile, ws_beats
+from sim.array_model import Beats, os_beats, random_scales, random_tile, ws_beats
 
 SEED = 20261122
 TINY_PAIRS = [(p.weight, p.activation) for p in config.load_config("configs/tiny.toml").array.modes]
 
 
 def random_jobs(array: SystolicArray, seed: int) -> list[Beats]:
-    """Per mode: two weight-stationary tiles and two output-stationary tiles, back to back."""
+    """Per mode: two weight-stationary tiles and two output-stationary tiles, back to back.
+    MX modes (output-stationary only): tiles of one and of 2.5 blocks."""
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     rows, cols, bus = array.rows, array.cols, array.datapath.bus
     jobs = []
     for index, spec in enumerate(array.modes):
+        if spec.block:
+            job = None
+            for k in (spec.block, spec.block * 5 // 2):
+                w, a = random_tile(spec, rng, rows, k, cols)
+                scales = random_scales(spec, rng, rows, k, cols)
+                tile = os_beats(bus, rows, cols, index, spec, w, a, *scales)
+                job = tile if job is None else job.extend(tile)
+            jobs.append(job)
+            continue
         k = spec.lanes * rows
         if array.supported_dataflow != "os":
             job = ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows + 1, k, cols))
@@ -68,13 +78,27 @@ def test_icarus_non_square_single_dataflows(tmp_path):
     run_array(tmp_path / "os", "icarus", 2, 3, [("int4", "int4"), ("fp8_e5m2", "fp8_e5m2")], "os")
 
 
+MX_PAIRS = [(f, f) for f in formats.MX_FORMATS] + [("mxfp4", "mxfp8_e4m3")]
+
+
+def test_icarus_mx_modes(tmp_path):
+    run_array(tmp_path, "icarus", 2, 3, [("int8", "int8"), *MX_PAIRS])
+
+
 def test_verilator_mixed_modes(tmp_path):
     run_array(
         tmp_path,
         "verilator",
         2,
         3,
-        [("int8", "int8"), ("int4", "int8"), ("fp8_e4m3", "fp8_e4m3"), ("posit8_0", "posit8_0")],
+        [
+            ("int8", "int8"),
+            ("int4", "int8"),
+            ("fp8_e4m3", "fp8_e4m3"),
+            ("posit8_0", "posit8_0"),
+            ("mxfp8_e4m3", "mxfp8_e4m3"),
+            ("mxfp4", "mxfp8_e4m3"),
+        ],
     )
 
 

@@ -63,7 +63,12 @@ name = "small"
 rows = 2
 cols = 3
 dataflow = "both"
-modes = [{ weight = "int8", activation = "int8" }, { weight = "fp8_e4m3", activation = "fp8_e4m3" }]
+mx_scale_range = [-30, 1]
+modes = [
+  { weight = "int8", activation = "int8" },
+  { weight = "fp8_e4m3", activation = "fp8_e4m3" },
+  { weight = "mxfp4", activation = "mxfp8_e4m3" },
+]
 """
 
 
@@ -75,7 +80,16 @@ def test_generate_writes_verilog_and_a_manifest_that_agree(tmp_path, capsys):
     verilog = (out / "array.v").read_text()
     manifest = json.loads((out / "array.json").read_text())
     assert manifest["parameters"] == {"rows": 2, "cols": 3, "dataflow": "both", "acc_bits": 32}
-    assert [m["macs_per_cycle"] for m in manifest["modes"]] == [6, 6]
+    assert [m["macs_per_cycle"] for m in manifest["modes"]] == [6, 6, 6]
+    mx = manifest["modes"][2]
+    assert (mx["weight"], mx["activation"], mx["block"], mx["scale_range"]) == (
+        "mxfp4",
+        "mxfp8_e4m3",
+        32,
+        [-30, 1],
+    )
+    # weights: 3 columns x (8-bit word + 8-bit scale) + 2 mode bits
+    assert manifest["ports"]["w__payload"]["width"] == 3 * 16 + 2
     header = re.search(r"^module array\((.*)\);", verilog, re.M).group(1)
     assert sorted(header.replace(" ", "").split(",")) == sorted([*manifest["ports"], "clk", "rst"])
     for name, port in manifest["ports"].items():

@@ -110,6 +110,18 @@ BAD = [
         [{"weight": "int8", "activation": "e8m0"}],
         "array.modes[0].activation: 'e8m0' is a block scale",
     ),
+    (
+        "array.modes",
+        [{"weight": "mxfp4", "activation": "int8"}],
+        "array.modes[0]: mxfp4*int8: MX formats pair only with MX formats",
+    ),
+    (
+        "array.mx_scale_range",
+        [3, -3],
+        "array.mx_scale_range: must be [lo, hi] with -254 <= lo <= hi <= 254, not [3, -3]",
+    ),
+    ("array.mx_scale_range", [0], "array.mx_scale_range: must be [lo, hi]"),
+    ("array.mx_scale_range", [0, "7"], "array.mx_scale_range[1]: expected an integer"),
     ("array.acc_bits", 12, "array.acc_bits: 12 bits cannot hold one int8*int8 product"),
     ("array.acc_bits", 128, "array.acc_bits: must be in 8..64, not 128"),
     ("lut.group", 1, "lut.group: must be in 2..8, not 1"),
@@ -169,3 +181,16 @@ def test_config_objects_are_frozen():
     pair = FormatPair("int8", "int8")
     with pytest.raises(AttributeError):
         pair.weight = "int4"
+
+
+def test_mx_modes_in_a_config():
+    data = with_change("array.modes", [{"weight": "mxfp8_e4m3", "activation": "mxfp4"}])
+    data["array"]["mx_scale_range"] = [-20, 4]
+    data["array"]["dataflow"] = "os"
+    cfg = config_from_dict(data)
+    assert cfg.array.modes[0].is_mx and not cfg.array.modes[0].is_integer
+    assert cfg.array.mx_scale_range == (-20, 4)
+    assert config_from_dict(tomllib.loads(dump_toml(cfg))) == cfg
+    data["array"]["dataflow"] = "ws"
+    with pytest.raises(ConfigError, match=r"array\.modes\[0\]: .*need the output-stationary"):
+        config_from_dict(data)
