@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from sim.array_model import Beats, unpack_output
 
-__all__ = ["ArrayRun", "simulate_array", "simulate_jobs"]
+__all__ = ["ArrayRun", "LutRun", "simulate_array", "simulate_jobs", "simulate_lut"]
 
 
 @dataclass
@@ -92,3 +92,46 @@ async def _run_job(ctx, array, beats: Beats, timeout: int) -> ArrayRun:
     ctx.set(array.w.valid, 0)
     ctx.set(array.a.valid, 0)
     return ArrayRun(a_cycles, outputs, outputs[-1][0] + 1 if outputs else 0)
+
+
+@dataclass
+class LutRun:
+    w_cycles: list[int]  # the cycle each w beat was accepted in
+    outputs: list[tuple[int, list[int]]]  # (cycle, values) per o beat
+
+
+def simulate_lut(core, beats, *, timeout: int = 100_000) -> LutRun:
+    """Feed ``beats`` (``sim.lut_model.LutBeats``) to a ``hw.lut_core.LutCore``, each stream as
+    fast as the core accepts it, and record every output row."""
+    run = LutRun([], [])
+    bits = core.acc_bits
+
+    async def testbench(ctx):
+        a_next = w_next = cycle = 0
+        while len(run.outputs) < len(beats.expected):
+            a_valid, w_valid = a_next < len(beats.a), w_next < len(beats.w)
+            ctx.set(core.a.valid, a_valid)
+            ctx.set(core.w.valid, w_valid)
+            if a_valid:
+                ctx.set(core.a.payload.as_value(), beats.a[a_next])
+            if w_valid:
+                ctx.set(core.w.payload.as_value(), beats.w[w_next])
+            *_, a_ready, w_ready, o_valid, o_payload = await ctx.tick().sample(
+                core.a.ready, core.w.ready, core.o.valid, core.o.payload.as_value()
+            )
+            a_next += a_valid and a_ready
+            if w_valid and w_ready:
+                w_next += 1
+                run.w_cycles.append(cycle)
+            if o_valid:
+                values, _ = unpack_output(o_payload, bits, core.tile_n)
+                run.outputs.append((cycle, values))
+            cycle += 1
+            if cycle > timeout:
+                raise AssertionError(f"{len(run.outputs)} rows after {timeout} cycles")
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return run
