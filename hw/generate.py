@@ -54,17 +54,22 @@ def to_verilog(component: wiring.Component, name: str) -> str:
     return _WAKE.sub(r"\1reg \2 = 0;\n\1initial #0 \2 = 1;", text)
 
 
-TOPS = ("array",)
+TOPS = ("array", "lut_core")
 
 
 def build_top(cfg: config.AcceleratorConfig, top: str) -> wiring.Component:
     """The block ``top`` of an accelerator configuration."""
     if top not in TOPS:
         raise ValueError(f"unknown top {top!r}; known: {', '.join(TOPS)}")
-    if cfg.array is None:
+    section = "lut" if top == "lut_core" else "array"
+    if getattr(cfg, section) is None:
         raise config.ConfigError(
-            "array", f"missing: the configuration has no [array] for --top {top}"
+            section, f"missing: the configuration has no [{section}] for --top {top}"
         )
+    if top == "lut_core":
+        from hw.lut_core import LutCore
+
+        return LutCore.from_config(cfg)
     from hw.array import SystolicArray
 
     return SystolicArray.from_config(cfg)
@@ -72,6 +77,8 @@ def build_top(cfg: config.AcceleratorConfig, top: str) -> wiring.Component:
 
 def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: str) -> dict:
     """What a user of the Verilog needs: ports, parameters, modes, stream layouts, latency."""
+    if top == "lut_core":
+        return _lut_manifest(cfg, component)
     from sim.array_model import os_latency, ws_latency
 
     rows, cols = component.rows, component.cols
@@ -116,6 +123,46 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
             "accepted in cycle t",
             "output_stationary": f"row r in cycle t_last + {os_latency(rows, cols)} + r",
         },
+    }
+
+
+def _lut_manifest(cfg: config.AcceleratorConfig, core) -> dict:
+    g, rows, cols = core.group, core.tile_m, core.tile_n
+    return {
+        "top": "lut_core",
+        "config": cfg.name,
+        "clock": "clk (rising edge); rst: synchronous, active high",
+        "ports": {name: {"direction": d, "width": w} for name, (d, w) in ports(core).items()},
+        "parameters": {
+            "group": g,
+            "tile_m": rows,
+            "tile_n": cols,
+            "activation": core.activation.name,
+            "acc_bits": core.acc_bits,
+            "table_entry_bits": core.entry_bits,
+        },
+        "modes": [
+            {
+                "index": i,
+                "weight": mode.fmt.name,
+                "planes": mode.planes,
+                "plane_coefficients": list(mode.coefficients),
+                "macs_per_cycle": rows * cols * g // mode.planes,
+            }
+            for i, mode in enumerate(core.modes)
+        ],
+        "payloads": {
+            "a__payload": {
+                "data": f"{rows} rows x {g} codes x 8 bits, row 0 and k 0 lowest",
+                "last": "1 bit above data: the tile's last group",
+            },
+            "w__payload": {
+                "data": f"{cols} columns x {g} bits: one bit plane, bit j = k index j of the group",
+                "mode": f"{core.mode_bits} bits above data",
+            },
+            "o__payload": {"data": f"{cols} x {core.acc_bits} bits signed, column 0 lowest"},
+        },
+        "latency": "row r in cycle t + 1 + r, t the cycle the tile's last w beat was accepted",
     }
 
 

@@ -1,9 +1,11 @@
-"""Run stream beats (``sim.array_model.Beats``) on the generated Verilog with cocotb.
+"""Run stream beats on the generated Verilog with cocotb: the systolic array's
+(``sim.array_model.Beats``) or the LUT core's (``sim.lut_model.LutBeats``).
 
 ``run_rtl`` builds the Verilog with Icarus or Verilator in its own directory (cocotb's runner)
-and runs ``array_bench`` in the simulator, which drives every job's beats as fast as the array
-accepts them, checks each against the contract (``sim.array_model.check_run``: values bit-exact,
-every result on the latency formula's cycle) and writes what it measured to a JSON file.
+and runs ``stream_bench`` in the simulator, which drives every job's beats as fast as the block
+accepts them, checks each against its contract (``check_run`` / ``check_lut_run``: values
+bit-exact, every result on the latency formula's cycle) and writes what it measured to a JSON
+file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from qaccel.toolchain import tool_env
 from sim.array_model import Beats, check_run, unpack_output
+from sim.lut_model import LutBeats, check_lut_run
 
 __all__ = ["SIMULATORS", "run_rtl"]
 
@@ -39,7 +42,7 @@ _JOBS_ENV, _RESULTS_ENV = "QACCEL_RTL_JOBS", "QACCEL_RTL_RESULTS"
 def run_rtl(
     verilog: Path,
     top: str,
-    jobs: list[Beats],
+    jobs: list[Beats] | list[LutBeats],
     *,
     simulator: str,
     build_dir: Path,
@@ -48,7 +51,7 @@ def run_rtl(
 ) -> list[dict]:
     """Run ``jobs`` one after the other on ``top``; return, per job, the cycle each ``a`` beat
     was accepted, the outputs and the cycle count. Raises if any job breaks the contract.
-    ``widths``: the array's ``cols`` and bus widths (``acc_width``), to decode its outputs."""
+    ``widths``: the block's output ``cols`` and their ``acc_width``, to decode its outputs."""
     from cocotb_tools.runner import get_runner
 
     if simulator not in SIMULATORS:
@@ -56,8 +59,9 @@ def run_rtl(
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     jobs_file, results_file = build_dir / "jobs.json", build_dir / "results.json"
+    kind = "lut" if jobs and isinstance(jobs[0], LutBeats) else "array"
     jobs_file.write_text(
-        json.dumps({"widths": widths, "jobs": [dataclasses.asdict(j) for j in jobs]})
+        json.dumps({"kind": kind, "widths": widths, "jobs": [dataclasses.asdict(j) for j in jobs]})
     )
     results_file.unlink(missing_ok=True)
     saved = dict(os.environ)
@@ -105,7 +109,7 @@ def _why(build_dir: Path) -> str | None:
 
 
 @cocotb.test()
-async def array_bench(dut):
+async def stream_bench(dut):
     """Every job from $QACCEL_RTL_JOBS, checked against the contract, one after the other."""
     spec = json.loads(Path(os.environ[_JOBS_ENV]).read_text())
     widths = spec["widths"]
@@ -120,6 +124,11 @@ async def array_bench(dut):
     results = []
     for i, job in enumerate(spec["jobs"]):
         dut._log.info(f"job {i + 1} of {len(spec['jobs'])}")
+        if spec["kind"] == "lut":
+            beats = LutBeats(**job)
+            beats.timing = [tuple(t) for t in beats.timing]
+            results.append(await _run_lut_job(dut, beats, acc_width, cols))
+            continue
         beats = Beats(**job)
         beats.timing = [tuple(t) for t in beats.timing]
         beats.expected = [tuple(e) for e in beats.expected]
@@ -127,16 +136,51 @@ async def array_bench(dut):
     Path(os.environ[_RESULTS_ENV]).write_text(json.dumps(results))
 
 
-async def _run_job(dut, beats: Beats, acc_width: int, cols: int) -> dict:
+async def _wait_idle(dut):
     await RisingEdge(dut.clk)
-    for _ in range(100_000):  # the dataflow may change only while the array is idle
+    for _ in range(100_000):
         await ReadOnly()
         if not int(dut.busy.value):
             break
         await RisingEdge(dut.clk)
     else:
-        raise AssertionError("the array stays busy")
+        raise AssertionError("the block stays busy")
     await RisingEdge(dut.clk)
+
+
+async def _run_lut_job(dut, beats: LutBeats, acc_width: int, cols: int) -> dict:
+    await _wait_idle(dut)
+    w_cycles, outputs = [], []
+    w_next = a_next = cycle = 0
+    while len(outputs) < len(beats.expected):
+        w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
+        dut.w__valid.value = int(w_valid)
+        dut.a__valid.value = int(a_valid)
+        if w_valid:
+            dut.w__payload.value = beats.w[w_next]
+        if a_valid:
+            dut.a__payload.value = beats.a[a_next]
+        await ReadOnly()
+        if w_valid and int(dut.w__ready.value):
+            w_next += 1
+            w_cycles.append(cycle)
+        if a_valid and int(dut.a__ready.value):
+            a_next += 1
+        if int(dut.o__valid.value):
+            values, _ = unpack_output(dut.o__payload.value.to_unsigned(), acc_width, cols)
+            outputs.append((cycle, values))
+        await RisingEdge(dut.clk)
+        cycle += 1
+        if cycle > 100_000:
+            raise AssertionError(f"{len(outputs)} of {len(beats.expected)} rows in time")
+    dut.w__valid.value = 0
+    dut.a__valid.value = 0
+    check_lut_run(beats, w_cycles, outputs)
+    return {"w_cycles": w_cycles, "cycles": outputs[-1][0] + 1 if outputs else 0}
+
+
+async def _run_job(dut, beats: Beats, acc_width: int, cols: int) -> dict:
+    await _wait_idle(dut)  # the dataflow may change only while the array is idle
     if hasattr(dut, "dataflow"):
         dut.dataflow.value = int(beats.os)
     a_cycles, outputs = [], []

@@ -148,3 +148,15 @@ def test_synth_rejects_an_unknown_target_at_once(tmp_path, capsys):
     cfg = one_mode_config(tmp_path, 1, 1)
     assert main(["synth", "--config", str(cfg), "--target", "xc7", "-o", str(tmp_path)]) == 1
     assert "unknown target 'xc7'; known: ecp5-25k, ecp5-85k, ice40-up5k" in capsys.readouterr().err
+
+
+def test_generate_lut_core(tmp_path):
+    cfg = tmp_path / "lut.toml"
+    cfg.write_text('name = "l"\n[lut]\ngroup = 4\ntile_m = 2\ntile_n = 8\nweight_bits = [1, 2]\n')
+    out = tmp_path / "out"
+    assert main(["generate", "--config", str(cfg), "--top", "lut_core", "-o", str(out)]) == 0
+    manifest = json.loads((out / "lut_core.json").read_text())
+    assert [m["weight"] for m in manifest["modes"]] == ["binary", "int2", "uint2", "ternary"]
+    assert [m["macs_per_cycle"] for m in manifest["modes"]] == [64, 32, 32, 32]
+    assert manifest["ports"]["w__payload"]["width"] == 8 * 4 + 2
+    assert "module lut_core(" in (out / "lut_core.v").read_text()
