@@ -24,6 +24,10 @@ its bit position, the top plane of a signed format subtracted), adds the correct
 once per tile (S comes free from the table: S = -T[0]), and halves: the sum is even, so the
 halving is exact. C - 2z is 2**k - 1 for uintk, -1 for intk and ternary, 0 for binary.
 
+Other zero points (asymmetric uintk weights, w = q - z) are not the core's: A (Wq - z) =
+A Wq - z sum(A), and the second term is a per-output correction for the output stage. Table
+quantization (T-MAC's optional lossy mode) is not implemented: tables are always exact.
+
 Widths: table entries need 8 + ceil(log2 g) + 1 bits for 8-bit activations; the plane
 accumulator holds ``acc_bits + 3`` bits (2 * dot less the correction) and saturates; the
 result saturates at ``acc_bits``. K is padded with zero activations to whole groups.
