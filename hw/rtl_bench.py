@@ -148,42 +148,11 @@ async def _wait_idle(dut):
     await RisingEdge(dut.clk)
 
 
-async def _run_lut_job(dut, beats: LutBeats, acc_width: int, cols: int) -> dict:
-    await _wait_idle(dut)
-    w_cycles, outputs = [], []
-    w_next = a_next = cycle = 0
-    while len(outputs) < len(beats.expected):
-        w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
-        dut.w__valid.value = int(w_valid)
-        dut.a__valid.value = int(a_valid)
-        if w_valid:
-            dut.w__payload.value = beats.w[w_next]
-        if a_valid:
-            dut.a__payload.value = beats.a[a_next]
-        await ReadOnly()
-        if w_valid and int(dut.w__ready.value):
-            w_next += 1
-            w_cycles.append(cycle)
-        if a_valid and int(dut.a__ready.value):
-            a_next += 1
-        if int(dut.o__valid.value):
-            values, _ = unpack_output(dut.o__payload.value.to_unsigned(), acc_width, cols)
-            outputs.append((cycle, values))
-        await RisingEdge(dut.clk)
-        cycle += 1
-        if cycle > 100_000:
-            raise AssertionError(f"{len(outputs)} of {len(beats.expected)} rows in time")
-    dut.w__valid.value = 0
-    dut.a__valid.value = 0
-    check_lut_run(beats, w_cycles, outputs)
-    return {"w_cycles": w_cycles, "cycles": outputs[-1][0] + 1 if outputs else 0}
-
-
-async def _run_job(dut, beats: Beats, acc_width: int, cols: int) -> dict:
-    await _wait_idle(dut)  # the dataflow may change only while the array is idle
-    if hasattr(dut, "dataflow"):
-        dut.dataflow.value = int(beats.os)
-    a_cycles, outputs = [], []
+async def _drive(dut, beats, acc_width: int, cols: int):
+    """Offer every ``w`` and ``a`` beat as fast as the block accepts them until all expected
+    outputs came: (cycles of accepted w beats, of accepted a beats, (cycle, values, invalid)
+    per output)."""
+    w_cycles, a_cycles, outputs = [], [], []
     w_next = a_next = cycle = 0
     while len(outputs) < len(beats.expected):
         w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
@@ -196,6 +165,7 @@ async def _run_job(dut, beats: Beats, acc_width: int, cols: int) -> dict:
         await ReadOnly()  # this cycle's settled handshakes
         if w_valid and int(dut.w__ready.value):
             w_next += 1
+            w_cycles.append(cycle)
         if a_valid and int(dut.a__ready.value):
             a_next += 1
             a_cycles.append(cycle)
@@ -208,6 +178,21 @@ async def _run_job(dut, beats: Beats, acc_width: int, cols: int) -> dict:
             raise AssertionError(f"{len(outputs)} of {len(beats.expected)} results in time")
     dut.w__valid.value = 0
     dut.a__valid.value = 0
+    return w_cycles, a_cycles, outputs
+
+
+async def _run_lut_job(dut, beats: LutBeats, acc_width: int, cols: int) -> dict:
+    await _wait_idle(dut)
+    w_cycles, _, outputs = await _drive(dut, beats, acc_width, cols)
+    check_lut_run(beats, w_cycles, [(cycle, values) for cycle, values, _ in outputs])
+    return {"w_cycles": w_cycles, "cycles": outputs[-1][0] + 1 if outputs else 0}
+
+
+async def _run_job(dut, beats: Beats, acc_width: int, cols: int) -> dict:
+    await _wait_idle(dut)  # the dataflow may change only while the array is idle
+    if hasattr(dut, "dataflow"):
+        dut.dataflow.value = int(beats.os)
+    _, a_cycles, outputs = await _drive(dut, beats, acc_width, cols)
     check_run(beats, a_cycles, outputs)
     # cycles: from the job's first cycle (its first beat offered) to its last output
     cycles = outputs[-1][0] + 1 if outputs else 0

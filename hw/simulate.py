@@ -59,38 +59,48 @@ def simulate_jobs(
     return runs
 
 
-async def _run_job(ctx, array, beats: Beats, timeout: int) -> ArrayRun:
-    bus = array.datapath.bus
+async def _drive(ctx, block, beats, acc_width: int, cols: int, timeout: int):
+    """Offer every ``w`` and ``a`` beat as fast as ``block`` accepts them until all expected
+    outputs came: (cycles of accepted w beats, of accepted a beats, (cycle, values, invalid)
+    per output)."""
+    w_cycles: list[int] = []
     a_cycles: list[int] = []
     outputs: list = []
-    if hasattr(array, "dataflow"):
-        ctx.set(array.dataflow, int(beats.os))
     w_next = a_next = cycle = 0
     while len(outputs) < len(beats.expected):
         w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
-        ctx.set(array.w.valid, w_valid)
-        ctx.set(array.a.valid, a_valid)
+        ctx.set(block.w.valid, w_valid)
+        ctx.set(block.a.valid, a_valid)
         if w_valid:
-            ctx.set(array.w.payload.as_value(), beats.w[w_next])
+            ctx.set(block.w.payload.as_value(), beats.w[w_next])
         if a_valid:
-            ctx.set(array.a.payload.as_value(), beats.a[a_next])
+            ctx.set(block.a.payload.as_value(), beats.a[a_next])
         *_, w_ready, a_ready, o_valid, o_payload = await ctx.tick().sample(
-            array.w.ready, array.a.ready, array.o.valid, array.o.payload.as_value()
+            block.w.ready, block.a.ready, block.o.valid, block.o.payload.as_value()
         )
         if w_valid and w_ready:
             w_next += 1
+            w_cycles.append(cycle)
         if a_valid and a_ready:
             a_next += 1
             a_cycles.append(cycle)
         if o_valid:
-            outputs.append((cycle, *unpack_output(o_payload, bus.acc_width, array.cols)))
+            outputs.append((cycle, *unpack_output(o_payload, acc_width, cols)))
         cycle += 1
         if cycle > timeout:
             raise AssertionError(
                 f"{len(outputs)} of {len(beats.expected)} results after {timeout} cycles"
             )
-    ctx.set(array.w.valid, 0)
-    ctx.set(array.a.valid, 0)
+    ctx.set(block.w.valid, 0)
+    ctx.set(block.a.valid, 0)
+    return w_cycles, a_cycles, outputs
+
+
+async def _run_job(ctx, array, beats: Beats, timeout: int) -> ArrayRun:
+    if hasattr(array, "dataflow"):
+        ctx.set(array.dataflow, int(beats.os))
+    acc_width = array.datapath.bus.acc_width
+    _, a_cycles, outputs = await _drive(ctx, array, beats, acc_width, array.cols, timeout)
     return ArrayRun(a_cycles, outputs, outputs[-1][0] + 1 if outputs else 0)
 
 
@@ -104,31 +114,11 @@ def simulate_lut(core, beats, *, timeout: int = 100_000) -> LutRun:
     """Feed ``beats`` (``sim.lut_model.LutBeats``) to a ``hw.lut_core.LutCore``, each stream as
     fast as the core accepts it, and record every output row."""
     run = LutRun([], [])
-    bits = core.acc_bits
 
     async def testbench(ctx):
-        a_next = w_next = cycle = 0
-        while len(run.outputs) < len(beats.expected):
-            a_valid, w_valid = a_next < len(beats.a), w_next < len(beats.w)
-            ctx.set(core.a.valid, a_valid)
-            ctx.set(core.w.valid, w_valid)
-            if a_valid:
-                ctx.set(core.a.payload.as_value(), beats.a[a_next])
-            if w_valid:
-                ctx.set(core.w.payload.as_value(), beats.w[w_next])
-            *_, a_ready, w_ready, o_valid, o_payload = await ctx.tick().sample(
-                core.a.ready, core.w.ready, core.o.valid, core.o.payload.as_value()
-            )
-            a_next += a_valid and a_ready
-            if w_valid and w_ready:
-                w_next += 1
-                run.w_cycles.append(cycle)
-            if o_valid:
-                values, _ = unpack_output(o_payload, bits, core.tile_n)
-                run.outputs.append((cycle, values))
-            cycle += 1
-            if cycle > timeout:
-                raise AssertionError(f"{len(run.outputs)} rows after {timeout} cycles")
+        w_cycles, _, outputs = await _drive(ctx, core, beats, core.acc_bits, core.tile_n, timeout)
+        run.w_cycles[:] = w_cycles
+        run.outputs[:] = [(cycle, values) for cycle, values, _ in outputs]
 
     sim = Simulator(core)
     sim.add_clock(1e-8)
