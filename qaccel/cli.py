@@ -71,18 +71,26 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from fpga.synth import TARGETS, synthesize
+    from fpga.synth import ROUTERS, TARGETS, synthesize
     from hw.generate import generate
 
     if args.target not in TARGETS:  # before minutes of generation
         raise ValueError(f"unknown target {args.target!r}; known: {', '.join(TARGETS)}")
+    if args.router not in ROUTERS:
+        raise ValueError(f"unknown router {args.router!r}; known: {', '.join(ROUTERS)}")
     cfg = config.load_config(args.config)
     out = Path(args.output)
     verilog, _ = generate(cfg, args.top, out)
     report = synthesize(
-        verilog, args.top, args.target, out, seed=args.seed, clock_mhz=cfg.clock_mhz
+        verilog,
+        args.top,
+        args.target,
+        out,
+        seed=args.seed,
+        router=args.router,
+        clock_mhz=cfg.clock_mhz,
     )
-    print(f"{args.top} of {cfg.name} on {args.target} (seed {args.seed}):")
+    print(f"{args.top} of {cfg.name} on {args.target} (seed {args.seed}, {args.router}):")
     print(report.table())
     print(f"wrote {out / 'report.json'}")
 
@@ -115,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", default="array", help="the block: array (default) or lut_core")
     p.add_argument("--target", required=True, help="ecp5-25k, ecp5-85k or ice40-up5k")
     p.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
+    p.add_argument(
+        "--router",
+        default="router1",
+        help="nextpnr's router: router1 (default) or router2 (faster on congested designs)",
+    )
     p.add_argument("-o", "--output", required=True, help="the output folder")
     p.set_defaults(func=cmd_synth)
     return parser

@@ -148,6 +148,9 @@ def test_synth_rejects_an_unknown_target_at_once(tmp_path, capsys):
     cfg = one_mode_config(tmp_path, 1, 1)
     assert main(["synth", "--config", str(cfg), "--target", "xc7", "-o", str(tmp_path)]) == 1
     assert "unknown target 'xc7'; known: ecp5-25k, ecp5-85k, ice40-up5k" in capsys.readouterr().err
+    argv = ["synth", "--config", str(cfg), "--target", "ecp5-25k", "--router", "fast"]
+    assert main([*argv, "-o", str(tmp_path)]) == 1
+    assert "unknown router 'fast'; known: router1, router2" in capsys.readouterr().err
 
 
 def test_generate_lut_core(tmp_path):
@@ -160,3 +163,19 @@ def test_generate_lut_core(tmp_path):
     assert [m["macs_per_cycle"] for m in manifest["modes"]] == [64, 32, 32, 32]
     assert manifest["ports"]["w__payload"]["width"] == 8 * 4 + 2
     assert "module lut_core(" in (out / "lut_core.v").read_text()
+
+
+def test_synth_lut_core(tmp_path, capsys):
+    cfg = tmp_path / "lut.toml"
+    cfg.write_text(
+        'name = "l"\n[lut]\ngroup = 2\ntile_m = 1\ntile_n = 2\nweight_bits = [1]\n'
+        "ternary = false\nacc_bits = 16\n"
+    )
+    out = tmp_path / "out"
+    argv = ["synth", "--config", str(cfg), "--top", "lut_core", "--target", "ecp5-25k"]
+    assert main([*argv, "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["top"] == "lut_core" and report["resources"]["DSP"]["used"] == 0
+    # at least the two 16-bit accumulators and the 2-entry table of the one row
+    assert report["resources"]["FF"]["used"] >= 2 * 16 + 2 * 10 and report["fmax_mhz"] > 0
+    assert "lut_core of l on ecp5-25k" in capsys.readouterr().out

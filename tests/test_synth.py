@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fpga.io_wrapper import Port, wrapper_verilog
-from fpga.synth import TARGETS, Device, DoesNotFit, _pnr_failure, synthesize
+from fpga.synth import ROUTERS, TARGETS, Device, DoesNotFit, _pnr_failure, synthesize
 
 ADDER = """
 module adder8(input clk, input rst, input [7:0] a, input [7:0] b, output reg [8:0] y);
@@ -92,6 +92,15 @@ def test_adder_on_every_target(tmp_path, target):
         assert device.capacity[resource] == available[cell], (cell, resource)
     table = report.table()
     assert "IO" in table and "Fmax" in table and f"{ADDER_PORT_BITS}" in table
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_router_is_passed_to_nextpnr(tmp_path, router):
+    out = tmp_path / "out"
+    report = synthesize(write(tmp_path, "adder8", ADDER), "adder8", "ecp5-25k", out, router=router)
+    assert report.router == router and report.fmax_mhz > 20
+    log = (out / "nextpnr.log").read_text()
+    assert f"{router.capitalize()} time" in log and ("Router2" in log) == (router == "router2")
 
 
 def test_ecp5_multiplier_maps_to_dsp(tmp_path):
@@ -183,6 +192,7 @@ def test_unknown_target_lists_the_known_ones(tmp_path):
     [
         ({"top": "a b"}, "top must be a Verilog module name"),
         ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"router": "router3"}, "router must be one of router1, router2, not 'router3'"),
         ({"clock_mhz": 0}, "clock_mhz must be a positive number"),
     ],
 )
