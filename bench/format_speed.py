@@ -9,6 +9,8 @@ import numpy as np
 
 from qaccel import formats
 
+TITLE = "Number formats: encode / decode throughput"
+
 ELEMENTS = 1 << 20
 SCALAR = ["int8", "int4", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "bf16", "posit8_0", "posit16_1"]
 MX = ["mxfp8_e4m3", "mxfp4", "mxint8"]
@@ -41,7 +43,7 @@ def run() -> str:
         dec = best_of(lambda t=t: t.dequantize())
         rows.append(f"| {name} | {ELEMENTS / enc / 1e6:.1f} | {ELEMENTS / dec / 1e6:.1f} |")
     header = [
-        "## Number formats: encode / decode throughput",
+        f"## {TITLE}",
         "",
         f"{ELEMENTS} float64 values, best of 3, one core. Command: `python bench/format_speed.py`.",
         "",

@@ -1,8 +1,12 @@
-"""`make bench`: run every benchmark and write bench/RESULTS.md."""
+"""`make bench`: run every benchmark and write bench/RESULTS.md.
+
+``python bench/run.py lut_vs_mac ...`` runs only the named sections and keeps the others'
+text from the existing RESULTS.md (synthesis sections take hours on two cores)."""
 
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -13,8 +17,9 @@ sys.path.insert(0, str(HERE))
 
 import array_synth  # noqa: E402
 import format_speed  # noqa: E402
+import lut_vs_mac  # noqa: E402
 
-SECTIONS = [format_speed, array_synth]
+SECTIONS = {m.__name__: m for m in (format_speed, array_synth, lut_vs_mac)}
 
 
 def machine() -> str:
@@ -29,16 +34,33 @@ def machine() -> str:
     return f"{cpu}; Python {platform.python_version()}; numpy {np.__version__}"
 
 
-def main() -> int:
+def previous_sections(text: str) -> dict[str, str]:
+    """Section title -> its markdown, from a RESULTS.md."""
+    found = {}
+    for chunk in re.split(r"^(?=## )", text, flags=re.M)[1:]:
+        found[chunk.splitlines()[0].removeprefix("## ").strip()] = chunk.rstrip("\n") + "\n"
+    return found
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        print(f"unknown section {unknown[0]!r}; known: {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    results = HERE / "RESULTS.md"
+    kept = previous_sections(results.read_text()) if names and results.is_file() else {}
     parts = ["# qaccel benchmarks", "", f"Machine: {machine()}.", ""]
-    for section in SECTIONS:
+    for name, section in SECTIONS.items():
+        if names and name not in names:
+            parts.append(kept.get(section.TITLE, f"## {section.TITLE}\n\nNot run yet.\n"))
+            continue
         text = section.run()
         print(text)
         parts.append(text)
-    (HERE / "RESULTS.md").write_text("\n".join(parts))
-    print(f"wrote {HERE / 'RESULTS.md'}")
+    results.write_text("\n".join(parts))
+    print(f"wrote {results}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

