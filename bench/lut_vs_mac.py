@@ -106,7 +106,7 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
         "bit plane) with its own saturating accumulator, offset-binary correction and result "
         "register; a Bit Fusion PE does 8/bits (4 at binary weights) with one accumulator. At "
         "group 4 the LUT core therefore needs as many accumulating cells as the MAC array has "
-        "PEs at W1A8, and twice as many at W2A8 and W4A8, which is where its area goes. "
+        "PEs at W1A8, and twice as many at W2A8 and W4A8: most of the difference in area. "
         "The LUT cores with two formats (intk and uintk) use DSPs for the per-row product of "
         "the activation sum and the correction constant, which the mode picks at run time.",
     ]

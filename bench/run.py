@@ -49,7 +49,12 @@ def main(names: list[str]) -> int:
         return 2
     results = HERE / "RESULTS.md"
     kept = previous_sections(results.read_text()) if names and results.is_file() else {}
-    parts = ["# qaccel benchmarks", "", f"Machine: {machine()}.", ""]
+    here = f"Machine: {machine()}."
+    if kept:  # the kept sections were measured where the old file says
+        old = re.search(r"^Machine: (.*?)\.?$", results.read_text(), flags=re.M)
+        if old and old.group(1) not in here:
+            here = f"Machine: {machine()} for {', '.join(names)}; before: {old.group(1)}."
+    parts = ["# qaccel benchmarks", "", here, ""]
     for name, section in SECTIONS.items():
         if names and name not in names:
             parts.append(kept.get(section.TITLE, f"## {section.TITLE}\n\nNot run yet.\n"))
