@@ -95,6 +95,82 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'report.json'}")
 
 
+def _named_arrays(items: list[str]) -> dict:
+    import numpy as np
+
+    arrays = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--input takes NAME=FILE.npy, not {item!r}")
+        try:
+            arrays[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--input {name}: cannot read {path}: {e}") from None
+    return arrays
+
+
+def cmd_gemm(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from compiler.gemm import Epilogue, lower_gemm
+
+    cfg = config.load_config(args.config)
+    try:
+        weights = np.load(args.weights, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--weights: cannot read {args.weights}: {e}") from None
+    epilogue = None
+    if args.requant is not None:
+        epilogue = Epilogue.requant(
+            args.requant,
+            relu=args.relu,
+            zero_point=args.zero_point,
+            residual=args.residual,
+            res_shift=args.res_shift,
+        )
+    program = lower_gemm(
+        cfg,
+        weights,
+        m=args.m,
+        mode=args.mode,
+        unit=args.unit,
+        dataflow=args.dataflow,
+        epilogue=epilogue,
+    )
+    program.save(args.output)
+    plan = program.notes["gemm"]
+    print(
+        f"{plan['m']}x{plan['k']}x{plan['n']} {plan['mode']} on the {plan['unit']} "
+        f"({plan['dataflow']}): {plan['tiles']} tiles of {plan['tile_m']}x{plan['tile_n']}, "
+        f"{plan['chunks']} chunks of {plan['chunk_steps']} steps, "
+        f"{len(program.instructions)} instructions"
+    )
+    for spec in program.inputs + program.outputs:
+        role = "input " if spec in program.inputs else "output"
+        print(f"  {role} {spec.name}: {spec.shape[0]}x{spec.shape[1]} {spec.format}")
+    print(f"wrote {args.output}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import json
+
+    import numpy as np
+
+    from qaccel.program import load_program
+    from sim.executor import run_program
+
+    program = load_program(args.program)
+    result = run_program(program, _named_arrays(args.input))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, values in result.outputs.items():
+        np.save(out / f"{name}.npy", values.astype(np.int64) if values.dtype != object else values)
+        print(f"wrote {out / (name + '.npy')} ({values.shape[0]}x{values.shape[1]})")
+    (out / "counters.json").write_text(json.dumps(result.counters, indent=1) + "\n")
+    print(_table(["counter", "value"], [[k, str(v)] for k, v in result.counters.items()]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qaccel",
@@ -130,6 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="the output folder")
     p.set_defaults(func=cmd_synth)
+    p = sub.add_parser("gemm", help="compile one GEMM (Y = X @ W, optional epilogue) to a Program")
+    p.add_argument("--config", required=True, help="a TOML configuration")
+    p.add_argument("--weights", required=True, help="W as a K x N .npy of weight codes")
+    p.add_argument("--m", type=int, required=True, help="rows of X")
+    p.add_argument("--mode", required=True, help="WEIGHT*ACTIVATION, e.g. int8*int8 or int2*int8")
+    p.add_argument("--unit", choices=["array", "lut"], help="default: the unit with the mode")
+    p.add_argument("--dataflow", choices=["ws", "os"], help="array dataflow (default: os if any)")
+    p.add_argument("--requant", type=float, help="requantize to 8 bits by this multiplier")
+    p.add_argument("--relu", action="store_true", help="with --requant: clamp at zero")
+    p.add_argument("--zero-point", type=int, default=0, help="with --requant: output zero point")
+    p.add_argument("--residual", action="store_true", help="with --requant: add an input tensor")
+    p.add_argument("--res-shift", type=int, default=0, help="the residual's left shift")
+    p.add_argument("-o", "--output", required=True, help="the Program's folder")
+    p.set_defaults(func=cmd_gemm)
+    p = sub.add_parser("run", help="run a Program on the functional executor")
+    p.add_argument("program", help="a Program's folder")
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input tensor"
+    )
+    p.add_argument("--out", required=True, help="folder for <output>.npy and counters.json")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -102,6 +102,9 @@ class ArrayConfig:
     acc_bits: int = 32
     # MX modes: the combined block-scale exponents their accumulators hold exactly (qaccel.modes)
     mx_scale_range: tuple[int, ...] = modes.MX_SCALE_RANGE
+    # The longest K (in steps) one GEMM instruction may carry; float accumulators are sized for
+    # it. 0: ``rows``.
+    max_k: int = 0
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, MAX_ARRAY_SIDE)
@@ -140,6 +143,7 @@ class ArrayConfig:
                     '(dataflow = "os" or "both")',
                 )
         _check_int("acc_bits", self.acc_bits, 8, 64)
+        _check_int("max_k", self.max_k, 0, 1 << 16)
         # Integer modes accumulate in acc_bits; it must at least hold one exact product.
         for i, mode in enumerate(self.modes):
             if mode.is_integer:
@@ -209,8 +213,10 @@ class DramConfig:
 
     bytes_per_cycle: int = 16
     latency_cycles: int = 100
+    size_mib: int = 64  # the addressable DRAM a program may use
 
     def __post_init__(self):
+        _check_int("size_mib", self.size_mib, 1, 4096)
         _check_int("bytes_per_cycle", self.bytes_per_cycle, 1, 1024)
         _check_power_of_two("bytes_per_cycle", self.bytes_per_cycle)
         _check_int("latency_cycles", self.latency_cycles, 0, 100_000)

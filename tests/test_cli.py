@@ -179,3 +179,38 @@ def test_synth_lut_core(tmp_path, capsys):
     # at least the two 16-bit accumulators and the 2-entry table of the one row
     assert report["resources"]["FF"]["used"] >= 2 * 16 + 2 * 10 and report["fmax_mhz"] > 0
     assert "lut_core of l on ecp5-25k" in capsys.readouterr().out
+
+
+def test_gemm_then_run_writes_the_outputs(tmp_path, capsys):
+    import numpy as np
+
+    w = np.arange(-20, 20).reshape(8, 5)
+    x = np.arange(24).reshape(3, 8) - 10
+    np.save(tmp_path / "w.npy", w)
+    np.save(tmp_path / "x.npy", x)
+    prog, out = tmp_path / "prog", tmp_path / "out"
+    config = str(CONFIGS / "tiny.toml")
+    args = ["gemm", "--config", config, "--weights", str(tmp_path / "w.npy"), "--m", "3"]
+    assert main([*args, "--mode", "int8*int8", "-o", str(prog)]) == 0
+    assert "3x8x5 int8*int8 on the array (os)" in capsys.readouterr().out
+    assert main(["run", str(prog), "--input", f"x={tmp_path / 'x.npy'}", "--out", str(out)]) == 0
+    assert np.array_equal(np.load(out / "y.npy"), x @ w)
+    counters = json.loads((out / "counters.json").read_text())
+    assert counters["INSNS"] > 0 and counters["SATURATIONS"] == 0
+    assert "DRAM_READ_BYTES" in capsys.readouterr().out
+
+
+def test_run_errors_are_one_line(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "w.npy", np.ones((4, 4), dtype=np.int64))
+    prog = tmp_path / "prog"
+    args = ["gemm", "--config", str(CONFIGS / "tiny.toml"), "--weights", str(tmp_path / "w.npy")]
+    assert main([*args, "--m", "2", "--mode", "int8*int8", "-o", str(prog)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(prog), "--input", "x", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "qaccel: error: --input takes NAME=FILE.npy, not 'x'\n"
+    assert main(["run", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 1
+    assert "not a program directory" in capsys.readouterr().err
+    assert main([*args, "--m", "2", "--mode", "int3*int8", "-o", str(prog)]) == 1
+    assert "has no unit for int3*int8" in capsys.readouterr().err

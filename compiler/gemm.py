@@ -1,0 +1,690 @@
+"""The GEMM lowering: Y = epilogue(A @ W) for any M x K x N, on the systolic array or the LUT
+core, tiled to the scratchpad with double buffering -> a Program.
+
+**Tiles.** The output is cut into tiles of ``tile_m`` x ``tile_n`` (the array: rows x cols
+output-stationary, or up to ``tile_m`` rows of A x cols weight-stationary; the LUT core: its
+tile_m x tile_n). K is cut into *chunks*: the k steps one buffer holds (output-stationary and
+the LUT core: as many as fit, float modes at most ``array.max_k``, MX modes whole blocks;
+weight-stationary: one rows*lanes weight tile). Chunks run in order tile by tile; the first
+chunk of a tile overwrites the tile's accumulators, the rest accumulate.
+
+**Buffers and tokens** (``qaccel.isa``). Two scratchpad buffers alternate between chunks:
+the load unit fills buffer c % 2 and pushes a load->compute token; GEMM pops it; the buffer is
+handed back (compute->load) by the chunk's GEMM, or, for a tile's last chunk, by the instruction
+that finishes the tile (POST, or the last GEMM without an epilogue), so the parameters and the
+residual loaded with a tile's first chunk stay until the tile is done. Results alternate between
+two output buffers with compute->store and store->compute tokens in the same way. Every channel
+balances: nothing is left at HALT.
+
+**Tensors in DRAM.** ``x`` (M x K codes; blocked as the unit reads it), ``residual`` (M x N
+8-bit codes, when asked for), ``y`` (M x N: 8-bit codes with an epilogue, raw accumulator
+values without); weights, scales and epilogue parameters are constants of the Program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qaccel import config as qconfig
+from qaccel import formats
+from qaccel.isa import Geometry
+from qaccel.modes import pack_lanes
+from qaccel.program import Program, ProgramBuilder, ProgramError, TensorSpec
+
+__all__ = ["Epilogue", "GemmPlan", "lower_gemm"]
+
+C_MAX = 63  # the post-processing unit's widest shift
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """bias + per-channel dyadic requantization (b / 2**c) + zero point + clamp [lo, hi] ->
+    8-bit codes (``sim.post_model``). ``b``, ``c`` and ``bias`` are per output column (length
+    N) or scalars; a residual input adds ``residual << res_shift`` before requantization."""
+
+    b: object = 1
+    c: object = 0
+    bias: object = 0
+    zero_point: int = 0
+    lo: int = -128
+    hi: int = 127
+    out_signed: bool = True
+    residual: bool = False
+    res_shift: int = 0
+
+    @classmethod
+    def requant(cls, multiplier, *, relu: bool = False, zero_point: int = 0, **kw) -> Epilogue:
+        """From real multipliers (scalar or per channel): ``formats.dyadic`` each, shifts
+        above 63 folded into b."""
+        bs, cs = [], []
+        for m in np.atleast_1d(np.asarray(multiplier, dtype=float)):
+            b, c = formats.dyadic(float(m))
+            if c > C_MAX:
+                b, c = int(formats.round_shift(np.array([b]), np.array([c - C_MAX]))[0]), C_MAX
+            bs.append(b)
+            cs.append(c)
+        out_signed = kw.pop("out_signed", True)
+        lo_fmt, hi_fmt = (-128, 127) if out_signed else (0, 255)
+        return cls(
+            b=np.array(bs),
+            c=np.array(cs),
+            zero_point=zero_point,
+            lo=max(lo_fmt, zero_point) if relu else lo_fmt,
+            hi=hi_fmt,
+            out_signed=out_signed,
+            **kw,
+        )
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """How a GEMM was cut: the unit, the mode, tile and chunk sizes, instruction count."""
+
+    unit: str
+    mode: str
+    dataflow: str
+    tile_m: int
+    tile_n: int
+    chunk_steps: int
+    tiles: int
+    chunks: int
+
+
+def _split(total: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(size, total - s)) for s in range(0, total, size)]
+
+
+def lower_gemm(
+    config: qconfig.AcceleratorConfig,
+    weights,
+    *,
+    m: int,
+    mode: str,
+    unit: str | None = None,
+    dataflow: str | None = None,
+    epilogue: Epilogue | None = None,
+    w_scales=None,
+    name: str = "gemm",
+) -> Program:
+    """A Program computing Y = epilogue(X @ W) for X (``m`` x K input codes, tensor ``x``) and
+    the constant ``weights`` (K x N codes of the mode's weight format).
+
+    ``mode``: ``"weight*activation"`` (a configured array mode, or a LUT weight format with
+    the LUT core's activation). ``unit``: ``"array"`` or ``"lut"`` (default: the one that has
+    the mode; the LUT core when both do). MX modes take ``w_scales`` (ceil(K/32) x N E8M0
+    codes) and the input ``x_scales`` (M x ceil(K/32)). Raises ProgramError when the GEMM
+    cannot be tiled onto the configuration."""
+    g = Geometry.of(config)
+    weights = np.asarray(weights, dtype=np.int64)
+    if weights.ndim != 2 or weights.size == 0:
+        raise ProgramError(f"weights must be a non-empty K x N matrix, not shape {weights.shape}")
+    if not isinstance(m, int) or m < 1:
+        raise ProgramError(f"m must be a positive integer, not {m!r}")
+    w_name, _, a_name = mode.partition("*")
+    unit = unit or _pick_unit(config, g, w_name, a_name)
+    builder = ProgramBuilder(config)
+    if unit == "lut":
+        plan = _lower_lut(builder, g, weights, m, w_name, a_name, epilogue)
+    elif unit == "array":
+        plan = _lower_array(
+            builder, g, config, weights, m, w_name, a_name, dataflow, epilogue, w_scales
+        )
+    else:
+        raise ProgramError(f"unit must be 'array' or 'lut', not {unit!r}")
+    builder.notes = {
+        "gemm": {
+            "name": name,
+            "m": m,
+            "k": weights.shape[0],
+            "n": weights.shape[1],
+            **plan.__dict__,
+        }
+    }
+    return builder.build()
+
+
+def _pick_unit(config, g: Geometry, w_name: str, a_name: str) -> str:
+    if g.has_lut and w_name in g.lut_modes and a_name == g.lut_activation:
+        return "lut"
+    if g.has_array and any(str(p) == f"{w_name}*{a_name}" for p in config.array.modes):
+        return "array"
+    have = [str(p) for p in config.array.modes] if config.array else []
+    if g.has_lut:
+        have += [f"{w}*{g.lut_activation}" for w in g.lut_modes]
+    raise ProgramError(
+        f"configuration {config.name!r} has no unit for {w_name}*{a_name} "
+        f"(it has {', '.join(have)})"
+    )
+
+
+# --- the schedule shared by both units -----------------------------------------------------
+
+
+class _Schedule:
+    """Emits the double-buffered chunk/tile pattern with balanced tokens (module docstring)."""
+
+    def __init__(self, builder: ProgramBuilder, chunks_per_tile: list[int], raw_out: bool):
+        self.b = builder
+        self.total_chunks = sum(chunks_per_tile)
+        self.tiles = len(chunks_per_tile)
+        self.raw_out = raw_out
+        self.chunk = 0
+
+    def load_chunk(self, loads: list[dict]) -> None:
+        """The loads of the next chunk: the first pops a free buffer, the last pushes data."""
+        c = self.chunk
+        for i, kw in enumerate(loads):
+            self.b.load(
+                **kw,
+                pop_next=(i == 0 and c >= 2),
+                push_next=(i == len(loads) - 1),
+            )
+
+    def compute_chunk(
+        self, gemms: list[tuple], *, first_of_tile: bool, last_of_tile: bool, tile: int
+    ):
+        """The chunk's GEMMs: the first pops the data token; the buffer goes back with the last
+        one unless the tile's finisher will hand it back."""
+        c = self.chunk
+        for i, (emit, kw) in enumerate(gemms):
+            last = i == len(gemms) - 1
+            pops_store = self.raw_out and first_of_tile and i == 0 and tile >= 2
+            frees = last and not last_of_tile and c + 2 < self.total_chunks
+            finishes = self.raw_out and last and last_of_tile
+            emit(
+                **kw,
+                pop_prev=(i == 0),
+                pop_next=pops_store,
+                push_prev=frees or (finishes and c + 2 < self.total_chunks),
+                push_next=finishes,
+            )
+        self.chunk += 1
+
+    def post(self, tile: int, **kw) -> None:
+        """The tile's POST: waits for its output buffer, frees the last chunk's buffer."""
+        c = self.chunk - 1
+        self.b.post(
+            **kw,
+            pop_next=tile >= 2,
+            push_prev=c + 2 < self.total_chunks,
+            push_next=True,
+        )
+
+    def store(self, tile: int, **kw) -> None:
+        self.b.store(**kw, pop_prev=True, push_prev=tile + 2 < self.tiles)
+
+
+def _epilogue_params(g: Geometry, ep: Epilogue, n0: int, width: int) -> bytes:
+    """Three accumulator rows (bias, b, c) for output columns n0 .. n0 + width."""
+    rows = []
+    for value in (ep.bias, ep.b, ep.c):
+        full = np.atleast_1d(np.asarray(value, dtype=np.int64))
+        row = np.zeros(g.acc_cols, dtype=np.int64)
+        row[:width] = full[n0 : n0 + width] if full.size > 1 else full[0]
+        data = b"".join(int(v).to_bytes(g.acc_elem_bytes, "little", signed=True) for v in row)
+        rows.append(data + bytes(g.acc_row_bytes - len(data)))
+    return b"".join(rows)
+
+
+def _check_epilogue(ep: Epilogue, n: int) -> None:
+    for name in ("b", "c", "bias"):
+        v = np.atleast_1d(np.asarray(getattr(ep, name)))
+        if v.size not in (1, n):
+            raise ProgramError(f"epilogue {name} has {v.size} values; N = {n}")
+    if np.any(np.asarray(ep.c) > C_MAX) or np.any(np.asarray(ep.c) < 0):
+        raise ProgramError(f"epilogue shifts must be in 0..{C_MAX}")
+
+
+class _Memory:
+    """Scratchpad and accumulator rows handed out in order; running out is a ProgramError."""
+
+    def __init__(self, g: Geometry):
+        self.g, self.sp, self.acc = g, 0, 0
+
+    def sp_rows(self, n: int) -> int:
+        start, self.sp = self.sp, self.sp + n
+        if self.sp > self.g.sp_rows:
+            raise ProgramError(f"the scratchpad ({self.g.sp_rows} rows) cannot hold the buffers")
+        return start
+
+    def acc_rows(self, n: int) -> int:
+        start, self.acc = self.acc, self.acc + n
+        if self.acc > self.g.acc_rows:
+            raise ProgramError(
+                f"the accumulator memory ({self.g.acc_rows} rows) cannot hold the buffers"
+            )
+        return start
+
+
+def _outputs(
+    builder, g: Geometry, ep, mem: _Memory, m: int, n: int, tm: int, tn: int, tiles_n: int
+):
+    """Declare y (and residual), reserve output/parameter buffers; return what the tiles need."""
+    mp = -(-m // tm) * tm
+    if ep is None:
+        ar = g.acc_row_bytes
+        y = builder.alloc(tiles_n * mp * ar)
+        bits = g.acc_elem_bytes * 8
+        spec = TensorSpec(
+            "y",
+            (m, n),
+            "acc",
+            bits,
+            y,
+            ((1, tn, 0, mp * ar * 8), (0, 1, 0, ar * 8), (1, 1, tn, bits)),
+        )
+        builder.tensor(spec, output=True)
+        acc = [mem.acc_rows(tm), mem.acc_rows(tm)]
+        return {"y": y, "acc": acc, "mp": mp}
+    _check_epilogue(ep, n)
+    r = g.sp_row_bytes
+    fmt = "int8" if ep.out_signed else "uint8"
+    y = builder.alloc(tiles_n * mp * r)
+    builder.tensor(
+        TensorSpec(
+            "y", (m, n), fmt, 8, y, ((1, tn, 0, mp * r * 8), (0, 1, 0, r * 8), (1, 1, tn, 8))
+        ),
+        output=True,
+    )
+    out = {"y": y, "mp": mp, "acc": [mem.acc_rows(tm)] * 2}
+    out["out"] = [mem.sp_rows(tm), mem.sp_rows(tm)]
+    out["params"] = [mem.acc_rows(3), mem.acc_rows(3)]
+    out["param_addr"] = [
+        builder.constant(_epilogue_params(g, ep, j * tn, min(tn, n - j * tn)))
+        for j in range(tiles_n)
+    ]
+    if ep.residual:
+        res = builder.alloc(tiles_n * mp * r)
+        builder.tensor(
+            TensorSpec(
+                "residual",
+                (m, n),
+                fmt,
+                8,
+                res,
+                ((1, tn, 0, mp * r * 8), (0, 1, 0, r * 8), (1, 1, tn, 8)),
+            )
+        )
+        out["res"] = res
+        out["res_buf"] = [mem.sp_rows(tm), mem.sp_rows(tm)]
+    return out
+
+
+def _tile_loads(g: Geometry, ep, o: dict, t: int, i: int, j: int, rows: int, tm: int) -> list[dict]:
+    """The parameter and residual loads that ride with a tile's first chunk."""
+    if ep is None:
+        return []
+    slot = t % 2
+    loads = [
+        dict(
+            mem=1,
+            sram_addr=o["params"][slot],
+            dram_addr=o["param_addr"][j],
+            dram_stride=0,
+            y_size=1,
+            x_size=3,
+        )
+    ]
+    if ep.residual:
+        r = g.sp_row_bytes
+        addr = o["res"] + j * o["mp"] * r + i * tm * r
+        loads.append(
+            dict(
+                mem=0,
+                sram_addr=o["res_buf"][slot],
+                dram_addr=addr,
+                dram_stride=0,
+                y_size=1,
+                x_size=rows,
+            )
+        )
+    return loads
+
+
+def _finish_tile(
+    sched: _Schedule, g: Geometry, ep, o: dict, t: int, i: int, j: int, rows: int, tm: int
+):
+    slot = t % 2
+    if ep is None:
+        ar = g.acc_row_bytes
+        addr = o["y"] + j * o["mp"] * ar + i * tm * ar
+        sched.store(
+            t, mem=1, sram_addr=o["acc"][slot], dram_addr=addr, dram_stride=0, y_size=1, x_size=rows
+        )
+        return
+    sched.post(
+        t,
+        acc_addr=o["acc"][slot],
+        out_addr=o["out"][slot],
+        param_addr=o["params"][slot],
+        res_addr=o["res_buf"][slot] if ep.residual else 0,
+        rows=rows,
+        residual=int(ep.residual),
+        res_shift=ep.res_shift,
+        out_signed=int(ep.out_signed),
+        zero_point=ep.zero_point,
+        lo=ep.lo,
+        hi=ep.hi,
+    )
+    r = g.sp_row_bytes
+    addr = o["y"] + j * o["mp"] * r + i * tm * r
+    sched.store(
+        t, mem=0, sram_addr=o["out"][slot], dram_addr=addr, dram_stride=0, y_size=1, x_size=rows
+    )
+
+
+# --- the systolic array ---------------------------------------------------------------------
+
+
+def _lower_array(builder, g: Geometry, config, weights, m, w_name, a_name, dataflow, ep, w_scales):
+    names = [str(p) for p in config.array.modes]
+    key = f"{w_name}*{a_name}"
+    if key not in names:
+        raise ProgramError(f"the array has no mode {key} (it has {', '.join(names)})")
+    mode = names.index(key)
+    spec = g.array_modes[mode]
+    if dataflow is None:
+        dataflow = "ws" if g.dataflow == "ws" else "os"
+    if dataflow not in ("ws", "os") or g.dataflow not in ("both", dataflow):
+        raise ProgramError(f"the array runs {g.dataflow}, not {dataflow!r}")
+    if spec.block and dataflow == "ws":
+        raise ProgramError(f"{key} is an MX mode: it runs output-stationary only")
+    k, n = weights.shape
+    lanes, rows, cols, r = spec.lanes, g.rows, g.cols, g.sp_row_bytes
+    bus = g.bus
+    steps = -(-k // lanes)
+    mem = _Memory(g)
+    tn = cols
+    tiles_n = -(-n // tn)
+    if dataflow == "os":
+        tm = rows
+        fixed = 4 * tm + (6 if ep else 0)
+        budget = (g.sp_rows - fixed) // 2
+        per_step = 2 + (2 / spec.block if spec.block else 0)
+        ks = int(budget // per_step) if budget > 0 else 0
+        if not spec.integer:
+            ks = min(ks, g.max_k)
+        if spec.block:
+            ks = ks // spec.block * spec.block
+        ks = min(ks, steps if not spec.block else -(-steps // spec.block) * spec.block)
+        if ks < 1:
+            raise ProgramError(
+                f"the scratchpad ({g.sp_rows} rows) cannot hold two chunks of one step"
+            )
+    else:
+        tm = max(1, min(m, (g.sp_rows - 2 * rows) // 6, (g.acc_rows - 6) // 2, 256))
+        ks = rows  # one weight tile of rows * lanes K values
+        if 2 * rows + 6 * tm > g.sp_rows:
+            raise ProgramError(f"the scratchpad ({g.sp_rows} rows) cannot hold two weight tiles")
+    tiles_m = -(-m // tm)
+    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n)
+    mp = o["mp"]
+    chunks = _split(steps, ks)
+    kp = steps * lanes  # K padded to whole lane words
+
+    # Weights: one scratchpad row per step (os) or per PE row of a k tile (ws), per n tile.
+    wp = np.zeros(
+        (-(-kp // (lanes * ks)) * lanes * ks if dataflow == "ws" else kp, tiles_n * tn),
+        dtype=np.int64,
+    )
+    wp[:k, :n] = weights
+    w_rows = []
+    for j in range(tiles_n):
+        words = pack_lanes(wp[:, j * tn : (j + 1) * tn].T, lanes, spec.w_code_bits).T  # steps x tn
+        for wrow in words:
+            w_rows.append(_row(wrow, bus.w_word_bits, r))
+    w_base = builder.constant(b"".join(w_rows))
+    w_steps = len(wp) // lanes  # rows per n tile
+    scale_base = None
+    if spec.block:
+        scale_base = _mx_scales(builder, g, w_scales, k, n, spec.block, tiles_n, tn, mp)
+
+    # The input: os: per m tile, one row per step (the words of the tile's rows);
+    # ws: per k tile, one row per row of A (its words for each PE row).
+    ab, cb = bus.a_word_bits, spec.a_code_bits
+    if dataflow == "os":
+        x = builder.alloc(-(-m // tm) * steps * r)
+        terms = ((0, tm, 0, steps * r * 8), (0, 1, tm, ab), (1, lanes, 0, r * 8), (1, 1, lanes, cb))
+    else:
+        ktiles = -(-steps // rows)
+        x = builder.alloc(ktiles * mp * r)
+        terms = (
+            (1, rows * lanes, 0, mp * r * 8),
+            (0, 1, 0, r * 8),
+            (1, lanes, rows, ab),
+            (1, 1, lanes, cb),
+        )
+    x_format = spec.mx[1] if spec.block else spec.activation.name  # MX: element codes
+    builder.tensor(TensorSpec("x", (m, k), x_format, spec.activation.bits, x, terms))
+    if spec.block:
+        builder.tensor(scale_base["x_spec"](m))
+
+    bufs = [
+        (
+            mem.sp_rows(ks if dataflow == "os" else tm),
+            mem.sp_rows(ks),
+            mem.sp_rows(2 * -(-ks // spec.block) if spec.block else 0),
+        )
+        for _ in range(2)
+    ]
+    sched = _Schedule(builder, [len(chunks)] * (tiles_m * tiles_n), ep is None)
+    t = 0
+    for i in range(tiles_m):
+        rows_i = min(tm, m - i * tm)
+        for j in range(tiles_n):
+            for ci, (s0, ns) in enumerate(chunks):
+                a_buf, w_buf, s_buf = bufs[sched.chunk % 2]
+                loads = _tile_loads(g, ep, o, t, i, j, rows_i, tm) if ci == 0 else []
+                w_addr = w_base + (j * w_steps + s0) * r
+                if dataflow == "os":
+                    a_addr = x + (i * steps + s0) * r
+                    loads += [
+                        dict(
+                            mem=0,
+                            sram_addr=a_buf,
+                            dram_addr=a_addr,
+                            dram_stride=0,
+                            y_size=1,
+                            x_size=ns,
+                        ),
+                        dict(
+                            mem=0,
+                            sram_addr=w_buf,
+                            dram_addr=w_addr,
+                            dram_stride=0,
+                            y_size=1,
+                            x_size=ns,
+                        ),
+                    ]
+                    if spec.block:
+                        nb, b0 = -(-ns // spec.block), s0 // spec.block
+                        loads += [
+                            dict(
+                                mem=0,
+                                sram_addr=s_buf,
+                                dram_addr=scale_base["a"](i, b0),
+                                dram_stride=0,
+                                y_size=1,
+                                x_size=nb,
+                            ),
+                            dict(
+                                mem=0,
+                                sram_addr=s_buf + nb,
+                                dram_addr=scale_base["w"](j, b0),
+                                dram_stride=0,
+                                y_size=1,
+                                x_size=nb,
+                            ),
+                        ]
+                    gemm = dict(
+                        mode=mode,
+                        dataflow=1,
+                        accumulate=int(ci > 0),
+                        a_addr=a_buf,
+                        w_addr=w_buf,
+                        scale_addr=s_buf,
+                        acc_addr=o["acc"][t % 2],
+                        m=rows_i,
+                        k=ns,
+                    )
+                else:
+                    a_addr = x + (ci * mp + i * tm) * r
+                    loads += [
+                        dict(
+                            mem=0,
+                            sram_addr=a_buf,
+                            dram_addr=a_addr,
+                            dram_stride=0,
+                            y_size=1,
+                            x_size=rows_i,
+                        ),
+                        dict(
+                            mem=0,
+                            sram_addr=w_buf,
+                            dram_addr=w_addr,
+                            dram_stride=0,
+                            y_size=1,
+                            x_size=rows,
+                        ),
+                    ]
+                    gemm = dict(
+                        mode=mode,
+                        dataflow=0,
+                        accumulate=int(ci > 0),
+                        a_addr=a_buf,
+                        w_addr=w_buf,
+                        scale_addr=0,
+                        acc_addr=o["acc"][t % 2],
+                        m=rows_i,
+                        k=rows,
+                    )
+                sched.load_chunk(loads)
+                sched.compute_chunk(
+                    [(builder.gemm, gemm)],
+                    first_of_tile=ci == 0,
+                    last_of_tile=ci == len(chunks) - 1,
+                    tile=t,
+                )
+            _finish_tile(sched, g, ep, o, t, i, j, rows_i, tm)
+            t += 1
+    return GemmPlan("array", key, dataflow, tm, tn, ks, t, sched.chunk)
+
+
+def _row(words, width: int, row_bytes: int) -> bytes:
+    value = 0
+    for i, w in enumerate(words):
+        value |= (int(w) & ((1 << width) - 1)) << (i * width)
+    return value.to_bytes(row_bytes, "little")
+
+
+def _mx_scales(builder, g: Geometry, w_scales, k, n, block, tiles_n, tn, mp):
+    """Scale rows, one per block: the W scales (constants, per n tile) and the A scales (the
+    input ``x_scales``, M x blocks E8M0 codes, per m tile), a byte per column / row."""
+    blocks = -(-k // block)
+    w_scales = np.asarray(w_scales if w_scales is not None else [], dtype=np.int64)
+    if w_scales.shape != (blocks, n):
+        raise ProgramError(f"MX weights need w_scales of shape {(blocks, n)}, not {w_scales.shape}")
+    r, rows = g.sp_row_bytes, g.rows
+    w_rows = []
+    for j in range(tiles_n):
+        for b in range(blocks):
+            w_rows.append(bytes(int(v) for v in w_scales[b, j * tn : (j + 1) * tn]).ljust(r, b"\0"))
+    w_addr = builder.constant(b"".join(w_rows))
+    a_addr = builder.alloc((mp // rows) * blocks * r)
+    terms = ((0, rows, 0, blocks * r * 8), (0, 1, rows, 8), (1, 1, 0, r * 8))
+    return {
+        "a": lambda i, b0: a_addr + (i * blocks + b0) * r,
+        "w": lambda j, b0: w_addr + (j * blocks + b0) * r,
+        "x_spec": lambda m: TensorSpec("x_scales", (m, blocks), "e8m0", 8, a_addr, terms),
+    }
+
+
+# --- the LUT core --------------------------------------------------------------------------
+
+
+def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep):
+    if a_name != g.lut_activation:
+        raise ProgramError(f"the LUT core takes {g.lut_activation} activations, not {a_name}")
+    if w_name not in g.lut_modes:
+        raise ProgramError(
+            f"the LUT core has no {w_name} weights (it has {', '.join(g.lut_modes)})"
+        )
+    mode = g.lut_modes.index(w_name)
+    planes = g.lut_planes(mode)
+    group, tm, tn, r = g.lut_group, g.lut_tile_m, g.lut_tile_n, g.sp_row_bytes
+    k, n = weights.shape
+    groups = -(-k // group)
+    mem = _Memory(g)
+    tiles_n, tiles_m = -(-n // tn), -(-m // tm)
+    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n)
+    fixed = 4 * tm
+    ks = min(groups, max(0, (g.sp_rows - fixed) // (2 * (1 + planes))))
+    if ks < 1:
+        raise ProgramError(f"the scratchpad ({g.sp_rows} rows) cannot hold two chunks of one group")
+    wp = np.zeros((groups * group, tiles_n * tn), dtype=np.int64)
+    wp[:k, :n] = weights
+    w_rows = []
+    for j in range(tiles_n):
+        for s in range(groups):
+            codes = wp[s * group : (s + 1) * group, j * tn : (j + 1) * tn]  # group x tn
+            for p in range(planes):
+                bits = ((codes >> p) & 1).T.reshape(-1)  # column-major: c * group + j
+                w_rows.append(_row(bits, 1, r))
+    w_base = builder.constant(b"".join(w_rows))
+    x = builder.alloc(tiles_m * groups * r)
+    terms = (
+        (0, tm, 0, groups * r * 8),
+        (0, 1, tm, group * 8),
+        (1, group, 0, r * 8),
+        (1, 1, group, 8),
+    )
+    builder.tensor(TensorSpec("x", (m, k), a_name, 8, x, terms))
+    bufs = [(mem.sp_rows(ks), mem.sp_rows(ks * planes)) for _ in range(2)]
+    chunks = _split(groups, ks)
+    sched = _Schedule(builder, [len(chunks)] * (tiles_m * tiles_n), ep is None)
+    t = 0
+    for i in range(tiles_m):
+        rows_i = min(tm, m - i * tm)
+        for j in range(tiles_n):
+            for ci, (s0, ns) in enumerate(chunks):
+                a_buf, w_buf = bufs[sched.chunk % 2]
+                loads = _tile_loads(g, ep, o, t, i, j, rows_i, tm) if ci == 0 else []
+                loads += [
+                    dict(
+                        mem=0,
+                        sram_addr=a_buf,
+                        dram_addr=x + (i * groups + s0) * r,
+                        dram_stride=0,
+                        y_size=1,
+                        x_size=ns,
+                    ),
+                    dict(
+                        mem=0,
+                        sram_addr=w_buf,
+                        dram_addr=w_base + ((j * groups + s0) * planes) * r,
+                        dram_stride=0,
+                        y_size=1,
+                        x_size=ns * planes,
+                    ),
+                ]
+                sched.load_chunk(loads)
+                gemm = dict(
+                    mode=mode,
+                    accumulate=int(ci > 0),
+                    a_addr=a_buf,
+                    w_addr=w_buf,
+                    acc_addr=o["acc"][t % 2],
+                    m=rows_i,
+                    k=ns,
+                )
+                sched.compute_chunk(
+                    [(builder.lut_gemm, gemm)],
+                    first_of_tile=ci == 0,
+                    last_of_tile=ci == len(chunks) - 1,
+                    tile=t,
+                )
+            _finish_tile(sched, g, ep, o, t, i, j, rows_i, tm)
+            t += 1
+    return GemmPlan("lut", f"{w_name}*{a_name}", "-", tm, tn, ks, t, sched.chunk)

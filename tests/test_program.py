@@ -1,0 +1,351 @@
+"""The ISA (encode/decode), Programs (builder, save/load) and the checker's rejections, one
+test each, matching the message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compiler.gemm import lower_gemm
+from qaccel import config
+from qaccel.isa import ErrorCode, Geometry, Instruction, Opcode, decode, encode
+from qaccel.program import (
+    ProgramBuilder,
+    ProgramError,
+    TensorSpec,
+    check_program,
+    load_program,
+    row_major,
+)
+from sim.executor import run_program
+
+TINY = config.load_config("configs/tiny.toml")
+G = Geometry.of(TINY)
+SIGNED = ("zero_point", "lo", "hi")
+
+
+@st.composite
+def instructions(draw):
+    op = draw(st.sampled_from(list(Opcode)))
+    fields = {}
+    for name, member in G.layout(op):
+        if name == "opcode":
+            continue
+        w = member.width
+        if name in SIGNED:
+            fields[name] = draw(st.integers(-(1 << (w - 1)), (1 << (w - 1)) - 1))
+        else:
+            fields[name] = draw(st.integers(0, (1 << w) - 1))
+    flags = {f: bool(fields.pop(f)) for f in ("pop_prev", "pop_next", "push_prev", "push_next")}
+    return Instruction(op, fields, **flags)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instructions())
+def test_encode_decode_round_trip(insn):
+    word = encode(G, insn)
+    assert word < 1 << (8 * G.insn_bytes)
+    assert decode(G, word) == insn
+
+
+def test_word_layout_is_the_struct():
+    """The header sits in the low bits, fields in order: the amaranth layout is the truth."""
+    layout = G.layout(Opcode.LOAD)
+    insn = Instruction(Opcode.LOAD, {"y_size": 3}, push_next=True)
+    word = encode(G, insn)
+    assert word & 0xF == Opcode.LOAD.value
+    assert (word >> layout["push_next"].offset) & 1 == 1
+    assert (word >> layout["y_size"].offset) & 0xFFFF == 3
+
+
+def test_decode_rejects_illegal_opcode_and_unused_bits():
+    with pytest.raises(ValueError, match=r"illegal opcode 15"):
+        decode(G, 15)
+    with pytest.raises(ValueError, match=r"HALT has bits set above its 8 used bits"):
+        decode(G, 1 << 40)
+
+
+def test_encode_rejects_what_does_not_fit():
+    with pytest.raises(ValueError, match=r"LOAD.y_size = 65536 does not fit 16 bits"):
+        encode(G, Instruction(Opcode.LOAD, {"y_size": 1 << 16}))
+    with pytest.raises(ValueError, match=r"POST.lo = -300 does not fit 9 bits"):
+        encode(G, Instruction(Opcode.POST, {"lo": -300}))
+    with pytest.raises(ValueError, match=r"GEMM has no field 'rows'"):
+        encode(G, Instruction(Opcode.GEMM, {"rows": 1}))
+
+
+def test_field_widths_follow_the_configuration():
+    big = Geometry.of(config.load_config("configs/edge.toml"))
+    assert big.layout(Opcode.GEMM)["acc_addr"].width > G.layout(Opcode.GEMM)["acc_addr"].width
+    assert G.layout(Opcode.GEMM)["mode"].width == 4  # 11 modes
+
+
+def hand_program(**changes):
+    """A 4x4 int8 GEMM written by hand: load A and W, multiply, store the accumulators."""
+    b = ProgramBuilder(TINY)
+    r, ar = G.sp_row_bytes, G.acc_row_bytes
+    x = b.tensor(
+        # output-stationary: scratchpad row s holds column s of A, one bus word per array row
+        TensorSpec(
+            "x", (4, 4), "int8", 8, b.alloc(4 * r), ((0, 1, 0, G.bus.a_word_bits), (1, 1, 0, 8 * r))
+        )
+    )
+    w = np.arange(16).reshape(4, 4) - 8
+    assert G.bus.w_word_bits == 8  # one int8 weight per column word
+    w_addr = b.constant(b"".join(bytes(int(v) & 0xFF for v in row).ljust(r, b"\0") for row in w))
+    y = b.tensor(
+        row_major("y", (4, 4), "acc", b.alloc(4 * ar), pitch=ar, bits=8 * G.acc_elem_bytes),
+        output=True,
+    )
+    load = dict(mem=0, dram_stride=0, y_size=1, x_size=4)
+    b.load(**load, sram_addr=0, dram_addr=x.address)
+    b.load(**load, sram_addr=4, dram_addr=w_addr, push_next=True)
+    gemm = dict(mode=0, dataflow=1, a_addr=0, w_addr=4, acc_addr=0, m=4, k=4)
+    b.gemm(**(gemm | changes.pop("gemm", {})), pop_prev=True, push_next=True)
+    b.store(
+        mem=1, sram_addr=0, dram_addr=y.address, dram_stride=0, y_size=1, x_size=4, pop_prev=True
+    )
+    return b, w
+
+
+def test_hand_written_program_runs():
+    b, w = hand_program()
+    program = b.build()
+    x = np.arange(16).reshape(4, 4) - 3
+    result = run_program(program, {"x": x})
+    assert np.array_equal(result.outputs["y"], x @ w)
+    assert result.order == [0, 1, 2, 3]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    program = lower_gemm(TINY, np.ones((5, 6), dtype=np.int64), m=3, mode="int4*int8")
+    program.save(tmp_path / "p")
+    loaded = load_program(tmp_path / "p", TINY)
+    assert loaded.instructions == program.instructions
+    assert loaded.segments == program.segments
+    assert loaded.inputs == program.inputs and loaded.outputs == program.outputs
+    x = np.arange(15).reshape(3, 5)
+    assert np.array_equal(
+        run_program(loaded, {"x": x}).outputs["y"], run_program(program, {"x": x}).outputs["y"]
+    )
+
+
+@pytest.fixture
+def saved(tmp_path):
+    program = lower_gemm(TINY, np.ones((4, 4), dtype=np.int64), m=2, mode="int8*int8")
+    return program.save(tmp_path / "p")
+
+
+def test_load_rejects_a_missing_file(saved):
+    (saved / "dram.bin").unlink()
+    with pytest.raises(ProgramError, match=r"not a program directory \(dram.bin is missing\)"):
+        load_program(saved)
+
+
+def test_load_rejects_truncated_dram(saved):
+    data = (saved / "dram.bin").read_bytes()
+    (saved / "dram.bin").write_bytes(data[:-5])
+    with pytest.raises(ProgramError, match=r"dram.bin is truncated or changed"):
+        load_program(saved)
+
+
+def test_load_rejects_malformed_json(saved):
+    (saved / "program.json").write_text("{not json")
+    with pytest.raises(ProgramError, match=r"program.json: not valid JSON"):
+        load_program(saved)
+    (saved / "program.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ProgramError, match=r"not a qaccel program"):
+        load_program(saved)
+
+
+def test_load_rejects_another_configuration(saved):
+    with pytest.raises(ProgramError, match=r"built for configuration 'tiny', not for 'edge'"):
+        load_program(saved, config.load_config("configs/edge.toml"))
+
+
+def test_load_rejects_an_edited_configuration(saved):
+    path = saved / "config.toml"
+    path.write_text(path.read_text().replace("rows = 4", "rows = 5", 1))
+    with pytest.raises(ProgramError, match=r"config.toml does not match"):
+        load_program(saved)
+
+
+def test_load_rejects_an_illegal_word(saved):
+    meta = json.loads((saved / "program.json").read_text())
+    data = bytearray((saved / "dram.bin").read_bytes())
+    seg = next(s for s in meta["segments"] if s["address"] == meta["prog_addr"])
+    data[seg["offset"]] = 0x0F  # opcode 15
+    (saved / "dram.bin").write_bytes(bytes(data))
+    import hashlib
+
+    meta["dram_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (saved / "program.json").write_text(json.dumps(meta))
+    with pytest.raises(ProgramError, match=r"instruction 0: illegal opcode 15"):
+        load_program(saved)
+
+
+# --- the checker: one test per rejection ---------------------------------------------------
+
+
+def rejected(builder, message, code):
+    with pytest.raises(ProgramError, match=message) as info:
+        builder.build()
+    assert info.value.code == code
+    return info.value
+
+
+def test_rejects_scratchpad_overflow():
+    b, _ = hand_program(gemm={"w_addr": G.sp_rows - 2})
+    e = rejected(
+        b,
+        "GEMM weight rows 254..257 are outside the scratchpad \\(256 rows\\)",
+        ErrorCode.SCRATCHPAD_RANGE,
+    )
+    assert e.index == 2
+
+
+def test_rejects_accumulator_overflow():
+    b, _ = hand_program(gemm={"acc_addr": G.acc_rows - 1})
+    rejected(
+        b,
+        "instruction 2: GEMM result rows 31..34 are outside the accumulator memory",
+        ErrorCode.ACCUMULATOR_RANGE,
+    )
+
+
+def test_rejects_dram_outside_and_misaligned():
+    b = ProgramBuilder(TINY)
+    b.load(
+        mem=0, sram_addr=0, dram_addr=G.dram_bytes - G.data_bytes, dram_stride=0, y_size=1, x_size=4
+    )
+    rejected(b, "LOAD reaches DRAM byte 0x4000037, beyond", ErrorCode.DRAM_RANGE)
+    b = ProgramBuilder(TINY)
+    b.load(mem=0, sram_addr=0, dram_addr=3, dram_stride=0, y_size=1, x_size=1)
+    rejected(b, "LOAD.dram_addr = 0x3 is not a multiple of the 8-byte bus", ErrorCode.DRAM_RANGE)
+
+
+def test_rejects_an_unconfigured_mode():
+    b, _ = hand_program(gemm={"mode": 12})
+    rejected(b, "array mode 12 is not configured \\(11 modes\\)", ErrorCode.ILLEGAL_FIELD)
+
+
+def test_rejects_a_float_gemm_longer_than_its_accumulator():
+    b, _ = hand_program(gemm={"mode": 6, "k": 5})
+    rejected(
+        b,
+        "fp8_e4m3\\*fp8_e4m3 accumulators hold 4 steps exactly; GEMM.k = 5",
+        ErrorCode.ILLEGAL_FIELD,
+    )
+
+
+def test_rejects_weight_stationary_k_other_than_rows():
+    b, _ = hand_program(gemm={"dataflow": 0, "k": 3})
+    rejected(
+        b, "weight-stationary GEMM.k must be the array's 4 rows, not 3", ErrorCode.ILLEGAL_FIELD
+    )
+
+
+def test_rejects_zero_sizes():
+    b, _ = hand_program(gemm={"k": 0})
+    rejected(b, "GEMM.k must be at least 1", ErrorCode.ILLEGAL_FIELD)
+
+
+def test_rejects_lut_gemm_without_a_lut_core():
+    b = ProgramBuilder(TINY)
+    b.lut_gemm(mode=0, a_addr=0, w_addr=0, acc_addr=0, m=1, k=1)
+    rejected(b, "LUT_GEMM on a configuration without a LUT core", ErrorCode.ILLEGAL_FIELD)
+
+
+def test_rejects_post_clamp_outside_the_format():
+    b = ProgramBuilder(TINY)
+    b.post(acc_addr=0, out_addr=0, param_addr=4, rows=1, out_signed=0, lo=-1, hi=255)
+    rejected(b, "POST clamp \\[-1, 255\\] is not within \\[0, 255\\]", ErrorCode.ILLEGAL_FIELD)
+
+
+def test_rejects_token_underflow():
+    b = ProgramBuilder(TINY)
+    b.post(
+        acc_addr=0, out_addr=0, param_addr=4, rows=1, out_signed=1, lo=-128, hi=127, pop_prev=True
+    )
+    e = rejected(
+        b, "the queues can never drain: .*compute at instruction 0 \\(POST\\)", ErrorCode.TOKEN
+    )
+    assert e.index == 0
+
+
+def test_rejects_a_deadlock_between_queues():
+    b = ProgramBuilder(TINY)
+    load = dict(mem=0, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1, x_size=1)
+    b.load(**load, pop_next=True, push_next=True)  # waits for compute
+    b.post(
+        acc_addr=0,
+        out_addr=0,
+        param_addr=4,
+        rows=1,
+        out_signed=1,
+        lo=-128,
+        hi=127,
+        pop_prev=True,
+        push_prev=True,
+    )  # waits for load
+    rejected(b, "can never drain", ErrorCode.TOKEN)
+
+
+def test_rejects_tokens_left_at_halt():
+    b = ProgramBuilder(TINY)
+    b.load(mem=0, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1, x_size=1, push_next=True)
+    rejected(b, "tokens left at HALT: \\{'load->compute': 1\\}", ErrorCode.TOKEN)
+
+
+def test_rejects_token_overflow():
+    b = ProgramBuilder(TINY)
+    for _ in range(9):
+        b.load(mem=0, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1, x_size=1, push_next=True)
+    for _ in range(9):
+        b.post(
+            acc_addr=0,
+            out_addr=0,
+            param_addr=4,
+            rows=1,
+            out_signed=1,
+            lo=-128,
+            hi=127,
+            pop_prev=True,
+        )
+    e = rejected(b, "pushes a load->compute token while 8 wait", ErrorCode.TOKEN)
+    assert e.index == 8
+
+
+def test_rejects_tokens_to_a_unit_that_does_not_exist():
+    b = ProgramBuilder(TINY)
+    b.load(mem=0, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1, x_size=1, push_prev=True)
+    rejected(b, "the load unit has no upstream unit", ErrorCode.ILLEGAL_FIELD)
+    b = ProgramBuilder(TINY)
+    b.store(mem=0, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1, x_size=1, pop_next=True)
+    rejected(b, "the store unit has no downstream unit", ErrorCode.ILLEGAL_FIELD)
+
+
+def test_rejects_a_program_without_halt():
+    program = ProgramBuilder(TINY).build()
+    program.instructions.pop()
+    with pytest.raises(ProgramError, match=r"does not end with HALT") as info:
+        check_program(program)
+    assert info.value.code == ErrorCode.NO_HALT
+
+
+def test_rejects_a_field_too_wide_with_its_index():
+    b = ProgramBuilder(TINY)
+    b.load(mem=0, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1 << 16, x_size=1)
+    with pytest.raises(ProgramError, match=r"instruction 0: LOAD.y_size = 65536 does not fit"):
+        b.build()
+
+
+def test_compiled_programs_balance_their_tokens():
+    """Many tiles and chunks: the double-buffer pattern passes the checker in every order."""
+    program = lower_gemm(TINY, np.ones((40, 13), dtype=np.int64), m=11, mode="int8*int8")
+    check_program(program)
+    assert program.notes["gemm"]["tiles"] == 3 * 4
