@@ -56,12 +56,13 @@ DATAFLOWS = ("ws", "os", "both")
 
 
 def array_modes(cfg: qconfig.ArrayConfig) -> tuple[ModeSpec, ...]:
-    """The ModeSpecs of an array configuration, in the configuration's order."""
+    """The ModeSpecs of an array configuration, in the configuration's order; float
+    accumulators hold ``max(rows, max_k)`` products (``qaccel.isa.Geometry``)."""
     return tuple(
         mode_spec(
             p.weight,
             p.activation,
-            rows=cfg.rows,
+            rows=max(cfg.rows, cfg.max_k),
             acc_bits=cfg.acc_bits,
             mx_scale_range=cfg.mx_scale_range,
         )

@@ -1,0 +1,1010 @@
+"""The accelerator: instruction fetch, three decoupled units with dependency tokens, the
+scratchpad and accumulator memories, the systolic array, the LUT core, the post-processing unit,
+an AXI4 master for DRAM and the AXI4-Lite control registers (``qaccel.isa`` has the
+instruction set, ``qaccel.csr`` the register map, ``sim.executor`` the results it must give).
+
+**Ports.** ``m_axi``: AXI4 master, 32-bit addresses, ``dram.bytes_per_cycle`` data bytes
+(``hw.axi``; cocotbext-axi ``AxiBus.from_prefix(dut, "m_axi_")``). ``s_axil``: AXI4-Lite slave,
+12-bit addresses (``hw.csr``; ``AxiLiteBus.from_prefix(dut, "s_axil_")``). ``clk``, ``rst``
+(synchronous, active high).
+
+**A run.** The host writes PROG_ADDR and PROG_LEN and sets CTRL.START. Fetch reads one
+instruction word at a time (read port 1 of the DMA; LOAD has port 0 and priority) and hands it
+to its unit's queue (four entries each). A unit takes the instruction at the head of its queue
+when the tokens it pops are there, executes it, then pushes its tokens. HALT stops fetch; the run
+ends when the queues are empty and the units idle: STATUS.DONE, with ERROR_CODE 0, or
+``isa.ErrorCode.TOKEN`` if a channel still holds tokens.
+
+**Units.**
+- LOAD: per DRAM row one DMA read of ``x_size`` memory rows; each memory row is written as its
+  last beat arrives (accumulator rows: each element's low ``acc_elem_bits`` bits, invalid
+  flags cleared).
+- STORE: per DRAM row one DMA write; rows read from memory one at a time, sent beat by beat
+  (accumulator elements sign-extended to ``acc_elem_bytes``).
+- GEMM: rows stream from the scratchpad into the array (output-stationary: activation and weight
+  rows of every step together, MX scale rows beside them; weight-stationary: the weight rows
+  bottom first, then the activation rows); result rows are written, or added with saturation at
+  the mode's accumulator width, into the accumulator memory. LUT_GEMM does the same with the LUT
+  core (activation groups, weight planes). POST reads the three parameter rows, then one
+  accumulator row (and residual row) per cycle through ``hw.post.PostProcessor`` into the
+  scratchpad. The compute unit finishes an instruction when its last result row is written.
+
+**Faults.** Each unit checks its instruction before it executes it (the same rules as
+``qaccel.program.check_program``): a fault sets ERROR_CODE and ERROR_INSN, stops fetch, lets the
+unit that is mid-instruction finish it, discards the queued instructions and ends the run, so
+the accelerator is idle again and never hangs. Fetch faults: an illegal opcode, bits set above
+an opcode's fields, PROG_LEN instructions without HALT. Token faults: a push into a full
+channel, a deadlock (every unit waits for a token that no instruction in flight will push).
+
+**Memories.** ``amaranth.lib.memory`` arrays, one row per address: the scratchpad has write
+ports for LOAD and POST and read ports for the compute unit (two, four with MX modes) and
+STORE; the accumulator memory has write ports for LOAD and the compute unit and read ports for
+the compute unit and STORE.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.axi import axi4_signature
+from hw.csr import AxiLiteSignature, ControlRegisters
+from hw.dma import Dma
+from hw.post import PostProcessor
+from qaccel import config as qconfig
+from qaccel import csr as qcsr
+from qaccel.isa import TOKEN_DEPTH, ErrorCode, Geometry, Opcode
+
+__all__ = ["Accelerator"]
+
+QUEUE_DEPTH = 4
+# Token channels: (producer, consumer)
+LC, CL, CS, SC = range(4)
+
+
+def _popcount(bits) -> object:
+    total = Const(0, 1)
+    for i in range(len(bits)):
+        total = total + bits[i]
+    return total
+
+
+class Accelerator(wiring.Component):
+    """The whole accelerator of a configuration (see the module docstring)."""
+
+    def __init__(self, cfg: qconfig.AcceleratorConfig):
+        self._cfg = cfg
+        self._g = Geometry.of(cfg)
+        super().__init__(
+            {
+                "m_axi": Out(axi4_signature(32, self._g.data_bytes)),
+                "s_axil": In(AxiLiteSignature(12)),
+            }
+        )
+
+    @classmethod
+    def from_config(cls, cfg: qconfig.AcceleratorConfig) -> Accelerator:
+        return cls(cfg)
+
+    geometry = property(lambda self: self._g)
+
+    # ------------------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._g
+        self._m = m
+        m.submodules.csr = regs = ControlRegisters()
+        m.submodules.dma = dma = Dma(g.data_bytes, read_clients=2)
+        wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
+        wiring.connect(m, wiring.flipped(self.m_axi), dma.m_axi)
+        self._regs, self._dma = regs, dma
+
+        # --- run state, errors, counters --------------------------------------------------
+        self.running = running = Signal()
+        self.aborting = Signal()
+        self.err_code = Signal(8)
+        self.err_insn = Signal(32)
+        self._errors = []  # (condition, code, index), first listed wins in one cycle
+        self._can_start_sigs = []
+        self.counters = {c.name: Signal(64, name=f"count_{c.name.lower()}") for c in qcsr.COUNTERS}
+        self._incs = {name: [] for name in self.counters}
+        self.tokens = [Signal(range(TOKEN_DEPTH + 2), name=f"tokens{i}") for i in range(4)]
+        self._tok_dec = [[] for _ in range(4)]
+        self._tok_inc = [[] for _ in range(4)]  # (condition, index)
+        self.start_run = Signal()
+        m.d.comb += self.start_run.eq(regs.start & ~running)
+
+        # --- memories ---------------------------------------------------------------------
+        self._acc_layout = data.StructLayout(
+            {
+                "data": data.ArrayLayout(signed(g.acc_elem_bits), g.acc_cols),
+                "invalid": data.ArrayLayout(1, g.acc_cols),
+            }
+        )
+        m.submodules.sp = sp = Memory(shape=8 * g.sp_row_bytes, depth=g.sp_rows, init=[])
+        m.submodules.acc = acc = Memory(shape=self._acc_layout, depth=g.acc_rows, init=[])
+        self.sp_load_w, self.sp_post_w = sp.write_port(), sp.write_port()
+        self.sp_rd = [sp.read_port() for _ in range(4 if self._mx else 2)]
+        self.sp_store_r = sp.read_port()
+        self.acc_load_w, self.acc_comp_w = acc.write_port(), acc.write_port()
+        self.acc_comp_r, self.acc_store_r = acc.read_port(), acc.read_port()
+
+        # --- queues -----------------------------------------------------------------------
+        self.insn_bits = 8 * g.insn_bytes
+        self.queues = {}
+        for unit in ("load", "compute", "store"):
+            fifo = SyncFIFO(width=self.insn_bits + 32, depth=QUEUE_DEPTH)
+            m.submodules[f"{unit}_queue"] = fifo
+            self.queues[unit] = fifo
+
+        self._fetch(m)
+        self._load_unit(m)
+        self._store_unit(m)
+        self._compute_unit(m)
+        self._run_control(m)
+        return m
+
+    @property
+    def _mx(self) -> bool:
+        return any(s.block for s in self._g.array_modes)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _error(self, cond, code: ErrorCode, index) -> None:
+        """Raise ``code`` for instruction ``index`` in cycles where ``cond`` holds."""
+        self._errors.append((cond, int(code), index))
+
+    def _raise(self, code: ErrorCode, index) -> None:
+        """Raise ``code`` in the cycles the enclosing If/State is active."""
+        here = Signal(name=f"raise_{code.name.lower()}")
+        self._m.d.comb += here.eq(1)
+        self._errors.append((here, int(code), index))
+
+    def _count(self, name: str, amount) -> None:
+        """Add ``amount`` to counter ``name`` in the cycles the enclosing If/State is active."""
+        amount = Value.cast(amount)
+        here = Signal(len(amount), name=f"add_{name.lower()}")
+        self._m.d.comb += here.eq(amount)
+        self._incs[name].append(here)
+
+    def _view(self, op: Opcode, word):
+        return data.View(self._g.layout(op), word[: self._g.layout(op).size])
+
+    def _unit_head(self, m, unit: str, pops: list[tuple[str, int]]):
+        """The queue head, whether its tokens are there, and a ``take`` strobe: returns
+        (head word, head index, can_start, take). Popping happens when ``take`` is high."""
+        fifo = self.queues[unit]
+        word = fifo.r_data[: self.insn_bits]
+        index = fifo.r_data[self.insn_bits :]
+        header = data.View(self._g.layout(Opcode.HALT), word[:8])
+        ok = Const(1)
+        for flag, channel in pops:
+            ok = ok & (~getattr(header, flag) | (self.tokens[channel] != 0))
+        can_start = Signal(name=f"{unit}_can_start")
+        take = Signal(name=f"{unit}_take")
+        m.d.comb += can_start.eq(fifo.r_rdy & ok & ~self.aborting)
+        self._can_start_sigs.append(can_start)
+        for flag, channel in pops:
+            self._tok_dec[channel].append(take & getattr(header, flag))
+        m.d.comb += fifo.r_en.eq(take | (self.aborting & fifo.r_rdy))
+        stall = Signal(name=f"{unit}_stall")
+        m.d.comb += stall.eq(fifo.r_rdy & ~ok & self.running & ~self.aborting)
+        self._count(f"{unit.upper()}_STALL", stall)
+        return word, index, can_start, take, stall
+
+    def _push(self, finish, word, index, pushes: list[tuple[str, int]]) -> None:
+        header = data.View(self._g.layout(Opcode.HALT), word[:8])
+        for flag, channel in pushes:
+            self._tok_inc[channel].append((finish & getattr(header, flag), index))
+
+    # --- fetch ----------------------------------------------------------------------------
+
+    def _fetch(self, m):
+        g, regs = self._g, self._regs
+        port = self._dma.read[1]
+        d = g.data_bytes
+        beats = max(1, g.insn_bytes // d)
+        pc = Signal(32)
+        word = Signal(self.insn_bits)
+        beat = Signal(range(beats + 1))
+        self.fetch_halted = Signal()
+        self.fetch_blocked = Signal()
+        self.halt_index = Signal(32)
+        addr = Signal(32)
+        m.d.comb += addr.eq(regs.prog_addr + pc * g.insn_bytes)
+        opcode = word[:4]
+        sizes = Array(Const(g.layout(op).size, 16) for op in Opcode)
+        target = Signal(2)  # 0 load, 1 compute, 2 store
+        m.d.comb += target.eq(Mux(opcode == Opcode.LOAD, 0, Mux(opcode == Opcode.STORE, 2, 1)))
+        fifos = [self.queues[u] for u in ("load", "compute", "store")]
+        w_rdy = Array(f.w_rdy for f in fifos)
+        for f in fifos:
+            m.d.comb += f.w_data.eq(Cat(word, pc))
+        legal = opcode <= max(op.value for op in Opcode)
+        extra = Signal()
+        m.d.comb += extra.eq((word >> sizes[opcode[:3]]) != 0)
+
+        with m.FSM(name="fetch") as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start_run):
+                    m.d.sync += [pc.eq(0), self.fetch_halted.eq(0)]
+                    m.next = "REQUEST"
+            with m.State("REQUEST"):
+                with m.If(self.aborting):
+                    m.next = "IDLE"
+                with m.Elif(pc == regs.prog_len):
+                    self._raise(ErrorCode.NO_HALT, pc)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += [
+                        port.cmd.valid.eq(1),
+                        port.cmd.payload.addr.eq(addr),
+                        port.cmd.payload.beats.eq(beats),
+                    ]
+                    with m.If(port.cmd.ready):
+                        m.d.sync += beat.eq(0)
+                        m.next = "RECEIVE"
+            with m.State("RECEIVE"):
+                m.d.comb += port.data.ready.eq(1)
+                with m.If(port.data.valid):
+                    if g.insn_bytes >= d:
+                        m.d.sync += word.word_select(beat, 8 * d).eq(port.data.payload)
+                    else:
+                        lo = (g.insn_bytes).bit_length() - 1
+                        hi = d.bit_length() - 1
+                        m.d.sync += word.eq(
+                            port.data.payload.word_select(addr[lo:hi], self.insn_bits)
+                        )
+                    m.d.sync += beat.eq(beat + 1)
+                with m.If(port.done):
+                    with m.If(port.error):
+                        self._raise(ErrorCode.BUS, pc)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "DECODE"
+            with m.State("DECODE"):
+                with m.If(self.aborting):
+                    m.next = "IDLE"
+                with m.Elif(~legal):
+                    self._raise(ErrorCode.ILLEGAL_OPCODE, pc)
+                    m.next = "IDLE"
+                with m.Elif(extra):
+                    self._raise(ErrorCode.ILLEGAL_FIELD, pc)
+                    m.next = "IDLE"
+                with m.Elif(opcode == Opcode.HALT):
+                    m.d.sync += [self.fetch_halted.eq(1), self.halt_index.eq(pc)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += self.fetch_blocked.eq(~w_rdy[target])
+                    with m.If(w_rdy[target]):
+                        for i, f in enumerate(fifos):
+                            m.d.comb += f.w_en.eq(target == i)
+                        m.d.sync += pc.eq(pc + 1)
+                        m.next = "REQUEST"
+        self.fetch_active = Signal()
+        m.d.comb += self.fetch_active.eq(~fsm.ongoing("IDLE"))
+
+    # --- the load unit --------------------------------------------------------------------
+
+    def _acc_row_from_dram(self, bits):
+        g = self._g
+        row = Signal(self._acc_layout)
+        stride = 8 * g.acc_elem_bytes
+        for j in range(g.acc_cols):
+            self._m.d.comb += row.data[j].eq(bits[j * stride : j * stride + g.acc_elem_bits])
+        return row
+
+    def _acc_row_to_dram(self, row):
+        g = self._g
+        out = Signal(8 * g.acc_row_bytes)
+        stride = 8 * g.acc_elem_bytes
+        for j in range(g.acc_cols):
+            value = row.data[j]
+            ext = Cat(value, value[-1].replicate(stride - g.acc_elem_bits))
+            self._m.d.comb += out[j * stride : (j + 1) * stride].eq(ext)
+        return out
+
+    def _dma_checks(self, m, insn, busy_state, index, row_bytes, row_beats):
+        """LOAD/STORE field checks; returns the 'bad' signal (an error raised)."""
+        g = self._g
+        v = insn
+        bad = Signal()
+        zero = (v.y_size == 0) | (v.x_size == 0)
+        sram_over = (v.sram_addr + v.y_size * v.x_size) > Mux(v.mem, g.acc_rows, g.sp_rows)
+        align = (v.dram_addr[: (g.data_bytes.bit_length() - 1)] != 0) | (
+            v.dram_stride[: (g.data_bytes.bit_length() - 1)] != 0
+        )
+        reach = v.dram_addr + (v.y_size - 1) * v.dram_stride + v.x_size * row_bytes
+        dram_over = reach > g.dram_bytes
+        beats_over = v.x_size * row_beats > 0xFFFF
+        m.d.comb += bad.eq(zero | sram_over | align | dram_over | beats_over)
+        self._error(busy_state & (zero | beats_over), ErrorCode.ILLEGAL_FIELD, index)
+        self._error(busy_state & ~zero & sram_over & ~v.mem, ErrorCode.SCRATCHPAD_RANGE, index)
+        self._error(busy_state & ~zero & sram_over & v.mem, ErrorCode.ACCUMULATOR_RANGE, index)
+        self._error(busy_state & ~zero & (align | dram_over), ErrorCode.DRAM_RANGE, index)
+        return bad
+
+    def _load_unit(self, m):
+        g = self._g
+        port = self._dma.read[0]
+        d = g.data_bytes
+        word, index, can_start, take, _ = self._unit_head(m, "load", [("pop_next", CL)])
+        insn_word = Signal(self.insn_bits)
+        insn_index = Signal(32)
+        v = self._view(Opcode.LOAD, insn_word)
+        row_bytes = Mux(v.mem, g.acc_row_bytes, g.sp_row_bytes)
+        row_beats = Mux(v.mem, g.acc_row_bytes // d, g.sp_row_bytes // d)
+        y = Signal(16)
+        sram_row = Signal(32)
+        beat = Signal(range(max(g.acc_row_bytes, g.sp_row_bytes) // d + 1))
+        row_reg = Signal(8 * max(g.acc_row_bytes, g.sp_row_bytes))
+        write_row = Signal()
+        finish = Signal()
+        busy = Signal()
+        checking = Signal()
+        bus_error = Signal()
+        dram_addr = Signal(32)
+        bad = self._dma_checks(m, v, checking, insn_index, row_bytes, row_beats)
+
+        # a completed row is written the cycle after its last beat
+        m.d.sync += write_row.eq(0)
+        m.d.comb += [
+            self.sp_load_w.addr.eq(sram_row),
+            self.sp_load_w.data.eq(row_reg[: 8 * g.sp_row_bytes]),
+            self.sp_load_w.en.eq(write_row & ~v.mem),
+            self.acc_load_w.addr.eq(sram_row),
+            self.acc_load_w.data.eq(self._acc_row_from_dram(row_reg)),
+            self.acc_load_w.en.eq(write_row & v.mem),
+        ]
+        with m.If(write_row):
+            m.d.sync += sram_row.eq(sram_row + 1)
+
+        with m.FSM(name="load"):
+            with m.State("IDLE"):
+                m.d.comb += take.eq(can_start)
+                with m.If(can_start):
+                    m.d.sync += [insn_word.eq(word), insn_index.eq(index)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += [checking.eq(1), busy.eq(1)]
+                with m.If(bad):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [
+                        y.eq(0),
+                        sram_row.eq(v.sram_addr),
+                        dram_addr.eq(v.dram_addr),
+                        bus_error.eq(0),
+                    ]
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [
+                    busy.eq(1),
+                    port.cmd.valid.eq(1),
+                    port.cmd.payload.addr.eq(dram_addr),
+                    port.cmd.payload.beats.eq(v.x_size * row_beats),
+                ]
+                with m.If(port.cmd.ready):
+                    m.d.sync += [beat.eq(0), dram_addr.eq(dram_addr + v.dram_stride)]
+                    m.next = "RECEIVE"
+            with m.State("RECEIVE"):
+                m.d.comb += [busy.eq(1), port.data.ready.eq(1)]
+                with m.If(port.data.valid):
+                    m.d.sync += row_reg.word_select(beat, 8 * d).eq(port.data.payload)
+                    self._count("DRAM_READ_BYTES", Const(d))
+                    with m.If(beat == row_beats - 1):
+                        m.d.sync += [beat.eq(0), write_row.eq(1)]
+                    with m.Else():
+                        m.d.sync += beat.eq(beat + 1)
+                with m.If(port.done):
+                    with m.If(port.error):
+                        m.d.sync += bus_error.eq(1)
+                    m.d.sync += y.eq(y + 1)
+                    with m.If(y + 1 == v.y_size):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "ISSUE"
+            with m.State("FINISH"):
+                # the last row's write happens in this cycle
+                m.d.comb += [busy.eq(1), finish.eq(~bus_error)]
+                with m.If(bus_error):
+                    self._raise(ErrorCode.BUS, insn_index)
+                m.next = "IDLE"
+        self._push(finish, insn_word, insn_index, [("push_next", LC)])
+        self._count("LOAD_BUSY", busy)
+        self._count("INSNS", finish)
+        self.load_idle = ~busy
+
+    # --- the store unit -------------------------------------------------------------------
+
+    def _store_unit(self, m):
+        g = self._g
+        port = self._dma.write
+        d = g.data_bytes
+        word, index, can_start, take, _ = self._unit_head(m, "store", [("pop_prev", CS)])
+        insn_word = Signal(self.insn_bits)
+        insn_index = Signal(32)
+        v = self._view(Opcode.STORE, insn_word)
+        row_bytes = Mux(v.mem, g.acc_row_bytes, g.sp_row_bytes)
+        row_beats = Mux(v.mem, g.acc_row_bytes // d, g.sp_row_bytes // d)
+        y = Signal(16)
+        x = Signal(16)
+        sram_row = Signal(32)
+        beat = Signal(range(max(g.acc_row_bytes, g.sp_row_bytes) // d + 1))
+        width = 8 * max(g.acc_row_bytes, g.sp_row_bytes)
+        row_reg = Signal(width)
+        finish = Signal()
+        busy = Signal()
+        checking = Signal()
+        bus_error = Signal()
+        dram_addr = Signal(32)
+        bad = self._dma_checks(m, v, checking, insn_index, row_bytes, row_beats)
+        m.d.comb += [self.sp_store_r.addr.eq(sram_row), self.acc_store_r.addr.eq(sram_row)]
+        acc_row = data.View(self._acc_layout, self.acc_store_r.data)
+        acc_bytes = self._acc_row_to_dram(acc_row)
+        m.d.comb += [port.data.payload.eq(row_reg.word_select(beat, 8 * d))]
+
+        with m.FSM(name="store"):
+            with m.State("IDLE"):
+                m.d.comb += take.eq(can_start)
+                with m.If(can_start):
+                    m.d.sync += [insn_word.eq(word), insn_index.eq(index)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += [checking.eq(1), busy.eq(1)]
+                with m.If(bad):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [
+                        y.eq(0),
+                        sram_row.eq(v.sram_addr),
+                        dram_addr.eq(v.dram_addr),
+                        bus_error.eq(0),
+                    ]
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [
+                    busy.eq(1),
+                    port.cmd.valid.eq(1),
+                    port.cmd.payload.addr.eq(dram_addr),
+                    port.cmd.payload.beats.eq(v.x_size * row_beats),
+                ]
+                with m.If(port.cmd.ready):
+                    m.d.sync += [x.eq(0), dram_addr.eq(dram_addr + v.dram_stride)]
+                    m.next = "READ"
+            with m.State("READ"):  # the row's address is on the read port; data next cycle
+                m.d.comb += busy.eq(1)
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.comb += busy.eq(1)
+                with m.If(v.mem):
+                    m.d.sync += row_reg.eq(acc_bytes)
+                    self._count("INVALID", _popcount(acc_row.invalid.as_value()))
+                with m.Else():
+                    m.d.sync += row_reg.eq(self.sp_store_r.data)
+                m.d.sync += [beat.eq(0), sram_row.eq(sram_row + 1)]
+                m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [busy.eq(1), port.data.valid.eq(1)]
+                with m.If(port.data.ready):
+                    self._count("DRAM_WRITE_BYTES", Const(d))
+                    m.d.sync += beat.eq(beat + 1)
+                    with m.If(beat == row_beats - 1):
+                        m.d.sync += x.eq(x + 1)
+                        with m.If(x + 1 == v.x_size):
+                            m.next = "WAIT"
+                        with m.Else():
+                            m.next = "READ"
+            with m.State("WAIT"):
+                m.d.comb += busy.eq(1)
+                with m.If(port.done):
+                    with m.If(port.error):
+                        m.d.sync += bus_error.eq(1)
+                    m.d.sync += y.eq(y + 1)
+                    with m.If(y + 1 == v.y_size):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "ISSUE"
+            with m.State("FINISH"):
+                m.d.comb += [busy.eq(1), finish.eq(~bus_error)]
+                with m.If(bus_error):
+                    self._raise(ErrorCode.BUS, insn_index)
+                m.next = "IDLE"
+        del width
+        self._push(finish, insn_word, insn_index, [("push_prev", SC)])
+        self._count("STORE_BUSY", busy)
+        self._count("INSNS", finish)
+        self.store_idle = ~busy
+
+    # --- the compute unit -----------------------------------------------------------------
+
+    def _row_stream(self, m, name: str, reads: list, count, depth: int = 4):
+        """Read ``count`` rows, one per cycle while there is room, into a FIFO: ``reads`` is a
+        list of (read port, address as a function of the row index); a FIFO entry holds their
+        data side by side and a ``last`` bit. Returns (start strobe, FIFO)."""
+        width = sum(len(p.data) for p, _ in reads) + 1
+        fifo = SyncFIFO(width=width, depth=depth)
+        m.submodules[f"{name}_fifo"] = fifo
+        start = Signal(name=f"{name}_start")
+        issued = Signal(17, name=f"{name}_issued")
+        pending = Signal(name=f"{name}_pending")
+        pending_last = Signal(name=f"{name}_pending_last")
+        in_flight = Signal(range(depth + 2), name=f"{name}_level")
+        go = Signal(name=f"{name}_go")
+        m.d.comb += [
+            in_flight.eq(fifo.level + pending),
+            go.eq(~start & (issued < count) & (in_flight < depth)),
+        ]
+        for port, addr in reads:
+            m.d.comb += port.addr.eq(addr(issued))
+        m.d.sync += [pending.eq(go), pending_last.eq(go & (issued == count - 1))]
+        with m.If(start):
+            m.d.sync += issued.eq(0)
+        with m.Elif(go):
+            m.d.sync += issued.eq(issued + 1)
+        m.d.comb += [
+            fifo.w_en.eq(pending),
+            fifo.w_data.eq(Cat(*(p.data for p, _ in reads), pending_last)),
+        ]
+        return start, fifo
+
+    def _compute_unit(self, m):
+        g = self._g
+        word, index, can_start, take, _ = self._unit_head(
+            m, "compute", [("pop_prev", LC), ("pop_next", SC)]
+        )
+        insn_word = Signal(self.insn_bits)
+        insn_index = Signal(32)
+        opcode = insn_word[:4]
+        gemm = self._view(Opcode.GEMM, insn_word)
+        lut = self._view(Opcode.LUT_GEMM, insn_word)
+        post = self._view(Opcode.POST, insn_word)
+        busy = Signal()
+        finish = Signal()
+        checking = Signal()
+        self.compute_busy = busy
+
+        # --- checks (as qaccel.program._check_insn) ----------------------------------------
+        bad = Signal()
+        checks = []  # (condition, code)
+        sp_over = lambda start, count: (start + count) > g.sp_rows  # noqa: E731
+        acc_over = lambda start, count: (start + count) > g.acc_rows  # noqa: E731
+        is_gemm = opcode == Opcode.GEMM
+        is_lut = opcode == Opcode.LUT_GEMM
+        is_post = opcode == Opcode.POST
+        if g.has_array:
+            n = len(g.array_modes)
+            modes = g.array_modes
+            os = gemm.dataflow
+            integer = Array(Const(int(s.integer)) for s in modes)[gemm.mode]
+            block_mode = Array(Const(int(bool(s.block))) for s in modes)[gemm.mode]
+            nb = (gemm.k + 31) >> 5
+            df_ok = {"both": Const(1), "os": os, "ws": ~os}[g.dataflow]
+            checks += [
+                (is_gemm & ((gemm.m == 0) | (gemm.k == 0)), ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & (gemm.mode >= n), ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & ~df_ok, ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & os & (gemm.m > g.rows), ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & os & ~integer & (gemm.k > g.max_k), ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & ~os & block_mode, ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & ~os & (gemm.k != g.rows), ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & os & sp_over(gemm.a_addr, gemm.k), ErrorCode.SCRATCHPAD_RANGE),
+                (is_gemm & os & sp_over(gemm.w_addr, gemm.k), ErrorCode.SCRATCHPAD_RANGE),
+                (
+                    is_gemm & os & block_mode & sp_over(gemm.scale_addr, 2 * nb),
+                    ErrorCode.SCRATCHPAD_RANGE,
+                ),
+                (is_gemm & ~os & sp_over(gemm.w_addr, g.rows), ErrorCode.SCRATCHPAD_RANGE),
+                (is_gemm & ~os & sp_over(gemm.a_addr, gemm.m), ErrorCode.SCRATCHPAD_RANGE),
+                (is_gemm & acc_over(gemm.acc_addr, gemm.m), ErrorCode.ACCUMULATOR_RANGE),
+            ]
+        else:
+            checks.append((is_gemm, ErrorCode.ILLEGAL_FIELD))
+        if g.has_lut:
+            planes_of = Array(Const(g.lut_planes(i), 3) for i in range(len(g.lut_modes)))
+            checks += [
+                (is_lut & ((lut.m == 0) | (lut.k == 0)), ErrorCode.ILLEGAL_FIELD),
+                (is_lut & (lut.mode >= len(g.lut_modes)), ErrorCode.ILLEGAL_FIELD),
+                (is_lut & (lut.m > g.lut_tile_m), ErrorCode.ILLEGAL_FIELD),
+                (is_lut & sp_over(lut.a_addr, lut.k), ErrorCode.SCRATCHPAD_RANGE),
+                (
+                    is_lut & sp_over(lut.w_addr, lut.k * planes_of[lut.mode]),
+                    ErrorCode.SCRATCHPAD_RANGE,
+                ),
+                (is_lut & acc_over(lut.acc_addr, lut.m), ErrorCode.ACCUMULATOR_RANGE),
+            ]
+        else:
+            checks.append((is_lut, ErrorCode.ILLEGAL_FIELD))
+        out_lo = Mux(post.out_signed, -128, 0)
+        out_hi = Mux(post.out_signed, 127, 255)
+        lo, hi = post.lo.as_signed(), post.hi.as_signed()
+        checks += [
+            (is_post & (post.rows == 0), ErrorCode.ILLEGAL_FIELD),
+            (is_post & ((lo < out_lo) | (lo > hi) | (hi > out_hi)), ErrorCode.ILLEGAL_FIELD),
+            (is_post & acc_over(post.acc_addr, post.rows), ErrorCode.ACCUMULATOR_RANGE),
+            (is_post & acc_over(post.param_addr, 3), ErrorCode.ACCUMULATOR_RANGE),
+            (is_post & sp_over(post.out_addr, post.rows), ErrorCode.SCRATCHPAD_RANGE),
+            (
+                is_post & post.residual & sp_over(post.res_addr, post.rows),
+                ErrorCode.SCRATCHPAD_RANGE,
+            ),
+        ]
+        m.d.comb += bad.eq(0)
+        for cond, code in checks:
+            self._error(checking & cond, code, insn_index)
+            bad_next = Signal()
+            m.d.comb += bad_next.eq(bad | cond)
+            bad = bad_next
+
+        # --- operand streams ---------------------------------------------------------------
+        rd = self.sp_rd
+        a_count, w_count = Signal(17), Signal(17)
+        a_base, w_base, s_base, nb_sig = Signal(32), Signal(32), Signal(32), Signal(17)
+        w_reverse = Signal()
+        a_reads = [(rd[0], lambda i: a_base + i)]
+        w_reads = [(rd[1], lambda i: Mux(w_reverse, w_base + w_count - 1 - i, w_base + i))]
+        if self._mx:
+            a_reads.append((rd[2], lambda i: s_base + (i >> 5)))
+            w_reads.append((rd[3], lambda i: s_base + nb_sig + (i >> 5)))
+        a_start, a_fifo = self._row_stream(m, "a", a_reads, a_count)
+        w_start, w_fifo = self._row_stream(m, "w", w_reads, w_count)
+        sp_bits = 8 * g.sp_row_bytes
+
+        # --- results into the accumulator memory -------------------------------------------
+        out_valid = Signal()
+        out_data = Signal(data.ArrayLayout(signed(g.acc_elem_bits), g.acc_cols))
+        out_invalid = Signal(g.acc_cols)
+        out_count = Signal(17)
+        expected = Signal(17)
+        keep_rows = Signal(17)
+        acc_base = Signal(32)
+        accumulate = Signal()
+        sat_lo = Signal(signed(g.acc_elem_bits + 1))
+        sat_hi = Signal(signed(g.acc_elem_bits + 1))
+        wb_valid, wb_row = Signal(), Signal(17)
+        wb_data = Signal.like(out_data)
+        wb_invalid = Signal(g.acc_cols)
+        collecting = Signal()
+        m.d.comb += self.acc_comp_r.addr.eq(acc_base + out_count)
+        with m.If(out_valid & collecting):
+            m.d.sync += out_count.eq(out_count + 1)
+        m.d.sync += [
+            wb_valid.eq(out_valid & collecting),
+            wb_row.eq(out_count),
+            wb_data.eq(out_data),
+            wb_invalid.eq(out_invalid),
+        ]
+        old = data.View(self._acc_layout, self.acc_comp_r.data)
+        new = Signal(self._acc_layout)
+        sats = []
+        for j in range(g.acc_cols):
+            total = Signal(signed(g.acc_elem_bits + 2), name=f"acc_sum{j}")
+            m.d.comb += total.eq(Mux(accumulate, old.data[j], 0) + wb_data[j])
+            over, under = total > sat_hi, total < sat_lo
+            sats.append(over | under)
+            m.d.comb += [
+                new.data[j].eq(Mux(over, sat_hi, Mux(under, sat_lo, total))),
+                new.invalid[j].eq(wb_invalid[j] | (accumulate & old.invalid[j])),
+            ]
+        write_result = wb_valid & (wb_row < keep_rows)
+        m.d.comb += [
+            self.acc_comp_w.addr.eq(acc_base + wb_row),
+            self.acc_comp_w.data.eq(new),
+            self.acc_comp_w.en.eq(write_result),
+        ]
+        self._count("SATURATIONS", Mux(write_result, _popcount(Cat(*sats)), 0))
+        results_done = (out_count == expected) & ~wb_valid
+
+        # --- the systolic array ------------------------------------------------------------
+        if g.has_array:
+            from hw.array import SystolicArray
+
+            array = SystolicArray(g.rows, g.cols, g.array_modes, g.dataflow)
+            m.submodules.array = array
+            bus = g.bus
+            a_entry, w_entry = a_fifo.r_data, w_fifo.r_data
+            dataflow_reg = Signal()
+            if g.dataflow == "both":
+                m.d.comb += array.dataflow.eq(dataflow_reg)
+            m.d.comb += [
+                array.a.payload.data.eq(a_entry[: g.rows * bus.a_word_bits]),
+                array.a.payload.last.eq(a_entry[-1]),
+                array.w.payload.data.eq(w_entry[: g.cols * bus.w_word_bits]),
+                array.w.payload.mode.eq(gemm.mode),
+            ]
+            if self._mx:
+                m.d.comb += [
+                    array.a.payload.scale.eq(a_entry[sp_bits : sp_bits + 8 * g.rows]),
+                    array.w.payload.scale.eq(w_entry[sp_bits : sp_bits + 8 * g.cols]),
+                ]
+            modes = g.array_modes
+            lo_of = Array(Const(s.acc_range[0], signed(g.acc_elem_bits + 1)) for s in modes)
+            hi_of = Array(Const(s.acc_range[1], signed(g.acc_elem_bits + 1)) for s in modes)
+            self._array = array
+        if g.has_lut:
+            from hw.lut_core import LutCore, lut_modes
+
+            core = LutCore.from_config(self._cfg)
+            m.submodules.lut = core
+            del lut_modes
+            m.d.comb += [
+                core.a.payload.data.eq(a_fifo.r_data[: 8 * g.lut_tile_m * g.lut_group]),
+                core.a.payload.last.eq(a_fifo.r_data[-1]),
+                core.w.payload.data.eq(w_fifo.r_data[: g.lut_tile_n * g.lut_group]),
+                core.w.payload.mode.eq(lut.mode),
+            ]
+            lut_lo = -(1 << (g.lut_acc_bits - 1))
+            lut_hi = (1 << (g.lut_acc_bits - 1)) - 1
+
+        # which block the streams and results belong to in this instruction
+        use_array, use_lut = Signal(), Signal()
+        if g.has_array:
+            m.d.comb += [
+                array.a.valid.eq(use_array & a_fifo.r_rdy),
+                array.w.valid.eq(use_array & w_fifo.r_rdy),
+            ]
+        if g.has_lut:
+            m.d.comb += [
+                core.a.valid.eq(use_lut & a_fifo.r_rdy),
+                core.w.valid.eq(use_lut & w_fifo.r_rdy),
+            ]
+        a_taken = Const(0)
+        w_taken = Const(0)
+        if g.has_array:
+            a_taken = a_taken | (use_array & array.a.ready)
+            w_taken = w_taken | (use_array & array.w.ready)
+            with m.If(use_array):
+                m.d.comb += [out_valid.eq(array.o.valid), out_invalid.eq(array.o.payload.invalid)]
+                for j in range(g.cols):
+                    m.d.comb += out_data[j].eq(array.o.payload.data[j])
+        if g.has_lut:
+            a_taken = a_taken | (use_lut & core.a.ready)
+            w_taken = w_taken | (use_lut & core.w.ready)
+            with m.If(use_lut):
+                m.d.comb += out_valid.eq(core.o.valid)
+                for j in range(g.lut_tile_n):
+                    m.d.comb += out_data[j].eq(core.o.payload.data[j])
+        m.d.comb += [a_fifo.r_en.eq(a_taken & a_fifo.r_rdy), w_fifo.r_en.eq(w_taken & w_fifo.r_rdy)]
+
+        # --- the post-processing unit ------------------------------------------------------
+        pp = PostProcessor(g.acc_cols, g.acc_elem_bits)
+        m.submodules.post = pp
+        param_step = Signal(2)
+        post_in = Signal(17)
+        post_out = Signal(17)
+        post_feed = Signal()
+        post_valid = Signal()
+        acc_post = data.View(self._acc_layout, self.acc_comp_r.data)
+        params = pp.params
+        n_lanes = g.acc_cols
+        bias_reg = Signal(data.ArrayLayout(signed(32), n_lanes))
+        b_reg = Signal(data.ArrayLayout(31, n_lanes))
+        c_reg = Signal(data.ArrayLayout(6, n_lanes))
+        m.d.comb += [
+            params.bias.eq(bias_reg),
+            params.b.eq(b_reg),
+            params.c.eq(c_reg),
+            params.zero_point.eq(post.zero_point),
+            params.lo.eq(post.lo),
+            params.hi.eq(post.hi),
+            params.out_signed.eq(post.out_signed),
+            params.residual.eq(post.residual),
+            params.res_shift.eq(post.res_shift),
+        ]
+        m.d.sync += post_valid.eq(post_feed)
+        m.d.comb += [
+            pp.i.valid.eq(post_valid),
+            pp.i.payload.acc.eq(acc_post.data),
+            pp.i.payload.invalid.eq(acc_post.invalid),
+            pp.i.payload.residual.eq(rd[0].data[: 8 * g.acc_cols]),
+        ]
+        m.d.comb += [
+            self.sp_post_w.addr.eq(post.out_addr + post_out),
+            self.sp_post_w.data.eq(pp.o.payload.data.as_value()),
+            self.sp_post_w.en.eq(pp.o.valid),
+        ]
+        with m.If(pp.o.valid):
+            m.d.sync += post_out.eq(post_out + 1)
+            self._count("SATURATIONS", _popcount(pp.o.payload.saturated.as_value()))
+            self._count("INVALID", _popcount(pp.o.payload.invalid.as_value()))
+
+        # --- the instruction sequencer -----------------------------------------------------
+        with m.FSM(name="compute"):
+            with m.State("IDLE"):
+                m.d.comb += take.eq(can_start)
+                with m.If(can_start):
+                    m.d.sync += [insn_word.eq(word), insn_index.eq(index)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += [checking.eq(1), busy.eq(1)]
+                with m.If(bad):
+                    m.next = "IDLE"
+                with m.Elif(is_post):
+                    m.d.sync += [param_step.eq(0), post_in.eq(0), post_out.eq(0)]
+                    m.next = "POST_PARAMS"
+                with m.Elif(is_gemm):
+                    m.next = "GEMM_SETUP" if g.has_array else "IDLE"
+                with m.Else():
+                    m.next = "LUT_SETUP" if g.has_lut else "IDLE"
+            if g.has_array:
+                with m.State("GEMM_SETUP"):
+                    m.d.comb += busy.eq(1)
+                    # the array's dataflow may change only while it is idle
+                    with m.If((dataflow_reg == gemm.dataflow) | ~array.busy):
+                        ws = ~gemm.dataflow
+                        m.d.sync += [
+                            dataflow_reg.eq(gemm.dataflow),
+                            a_base.eq(gemm.a_addr),
+                            w_base.eq(gemm.w_addr),
+                            s_base.eq(gemm.scale_addr),
+                            nb_sig.eq((gemm.k + 31) >> 5),
+                            a_count.eq(Mux(ws, gemm.m, gemm.k)),
+                            w_count.eq(Mux(ws, g.rows, gemm.k)),
+                            w_reverse.eq(ws),
+                            acc_base.eq(gemm.acc_addr),
+                            accumulate.eq(gemm.accumulate),
+                            keep_rows.eq(gemm.m),
+                            expected.eq(Mux(ws, gemm.m, g.rows)),
+                            out_count.eq(0),
+                            sat_lo.eq(lo_of[gemm.mode]),
+                            sat_hi.eq(hi_of[gemm.mode]),
+                        ]
+                        m.d.comb += [a_start.eq(1), w_start.eq(1)]
+                        m.next = "GEMM_RUN"
+                with m.State("GEMM_RUN"):
+                    m.d.comb += [busy.eq(1), use_array.eq(1), collecting.eq(1)]
+                    with m.If(results_done):
+                        m.d.comb += finish.eq(1)
+                        m.next = "IDLE"
+            if g.has_lut:
+                with m.State("LUT_SETUP"):
+                    m.d.comb += busy.eq(1)
+                    m.d.sync += [
+                        a_base.eq(lut.a_addr),
+                        w_base.eq(lut.w_addr),
+                        a_count.eq(lut.k),
+                        w_count.eq(lut.k * planes_of[lut.mode]),
+                        w_reverse.eq(0),
+                        acc_base.eq(lut.acc_addr),
+                        accumulate.eq(lut.accumulate),
+                        keep_rows.eq(lut.m),
+                        expected.eq(g.lut_tile_m),
+                        out_count.eq(0),
+                        sat_lo.eq(lut_lo),
+                        sat_hi.eq(lut_hi),
+                    ]
+                    m.d.comb += [a_start.eq(1), w_start.eq(1)]
+                    m.next = "LUT_RUN"
+                with m.State("LUT_RUN"):
+                    m.d.comb += [busy.eq(1), use_lut.eq(1), collecting.eq(1)]
+                    with m.If(results_done):
+                        m.d.comb += finish.eq(1)
+                        m.next = "IDLE"
+            with m.State("POST_PARAMS"):
+                # rows param_addr + 0, 1, 2 (bias, b, c): address now, data next cycle
+                m.d.comb += [busy.eq(1), self.acc_comp_r.addr.eq(post.param_addr + param_step)]
+                with m.If(param_step != 0):
+                    for j in range(g.acc_cols):
+                        value = acc_post.data[j]
+                        with m.Switch(param_step):
+                            with m.Case(1):
+                                m.d.sync += bias_reg[j].eq(value)
+                            with m.Case(2):
+                                m.d.sync += b_reg[j].eq(value)
+                m.d.sync += param_step.eq(param_step + 1)
+                with m.If(param_step == 3):
+                    for j in range(g.acc_cols):
+                        m.d.sync += c_reg[j].eq(acc_post.data[j])
+                    m.next = "POST_RUN"
+            with m.State("POST_RUN"):
+                m.d.comb += [
+                    busy.eq(1),
+                    self.acc_comp_r.addr.eq(post.acc_addr + post_in),
+                    rd[0].addr.eq(post.res_addr + post_in),
+                ]
+                with m.If(post_in != post.rows):
+                    m.d.comb += post_feed.eq(1)
+                    m.d.sync += post_in.eq(post_in + 1)
+                with m.If(post_out == post.rows):
+                    m.d.comb += finish.eq(1)
+                    m.next = "IDLE"
+
+        self._push(finish, insn_word, insn_index, [("push_prev", CL), ("push_next", CS)])
+        self._count("COMPUTE_BUSY", busy)
+        self._count("INSNS", finish)
+        self.compute_idle = ~busy
+
+    # --- run control, tokens, counters, registers -------------------------------------------
+
+    def _run_control(self, m):
+        regs = self._regs
+        queues_empty = Cat(*(~q.r_rdy for q in self.queues.values())).all()
+        units_idle = Signal()
+        m.d.comb += units_idle.eq(self.load_idle & self.store_idle & self.compute_idle)
+        fetch_stopped = Signal()
+        m.d.comb += fetch_stopped.eq(self.fetch_halted | self.aborting)
+
+        # tokens: pops and pushes of this cycle
+        overflow = []
+        for ch in range(4):
+            dec = Const(0, 2)
+            for cond in self._tok_dec[ch]:
+                dec = dec + cond
+            inc = Const(0, 2)
+            for cond, _ in self._tok_inc[ch]:
+                inc = inc + cond
+            nxt = Signal(range(-2, TOKEN_DEPTH + 4), name=f"tokens{ch}_next")
+            m.d.comb += nxt.eq(self.tokens[ch] - dec + inc)
+            with m.If(self.start_run):
+                m.d.sync += self.tokens[ch].eq(0)
+            with m.Elif(self.running):
+                m.d.sync += self.tokens[ch].eq(nxt)
+            for cond, index in self._tok_inc[ch]:
+                overflow.append((cond & (nxt > TOKEN_DEPTH), index))
+        for cond, index in overflow:
+            self._error(cond, ErrorCode.TOKEN, index)
+
+        # deadlock: nothing executes, fetch cannot go on, some head waits for a token
+        heads = [q.r_rdy for q in self.queues.values()]
+        waiting = Cat(*heads).any()
+        deadlock = (
+            self.running
+            & ~self.aborting
+            & units_idle
+            & (self.fetch_halted | self.fetch_blocked)
+            & waiting
+            & ~Cat(*self._can_start_sigs).any()
+        )
+        self._error(deadlock, ErrorCode.TOKEN, self.halt_index)
+        leftover = Cat(*(t != 0 for t in self.tokens)).any()
+        ending = Signal()
+        m.d.comb += ending.eq(
+            self.running & units_idle & queues_empty & fetch_stopped & ~self.fetch_active
+        )
+        self._error(ending & ~self.aborting & leftover, ErrorCode.TOKEN, self.halt_index)
+
+        # the first error wins
+        raised = Signal()
+        code = Signal(8)
+        index = Signal(32)
+        chain = None
+        for cond, c, idx in self._errors:
+            ctx = m.If(cond) if chain is None else m.Elif(cond)
+            with ctx:
+                m.d.comb += [raised.eq(1), code.eq(c), index.eq(idx)]
+            chain = True
+        with m.If(self.start_run):
+            m.d.sync += [
+                self.running.eq(1),
+                self.aborting.eq(0),
+                self.err_code.eq(0),
+                self.err_insn.eq(0),
+            ]
+        with m.Elif(raised & self.running & ~self.aborting):
+            m.d.sync += [self.aborting.eq(1), self.err_code.eq(code), self.err_insn.eq(index)]
+        run_done = Signal()
+        m.d.comb += run_done.eq(ending & ~(raised & ~self.aborting))
+        with m.If(run_done):
+            m.d.sync += [self.running.eq(0), self.aborting.eq(0)]
+
+        # counters: zeroed by START and CLEAR
+        self._count("CYCLES", self.running)
+        for name, sig in self.counters.items():
+            total = sig
+            for amount in self._incs[name]:
+                total = total + amount
+            with m.If(self.start_run | (regs.clear & ~self.running)):
+                m.d.sync += sig.eq(0)
+            with m.Elif(self.running):
+                m.d.sync += sig.eq(total)
+            m.d.comb += getattr(regs, name.lower()).eq(sig)
+        m.d.comb += [
+            regs.busy.eq(self.running),
+            regs.run_done.eq(run_done),
+            regs.error_code.eq(self.err_code),
+            regs.error_insn.eq(self.err_insn),
+        ]
