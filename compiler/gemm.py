@@ -106,6 +106,7 @@ def lower_gemm(
     dataflow: str | None = None,
     epilogue: Epilogue | None = None,
     w_scales=None,
+    max_chunk: int | None = None,
     name: str = "gemm",
 ) -> Program:
     """A Program computing Y = epilogue(X @ W) for X (``m`` x K input codes, tensor ``x``) and
@@ -115,7 +116,8 @@ def lower_gemm(
     the LUT core's activation). ``unit``: ``"array"`` or ``"lut"`` (default: the one that has
     the mode; the LUT core when both do). MX modes take ``w_scales`` (ceil(K/32) x N E8M0
     codes) and the input ``x_scales`` (M x ceil(K/32)). Raises ProgramError when the GEMM
-    cannot be tiled onto the configuration."""
+    cannot be tiled onto the configuration. ``max_chunk`` caps the steps (groups) of one
+    chunk, for tests that want many dependent instructions."""
     g = Geometry.of(config)
     weights = np.asarray(weights, dtype=np.int64)
     if weights.ndim != 2 or weights.size == 0:
@@ -126,10 +128,10 @@ def lower_gemm(
     unit = unit or _pick_unit(config, g, w_name, a_name)
     builder = ProgramBuilder(config)
     if unit == "lut":
-        plan = _lower_lut(builder, g, weights, m, w_name, a_name, epilogue)
+        plan = _lower_lut(builder, g, weights, m, w_name, a_name, epilogue, max_chunk)
     elif unit == "array":
         plan = _lower_array(
-            builder, g, config, weights, m, w_name, a_name, dataflow, epilogue, w_scales
+            builder, g, config, weights, m, w_name, a_name, dataflow, epilogue, w_scales, max_chunk
         )
     else:
         raise ProgramError(f"unit must be 'array' or 'lut', not {unit!r}")
@@ -378,7 +380,9 @@ def _finish_tile(
 # --- the systolic array ---------------------------------------------------------------------
 
 
-def _lower_array(builder, g: Geometry, config, weights, m, w_name, a_name, dataflow, ep, w_scales):
+def _lower_array(
+    builder, g: Geometry, config, weights, m, w_name, a_name, dataflow, ep, w_scales, max_chunk
+):
     names = [str(p) for p in config.array.modes]
     key = f"{w_name}*{a_name}"
     if key not in names:
@@ -404,8 +408,8 @@ def _lower_array(builder, g: Geometry, config, weights, m, w_name, a_name, dataf
         budget = (g.sp_rows - fixed) // 2
         per_step = 2 + (2 / spec.block if spec.block else 0)
         ks = int(budget // per_step) if budget > 0 else 0
-        if not spec.integer:
-            ks = min(ks, g.max_k)
+        cap = max(max_chunk, spec.block) if max_chunk else ks  # MX chunks hold whole blocks
+        ks = min(ks, g.max_steps(mode), cap)
         if spec.block:
             ks = ks // spec.block * spec.block
         ks = min(ks, steps if not spec.block else -(-steps // spec.block) * spec.block)
@@ -604,7 +608,7 @@ def _mx_scales(builder, g: Geometry, w_scales, k, n, block, tiles_n, tn, mp):
 # --- the LUT core --------------------------------------------------------------------------
 
 
-def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep):
+def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk=None):
     if a_name != g.lut_activation:
         raise ProgramError(f"the LUT core takes {g.lut_activation} activations, not {a_name}")
     if w_name not in g.lut_modes:
@@ -620,7 +624,8 @@ def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep):
     tiles_n, tiles_m = -(-n // tn), -(-m // tm)
     o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n)
     fixed = 4 * tm
-    ks = min(groups, max(0, (g.sp_rows - fixed) // (2 * (1 + planes))))
+    ks = min(groups, max(0, (g.sp_rows - fixed) // (2 * (1 + planes))), g.lut_max_groups(mode))
+    ks = min(ks, max_chunk or ks)
     if ks < 1:
         raise ProgramError(f"the scratchpad ({g.sp_rows} rows) cannot hold two chunks of one group")
     wp = np.zeros((groups * group, tiles_n * tn), dtype=np.int64)

@@ -56,11 +56,10 @@ from hw.dma import Dma
 from hw.post import PostProcessor
 from qaccel import config as qconfig
 from qaccel import csr as qcsr
-from qaccel.isa import TOKEN_DEPTH, ErrorCode, Geometry, Opcode
+from qaccel.isa import QUEUE_DEPTH, TOKEN_DEPTH, ErrorCode, Geometry, Opcode
 
 __all__ = ["Accelerator"]
 
-QUEUE_DEPTH = 4
 # Token channels: (producer, consumer)
 LC, CL, CS, SC = range(4)
 
@@ -580,7 +579,7 @@ class Accelerator(wiring.Component):
             n = len(g.array_modes)
             modes = g.array_modes
             os = gemm.dataflow
-            integer = Array(Const(int(s.integer)) for s in modes)[gemm.mode]
+            max_steps = Array(Const(g.max_steps(i), 16) for i in range(n))
             block_mode = Array(Const(int(bool(s.block))) for s in modes)[gemm.mode]
             nb = (gemm.k + 31) >> 5
             df_ok = {"both": Const(1), "os": os, "ws": ~os}[g.dataflow]
@@ -589,7 +588,7 @@ class Accelerator(wiring.Component):
                 (is_gemm & (gemm.mode >= n), ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & ~df_ok, ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & os & (gemm.m > g.rows), ErrorCode.ILLEGAL_FIELD),
-                (is_gemm & os & ~integer & (gemm.k > g.max_k), ErrorCode.ILLEGAL_FIELD),
+                (is_gemm & os & (gemm.k > max_steps[gemm.mode]), ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & ~os & block_mode, ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & ~os & (gemm.k != g.rows), ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & os & sp_over(gemm.a_addr, gemm.k), ErrorCode.SCRATCHPAD_RANGE),
@@ -606,10 +605,12 @@ class Accelerator(wiring.Component):
             checks.append((is_gemm, ErrorCode.ILLEGAL_FIELD))
         if g.has_lut:
             planes_of = Array(Const(g.lut_planes(i), 3) for i in range(len(g.lut_modes)))
+            max_groups = Array(Const(g.lut_max_groups(i), 16) for i in range(len(g.lut_modes)))
             checks += [
                 (is_lut & ((lut.m == 0) | (lut.k == 0)), ErrorCode.ILLEGAL_FIELD),
                 (is_lut & (lut.mode >= len(g.lut_modes)), ErrorCode.ILLEGAL_FIELD),
                 (is_lut & (lut.m > g.lut_tile_m), ErrorCode.ILLEGAL_FIELD),
+                (is_lut & (lut.k > max_groups[lut.mode]), ErrorCode.ILLEGAL_FIELD),
                 (is_lut & sp_over(lut.a_addr, lut.k), ErrorCode.SCRATCHPAD_RANGE),
                 (
                     is_lut & sp_over(lut.w_addr, lut.k * planes_of[lut.mode]),
@@ -959,7 +960,11 @@ class Accelerator(wiring.Component):
             & waiting
             & ~Cat(*self._can_start_sigs).any()
         )
-        self._error(deadlock, ErrorCode.TOKEN, self.halt_index)
+        first_stuck = Const(0xFFFF_FFFF, 32)  # the smallest index at a waiting head
+        for q in self.queues.values():
+            head = q.r_data[self.insn_bits :]
+            first_stuck = Mux(q.r_rdy & (head < first_stuck), head, first_stuck)
+        self._error(deadlock, ErrorCode.TOKEN, first_stuck)
         leftover = Cat(*(t != 0 for t in self.tokens)).any()
         ending = Signal()
         m.d.comb += ending.eq(

@@ -66,6 +66,7 @@ from qaccel import formats, modes
 
 __all__ = [
     "ISA_VERSION",
+    "QUEUE_DEPTH",
     "TOKEN_DEPTH",
     "UNIT_OF",
     "ErrorCode",
@@ -78,6 +79,7 @@ __all__ = [
 
 ISA_VERSION = 1
 TOKEN_DEPTH = 8  # tokens a channel holds: enough for quadruple buffering both ways
+QUEUE_DEPTH = 4  # fetched instructions a unit's queue holds before fetch waits
 DRAM_ADDR_BITS = 32
 SIZE_BITS = 16  # y_size, x_size, m, k, rows
 
@@ -117,6 +119,12 @@ class ErrorCode(enum.IntEnum):
 
 
 TOKEN_FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")
+
+
+def _extremes(fmt: formats.NumberFormat) -> tuple[int, int]:
+    """The smallest and largest value of an integer-kind format."""
+    values = fmt.decode(fmt.finite_codes())
+    return int(values.min()), int(values.max())
 
 
 def _bits(n: int) -> int:
@@ -247,6 +255,30 @@ class Geometry:
 
     def mem_rows(self, mem: int) -> int:
         return self.sp_rows if mem == 0 else self.acc_rows
+
+    def max_steps(self, mode: int) -> int:
+        """The longest output-stationary GEMM (in steps) of array mode ``mode`` whose
+        accumulators cannot saturate: float and MX modes by ``max_k`` (MX also by the guard
+        bits), integer modes by ``acc_bits`` against the largest product; at most 65535."""
+        spec = self.array_modes[mode]
+        if not spec.integer:
+            steps = self.max_k
+            if spec.block:
+                steps = min(steps, spec.block << modes.MX_GUARD_BITS)
+            return min(steps, (1 << SIZE_BITS) - 1)
+        largest = max(abs(v) for v in _extremes(spec.weight)) * max(
+            abs(v) for v in _extremes(spec.activation)
+        )
+        return min(
+            ((1 << (spec.acc_width - 1)) - 1) // (spec.lanes * largest), (1 << SIZE_BITS) - 1
+        )
+
+    def lut_max_groups(self, mode: int) -> int:
+        """The longest LUT_GEMM (in groups) whose accumulators cannot saturate."""
+        largest = max(abs(v) for v in _extremes(formats.get_format(self.lut_modes[mode])))
+        act = 128 if self.lut_activation == "int8" else 255
+        bound = ((1 << (self.lut_acc_bits - 1)) - 1) // (self.lut_group * act * largest)
+        return min(bound, (1 << SIZE_BITS) - 1)
 
     def lut_planes(self, mode: int) -> int:
         """Bit planes of LUT mode ``mode``: one per weight bit."""

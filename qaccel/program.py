@@ -26,6 +26,7 @@ import numpy as np
 from qaccel import config as qconfig
 from qaccel import formats
 from qaccel.isa import (
+    QUEUE_DEPTH,
     TOKEN_DEPTH,
     TOKEN_FLAGS,
     UNITS,
@@ -312,9 +313,11 @@ def _image_of(segments) -> tuple[int, bytes]:
 
 
 def token_order(instructions: list[Instruction], prefer: tuple[str, ...] = UNITS) -> list[int]:
-    """An order the three queues can execute in under their tokens: each unit runs ahead as
-    far as its tokens allow, ``prefer`` first. Raises ProgramError (TOKEN) if the queues
-    deadlock, a channel exceeds ``TOKEN_DEPTH`` or holds tokens at the end."""
+    """An order the three queues can execute in under their tokens: fetch hands instructions
+    out in program order, each queue holding at most ``QUEUE_DEPTH`` that have not started;
+    each unit runs ahead as far as its tokens allow, ``prefer`` first. Raises ProgramError
+    (TOKEN) if the queues deadlock, a channel exceeds ``TOKEN_DEPTH`` or holds tokens at the
+    end."""
     queues = {u: [i for i, x in enumerate(instructions) if x.unit == u] for u in UNITS}
     channels = {
         ("load", "compute"): 0,
@@ -325,7 +328,18 @@ def token_order(instructions: list[Instruction], prefer: tuple[str, ...] = UNITS
     upstream = {"load": None, "compute": "load", "store": "compute"}
     downstream = {"load": "compute", "compute": "store", "store": None}
     heads = dict.fromkeys(UNITS, 0)
+    fetched = dict.fromkeys(UNITS, 0)  # per unit: how many of its instructions fetch handed out
+    fetch = 0  # the next instruction fetch reads
     order = []
+
+    def do_fetch():
+        nonlocal fetch
+        while fetch < len(instructions):
+            unit = instructions[fetch].unit
+            if fetched[unit] - heads[unit] >= QUEUE_DEPTH:
+                return  # the queue is full: fetch waits, in order
+            fetched[unit] += 1
+            fetch += 1
 
     def pops(unit, insn):
         need = []
@@ -337,8 +351,9 @@ def token_order(instructions: list[Instruction], prefer: tuple[str, ...] = UNITS
 
     while any(heads[u] < len(queues[u]) for u in UNITS):
         progressed = False
+        do_fetch()
         for unit in prefer:
-            while heads[unit] < len(queues[unit]):
+            while heads[unit] < fetched[unit]:
                 index = queues[unit][heads[unit]]
                 insn = instructions[index]
                 need = pops(unit, insn)
@@ -359,14 +374,17 @@ def token_order(instructions: list[Instruction], prefer: tuple[str, ...] = UNITS
                 order.append(index)
                 heads[unit] += 1
                 progressed = True
+                do_fetch()
         if not progressed:
             stuck = [
                 f"{u} at instruction {queues[u][heads[u]]} "
                 f"({instructions[queues[u][heads[u]]].opcode.name})"
                 for u in UNITS
-                if heads[u] < len(queues[u])
+                if heads[u] < fetched[u]
             ]
-            first = min(queues[u][heads[u]] for u in UNITS if heads[u] < len(queues[u]))
+            if fetch < len(instructions):
+                stuck.append(f"fetch at instruction {fetch} (its queue is full)")
+            first = min(queues[u][heads[u]] for u in UNITS if heads[u] < fetched[u])
             raise ProgramError(
                 "the queues can never drain: waiting for tokens that never come: "
                 + ", ".join(stuck),
@@ -470,6 +488,11 @@ def _check_insn(g: Geometry, insn: Instruction) -> None:
             raise ProgramError(f"LUT mode {insn.mode} is not configured ({len(g.lut_modes)} modes)")
         if insn.m > g.lut_tile_m:
             raise ProgramError(f"LUT_GEMM.m = {insn.m} exceeds tile_m = {g.lut_tile_m}")
+        if insn.k > g.lut_max_groups(insn.mode):
+            raise ProgramError(
+                f"LUT_GEMM.k = {insn.k} groups could saturate the "
+                f"{g.lut_acc_bits}-bit accumulators (at most {g.lut_max_groups(insn.mode)})"
+            )
         _rows(g, 0, insn.a_addr, insn.k, "LUT_GEMM activation")
         _rows(g, 0, insn.w_addr, insn.k * g.lut_planes(insn.mode), "LUT_GEMM weight")
         _rows(g, 1, insn.acc_addr, insn.m, "LUT_GEMM result")
@@ -504,10 +527,10 @@ def _check_gemm(g: Geometry, insn: Instruction) -> None:
             raise ProgramError(
                 f"output-stationary GEMM.m = {insn.m} exceeds the array's {g.rows} rows"
             )
-        if not spec.integer and insn.k > g.max_k:
+        if insn.k > g.max_steps(insn.mode):
             raise ProgramError(
-                f"{spec.name} accumulators hold {g.max_k} steps exactly; GEMM.k = {insn.k} "
-                "(raise array.max_k or split K)"
+                f"{spec.name} accumulators hold {g.max_steps(insn.mode)} steps exactly; "
+                f"GEMM.k = {insn.k} (split K, or raise array.max_k or acc_bits)"
             )
         _rows(g, 0, insn.a_addr, insn.k, "GEMM activation")
         _rows(g, 0, insn.w_addr, insn.k, "GEMM weight")
