@@ -24,7 +24,7 @@ ends when the queues are empty and the units idle: STATUS.DONE, with ERROR_CODE 
 - GEMM: rows stream from the scratchpad into the array (output-stationary: activation and weight
   rows of every step together, MX scale rows beside them; weight-stationary: the weight rows
   bottom first, then the activation rows); result rows are written, or added with saturation at
-  the mode's accumulator width, into the accumulator memory. LUT_GEMM does the same with the LUT
+  the memory's element width, into the accumulator memory. LUT_GEMM does the same with the LUT
   core (activation groups, weight planes). POST reads the three parameter rows, then one
   accumulator row (and residual row) per cycle through ``hw.post.PostProcessor`` into the
   scratchpad. The compute unit finishes an instruction when its last result row is written.
@@ -228,10 +228,9 @@ class Accelerator(wiring.Component):
         m.d.comb += extra.eq((word >> sizes[opcode[:3]]) != 0)
 
         with m.FSM(name="fetch") as fsm:
-            with m.State("IDLE"):
-                with m.If(self.start_run):
-                    m.d.sync += [pc.eq(0), self.fetch_halted.eq(0)]
-                    m.next = "REQUEST"
+            with m.State("IDLE"), m.If(self.start_run):
+                m.d.sync += [pc.eq(0), self.fetch_halted.eq(0)]
+                m.next = "REQUEST"
             with m.State("REQUEST"):
                 with m.If(self.aborting):
                     m.next = "IDLE"
@@ -664,8 +663,9 @@ class Accelerator(wiring.Component):
         keep_rows = Signal(17)
         acc_base = Signal(32)
         accumulate = Signal()
-        sat_lo = Signal(signed(g.acc_elem_bits + 1))
-        sat_hi = Signal(signed(g.acc_elem_bits + 1))
+        # accumulating saturates at the memory's element width (wider than any mode's)
+        sat_lo = Const(-(1 << (g.acc_elem_bits - 1)), signed(g.acc_elem_bits + 1))
+        sat_hi = Const((1 << (g.acc_elem_bits - 1)) - 1, signed(g.acc_elem_bits + 1))
         wb_valid, wb_row = Signal(), Signal(17)
         wb_data = Signal.like(out_data)
         wb_invalid = Signal(g.acc_cols)
@@ -722,9 +722,6 @@ class Accelerator(wiring.Component):
                     array.a.payload.scale.eq(a_entry[sp_bits : sp_bits + 8 * g.rows]),
                     array.w.payload.scale.eq(w_entry[sp_bits : sp_bits + 8 * g.cols]),
                 ]
-            modes = g.array_modes
-            lo_of = Array(Const(s.acc_range[0], signed(g.acc_elem_bits + 1)) for s in modes)
-            hi_of = Array(Const(s.acc_range[1], signed(g.acc_elem_bits + 1)) for s in modes)
             self._array = array
         if g.has_lut:
             from hw.lut_core import LutCore, lut_modes
@@ -738,8 +735,6 @@ class Accelerator(wiring.Component):
                 core.w.payload.data.eq(w_fifo.r_data[: g.lut_tile_n * g.lut_group]),
                 core.w.payload.mode.eq(lut.mode),
             ]
-            lut_lo = -(1 << (g.lut_acc_bits - 1))
-            lut_hi = (1 << (g.lut_acc_bits - 1)) - 1
 
         # which block the streams and results belong to in this instruction
         use_array, use_lut = Signal(), Signal()
@@ -851,8 +846,6 @@ class Accelerator(wiring.Component):
                             keep_rows.eq(gemm.m),
                             expected.eq(Mux(ws, gemm.m, g.rows)),
                             out_count.eq(0),
-                            sat_lo.eq(lo_of[gemm.mode]),
-                            sat_hi.eq(hi_of[gemm.mode]),
                         ]
                         m.d.comb += [a_start.eq(1), w_start.eq(1)]
                         m.next = "GEMM_RUN"
@@ -875,8 +868,6 @@ class Accelerator(wiring.Component):
                         keep_rows.eq(lut.m),
                         expected.eq(g.lut_tile_m),
                         out_count.eq(0),
-                        sat_lo.eq(lut_lo),
-                        sat_hi.eq(lut_hi),
                     ]
                     m.d.comb += [a_start.eq(1), w_start.eq(1)]
                     m.next = "LUT_RUN"

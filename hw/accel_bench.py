@@ -188,6 +188,11 @@ def compare(want, got: RtlRun) -> None:
 # --- the cocotb side ------------------------------------------------------------------------
 
 
+def _pauses(rng: random.Random, busy: float):
+    while True:
+        yield rng.random() < busy
+
+
 async def _reset(dut):
     dut.rst.value = 1
     for _ in range(3):
@@ -233,7 +238,7 @@ async def run_jobs(dut):
         for channel in channels:
             if busy:
                 gen_rng = random.Random(rng.getrandbits(32))
-                channel.set_pause_generator(iter(lambda r=gen_rng: r.random() < busy, None))
+                channel.set_pause_generator(_pauses(gen_rng, busy))
             else:
                 channel.clear_pause_generator()
         await _write(master, "CTRL", csr.insert("CTRL", "CLEAR", 0, 1))

@@ -1,4 +1,5 @@
-"""Verilog and a JSON manifest for the blocks of a configuration (``qaccel generate``).
+"""Verilog, a JSON manifest and a Markdown datasheet for the blocks of a configuration
+(``qaccel generate``).
 
 Ports are named after the block's signature (``a__payload``, ``o__valid``), plus ``clk`` and
 ``rst``."""
@@ -54,13 +55,29 @@ def to_verilog(component: wiring.Component, name: str) -> str:
     return _WAKE.sub(r"\1reg \2 = 0;\n\1initial #0 \2 = 1;", text)
 
 
-TOPS = ("array", "lut_core")
+TOPS = ("array", "lut_core", "accel")
+SIMULATOR_FLAGS = {
+    "icarus": [],
+    "verilator": [
+        "--no-timing",
+        "-Wno-WIDTH",
+        "-Wno-STMTDLY",
+        "-Wno-CASEINCOMPLETE",
+        "-Wno-ASCRANGE",
+    ],
+    "verilator_make_env": {"MAKEFLAGS": "CFG_CXXFLAGS_PCH_I=-include"},
+    "timescale": "none in the Verilog: pass one to the simulator (e.g. 1ns/1ps)",
+}
 
 
 def build_top(cfg: config.AcceleratorConfig, top: str) -> wiring.Component:
     """The block ``top`` of an accelerator configuration."""
     if top not in TOPS:
         raise ValueError(f"unknown top {top!r}; known: {', '.join(TOPS)}")
+    if top == "accel":
+        from hw.accel import Accelerator
+
+        return Accelerator(cfg)
     section = "lut" if top == "lut_core" else "array"
     if getattr(cfg, section) is None:
         raise config.ConfigError(
@@ -79,6 +96,8 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
     """What a user of the Verilog needs: ports, parameters, modes, stream layouts, latency."""
     if top == "lut_core":
         return _lut_manifest(cfg, component)
+    if top == "accel":
+        return _accel_manifest(cfg, component)
     from sim.array_model import os_latency, ws_latency
 
     rows, cols = component.rows, component.cols
@@ -93,6 +112,7 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
             "cols": cols,
             "dataflow": component.supported_dataflow,
             "acc_bits": cfg.array.acc_bits,
+            "max_k": max(rows, cfg.array.max_k),
         },
         "modes": [_mode_entry(i, m, rows, cols) for i, m in enumerate(component.modes)],
         "payloads": {
@@ -166,6 +186,82 @@ def _lut_manifest(cfg: config.AcceleratorConfig, core) -> dict:
     }
 
 
+def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
+    from qaccel import csr
+    from qaccel.isa import ErrorCode, Opcode
+
+    g = accel.geometry
+    params = {
+        "DRAM data bytes per beat": g.data_bytes,
+        "DRAM bytes addressable": g.dram_bytes,
+        "instruction bytes": g.insn_bytes,
+        "scratchpad": f"{g.sp_rows} rows x {g.sp_row_bytes} bytes",
+        "accumulator memory": f"{g.acc_rows} rows x {g.acc_cols} elements of "
+        f"{g.acc_elem_bits} bits (DRAM: {g.acc_elem_bytes} bytes each, sign-extended; "
+        f"a row padded to {g.acc_row_bytes} bytes)",
+    }
+    if g.has_array:
+        params["array"] = f"{g.rows}x{g.cols}, {g.dataflow}, modes " + ", ".join(
+            f"{i}: {p}" for i, p in enumerate(cfg.array.modes)
+        )
+        params["array words in a scratchpad row"] = (
+            f"activations: {g.rows} x {g.bus.a_word_bits} bits; weights: "
+            f"{g.cols} x {g.bus.w_word_bits} bits (row 0 / column 0 lowest)"
+        )
+    if g.has_lut:
+        params["LUT core"] = (
+            f"{g.lut_tile_m}x{g.lut_tile_n}, group {g.lut_group}, weights "
+            + ", ".join(f"{i}: {w}" for i, w in enumerate(g.lut_modes))
+        )
+    isa = {
+        op.name: [{"name": n, "lsb": f.offset, "width": f.width} for n, f in g.layout(op)]
+        for op in Opcode
+    }
+    descriptions = {
+        "NONE": "no fault",
+        "ILLEGAL_OPCODE": "an opcode the ISA does not define",
+        "ILLEGAL_FIELD": "a field out of range (unknown mode, bits above the fields, zero size, "
+        "a GEMM longer than its accumulators hold)",
+        "DRAM_RANGE": "a DMA outside DRAM or off the bus alignment",
+        "SCRATCHPAD_RANGE": "rows beyond the scratchpad",
+        "ACCUMULATOR_RANGE": "rows beyond the accumulator memory",
+        "TOKEN": "a token channel overflowed, deadlocked, or held tokens at HALT",
+        "NO_HALT": "PROG_LEN instructions fetched without HALT",
+        "BUS": "the DRAM answered SLVERR or DECERR",
+    }
+    timing = [
+        "fetch: one DMA read per instruction word; it waits while the target queue (4 "
+        "entries) is full; HALT stops it.",
+        "a unit takes its queue head in the cycle its popped tokens are there, spends one "
+        "cycle checking it, executes it, and pushes its tokens in its last cycle; a pushed "
+        "token can be popped from the next cycle on.",
+        "LOAD: one DMA read command per DRAM row (x_size memory rows); each memory row is "
+        "written the cycle after its last beat.",
+        "STORE: one DMA write command per DRAM row; per memory row two cycles to read it, "
+        "then one beat per cycle as the bus accepts.",
+        "GEMM / LUT_GEMM: operand rows stream from the scratchpad at one row per cycle into "
+        "the block (array or LUT core latency contracts in their datasheets); each result row "
+        "is written (or added) to the accumulator memory the cycle after it leaves; the "
+        "instruction ends with its last result row.",
+        "POST: three cycles to read the parameters, then one row per cycle through the 4-stage "
+        "post-processing pipeline; it ends with the last row written.",
+        "the exact cycle-by-cycle model of these rules is the simulator's job (sim/); the "
+        "counters (CYCLES, busy and stall per unit) measure them.",
+    ]
+    return {
+        "top": "accel",
+        "config": cfg.name,
+        "clock": "clk (rising edge); rst: synchronous, active high",
+        "ports": {name: {"direction": d, "width": w} for name, (d, w) in ports(accel).items()},
+        "parameters": params,
+        "isa": isa,
+        "error_codes": [[int(c), c.name, descriptions[c.name]] for c in ErrorCode],
+        "registers": csr.datasheet(),
+        "register_offsets": dict(csr.OFFSETS),
+        "timing": timing,
+    }
+
+
 def _mode_entry(index: int, spec, rows: int, cols: int) -> dict:
     weight, activation = spec.mx or (spec.weight.name, spec.activation.name)
     entry = {
@@ -183,12 +279,18 @@ def _mode_entry(index: int, spec, rows: int, cols: int) -> dict:
 
 
 def generate(cfg: config.AcceleratorConfig, top: str, out_dir: Path) -> tuple[Path, Path]:
-    """Write ``OUT/<top>.v`` and ``OUT/<top>.json`` (the manifest); return their paths."""
+    """Write ``OUT/<top>.v``, ``OUT/<top>.json`` (the manifest) and ``OUT/<top>.md`` (the
+    datasheet); return the paths of the Verilog and the manifest."""
+    from hw.datasheet import datasheet
+
     component = build_top(cfg, top)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = to_verilog(component, top)
     verilog_path, manifest_path = out_dir / f"{top}.v", out_dir / f"{top}.json"
     verilog_path.write_text(text)
-    manifest_path.write_text(json.dumps(manifest(cfg, component, top), indent=2) + "\n")
+    facts = manifest(cfg, component, top)
+    facts["simulators"] = SIMULATOR_FLAGS
+    manifest_path.write_text(json.dumps(facts, indent=2) + "\n")
+    (out_dir / f"{top}.md").write_text(datasheet(facts))
     return verilog_path, manifest_path

@@ -171,6 +171,102 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(_table(["counter", "value"], [[k, str(v)] for k, v in result.counters.items()]))
 
 
+class _Progress:
+    """A rich status line on a terminal; nothing in a pipe."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.status = None
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            self.status = self.console.status("starting")
+            self.status.__enter__()
+        return self
+
+    def __call__(self, text: str) -> None:
+        if self.status is not None:
+            self.status.update(text)
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
+def _build_dir(path: str | None, what: str) -> Path:
+    import tempfile
+
+    return Path(path) if path else Path(tempfile.mkdtemp(prefix=f"qaccel-{what}-"))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from hw.accel_bench import TIMING_FREE, compare, run_on_rtl
+    from qaccel.program import load_program
+    from sim.executor import run_program
+
+    program = load_program(args.program)
+    inputs = _named_arrays(args.input)
+    build = _build_dir(args.build, "verify")
+    with _Progress() as progress:
+        progress("the functional executor")
+        want = run_program(program, inputs)
+        progress(f"building the accelerator's Verilog and running it on {args.rtl}")
+        (got,) = run_on_rtl(
+            program.config, [(program, inputs)], simulator=args.rtl, build_dir=build
+        )
+    try:
+        compare(want, got)
+        verdict = None
+    except AssertionError as e:
+        verdict = str(e)
+    rows = [
+        [name, f"{v.shape[0]}x{v.shape[1]}", "equal" if verdict is None else "-"]
+        for name, v in want.outputs.items()
+    ]
+    print(_table(["output", "shape", "RTL vs executor"], rows))
+    print()
+    rows = [
+        [name, str(got.counters[name]), str(want.counters.get(name, "-"))] for name in got.counters
+    ]
+    print(_table(["counter", "RTL", "executor"], rows))
+    if verdict is not None:
+        raise ValueError(f"RTL and executor differ: {verdict} (logs in {build})")
+    print(
+        f"\n{args.rtl}: outputs bit for bit and {', '.join(TIMING_FREE)} equal "
+        f"to the executor; {got.counters['CYCLES']} cycles"
+    )
+    return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from hw.selftest import run_selftest
+
+    cfg = config.load_config(args.config)
+    build = _build_dir(args.build, "selftest")
+    with _Progress() as progress:
+        results = run_selftest(
+            cfg,
+            simulator=args.rtl,
+            seed=args.seed,
+            build_dir=build,
+            pause=args.pause,
+            status=progress,
+        )
+    rows = [[r.name, "ok" if r.ok else "FAIL", str(r.cycles), r.detail] for r in results]
+    print(_table(["program", "result", "cycles", "detail"], rows))
+    failed = [r for r in results if not r.ok]
+    print(
+        f"\n{cfg.name} on {args.rtl} (seed {args.seed}): {len(results) - len(failed)} passed, "
+        f"{len(failed)} failed"
+    )
+    if failed:
+        print(f"logs in {build}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qaccel",
@@ -227,17 +323,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for <output>.npy and counters.json")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("verify", help="run a Program on the accelerator's RTL and the executor")
+    p.add_argument("program", help="a Program's folder")
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input tensor"
+    )
+    p.add_argument("--rtl", choices=["icarus", "verilator"], default="icarus")
+    p.add_argument("--build", help="folder for the Verilog and simulator logs (default: temp)")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser(
+        "selftest", help="prove a configuration on its RTL: a suite of programs vs the executor"
+    )
+    p.add_argument("--config", required=True, help="a TOML configuration")
+    p.add_argument("--rtl", choices=["icarus", "verilator"], default="icarus")
+    p.add_argument("--seed", type=int, default=1, help="random data seed (default 1)")
+    p.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="probability of a pause cycle on every AXI channel (back-pressure)",
+    )
+    p.add_argument("--build", help="folder for the Verilog and simulator logs (default: temp)")
+    p.set_defaults(func=cmd_selftest)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ValueError, OSError) as e:
         print(f"qaccel: error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

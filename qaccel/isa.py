@@ -39,7 +39,9 @@ layout whose widths come from the configuration):
   MX modes read, for block b of ``block`` steps (nb = ceil(k / block) blocks), the E8M0 codes of
   the array rows from scratchpad row ``scale_addr + b`` and those of the columns from row
   ``scale_addr + nb + b``, a byte each.
-  ``accumulate`` adds to the accumulator rows (saturating, counted), otherwise overwrites.
+  ``accumulate`` adds to the accumulator rows (saturating at ``acc_elem_bits``, wider than any
+  mode's accumulator, and counted), otherwise overwrites. Within one instruction the PEs'
+  accumulators cannot saturate: ``Geometry.max_steps`` bounds ``k``.
 - LUT_GEMM: ``m <= tile_m`` rows from ``k`` groups: group g reads activation row ``a_addr + g``
   (tile_m x group codes, a byte each, row-major) and weight bit planes ``w_addr + g * planes +
   p`` (tile_n x group bits, column-major: bit c * group + j is k index j of column c).

@@ -142,7 +142,7 @@ class Machine:
             w = np.concatenate([w_codes(insn.w_addr + i).T for i in range(rows)], 0)
             a = np.stack([a_codes(insn.a_addr + i) for i in range(insn.m)])
             values, invalid = array_model.reference(spec, w, a)
-        self._write_acc(insn, values, invalid, spec.acc_range)
+        self._write_acc(insn, values, invalid)
 
     def lut_gemm(self, insn: Instruction) -> None:
         g = self.geometry
@@ -162,17 +162,18 @@ class Machine:
         )
         values = values[: insn.m].astype(object)
         invalid = np.zeros(values.shape, dtype=bool)
-        lo, hi = -(1 << (g.lut_acc_bits - 1)), (1 << (g.lut_acc_bits - 1)) - 1
-        self._write_acc(insn, values, invalid, (lo, hi))
+        self._write_acc(insn, values, invalid)
 
-    def _write_acc(self, insn: Instruction, values, invalid, acc_range) -> None:
+    def _write_acc(self, insn: Instruction, values, invalid) -> None:
         """Results into accumulator rows from ``acc_addr`` (columns beyond them untouched);
-        accumulating adds with saturation at the mode's accumulator range, counted."""
+        accumulating adds with saturation at the memory's ``acc_elem_bits``, counted (wider
+        than any mode's accumulator, so K cut into chunks sums exactly)."""
         m, n = values.shape
         rows = slice(insn.acc_addr, insn.acc_addr + m)
         if insn.accumulate:
             total = self.acc[rows, :n] + values
-            lo, hi = acc_range
+            bits = self.geometry.acc_elem_bits
+            lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
             clipped = np.clip(total, lo, hi)
             self.counters["SATURATIONS"] += int((clipped != total).sum())
             self.acc[rows, :n] = clipped

@@ -79,7 +79,25 @@ def test_generate_writes_verilog_and_a_manifest_that_agree(tmp_path, capsys):
     assert main(["generate", "--config", str(cfg), "--top", "array", "-o", str(out)]) == 0
     verilog = (out / "array.v").read_text()
     manifest = json.loads((out / "array.json").read_text())
-    assert manifest["parameters"] == {"rows": 2, "cols": 3, "dataflow": "both", "acc_bits": 32}
+    assert manifest["parameters"] == {
+        "rows": 2,
+        "cols": 3,
+        "dataflow": "both",
+        "acc_bits": 32,
+        "max_k": 2,
+    }
+    sheet = (out / "array.md").read_text()
+    for fact in (
+        "bottom PE row first",
+        "`o` has no ready",
+        "--no-timing",
+        "-Wno-ASCRANGE",
+        "CFG_CXXFLAGS_PCH_I",
+        "synchronous, active high",
+        "binary: 1",
+        "2^-",
+    ):
+        assert fact in sheet, fact
     assert [m["macs_per_cycle"] for m in manifest["modes"]] == [6, 6, 6]
     mx = manifest["modes"][2]
     assert (mx["weight"], mx["activation"], mx["block"], mx["scale_range"]) == (
@@ -214,3 +232,104 @@ def test_run_errors_are_one_line(tmp_path, capsys):
     assert "not a program directory" in capsys.readouterr().err
     assert main([*args, "--m", "2", "--mode", "int3*int8", "-o", str(prog)]) == 1
     assert "has no unit for int3*int8" in capsys.readouterr().err
+
+
+def test_generate_lut_core_datasheet(tmp_path):
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["generate", "--config", str(CONFIGS / "lut.toml"), "--top", "lut_core", "-o", str(out)]
+        )
+        == 0
+    )
+    sheet = (out / "lut_core.md").read_text()
+    for fact in (
+        "least significant plane first",
+        "multiple of `group`",
+        "code 0 = -1",
+        "`o` has no ready",
+        "--no-timing",
+    ):
+        assert fact in sheet, fact
+    assert json.loads((out / "lut_core.json").read_text())["simulators"]["verilator"]
+
+
+ACCEL = """
+name = "acc2x2"
+[array]
+rows = 2
+cols = 2
+dataflow = "os"
+modes = [{ weight = "int8", activation = "int8" }]
+[memory]
+scratchpad_kib = 1
+scratchpad_banks = 1
+accumulator_kib = 1
+accumulator_banks = 1
+[dram]
+bytes_per_cycle = 4
+latency_cycles = 10
+"""
+
+
+def test_generate_accel_writes_verilog_manifest_and_datasheet(tmp_path):
+    from qaccel import csr
+    from qaccel.config import load_config
+    from qaccel.isa import Geometry, Opcode
+
+    cfg = tmp_path / "acc.toml"
+    cfg.write_text(ACCEL)
+    out = tmp_path / "out"
+    assert main(["generate", "--config", str(cfg), "--top", "accel", "-o", str(out)]) == 0
+    verilog = (out / "accel.v").read_text()
+    manifest = json.loads((out / "accel.json").read_text())
+    assert "module accel(" in verilog
+    assert {"m_axi__araddr", "m_axi__rdata", "s_axil__awaddr"} <= set(manifest["ports"])
+    g = Geometry.of(load_config(cfg))
+    gemm = {f["name"]: f for f in manifest["isa"]["GEMM"]}
+    assert gemm["acc_addr"]["lsb"] == g.layout(Opcode.GEMM)["acc_addr"].offset
+    assert manifest["register_offsets"]["PROG_ADDR"] == csr.offset("PROG_ADDR")
+    sheet = (out / "accel.md").read_text()
+    for fact in ("CTRL.START", "PROG_LEN", "ILLEGAL_OPCODE", "### LOAD", "4 KiB", "_LO"):
+        assert fact in sheet, fact
+
+
+def test_verify_and_selftest_on_the_rtl(tmp_path, capsys):
+    import numpy as np
+
+    cfg = tmp_path / "acc.toml"
+    cfg.write_text(ACCEL)
+    w, x = np.arange(-6, 6).reshape(4, 3), np.arange(8).reshape(2, 4)
+    np.save(tmp_path / "w.npy", w)
+    np.save(tmp_path / "x.npy", x)
+    prog = tmp_path / "prog"
+    assert (
+        main(
+            [
+                "gemm",
+                "--config",
+                str(cfg),
+                "--weights",
+                str(tmp_path / "w.npy"),
+                "--m",
+                "2",
+                "--mode",
+                "int8*int8",
+                "--requant",
+                "0.5",
+                "--relu",
+                "-o",
+                str(prog),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    build = tmp_path / "build"
+    verify = ["verify", str(prog), "--input", f"x={tmp_path / 'x.npy'}", "--build", str(build)]
+    assert main(verify) == 0
+    out = capsys.readouterr().out
+    assert "y       2x3    equal" in out and "outputs bit for bit" in out
+    assert main(["selftest", "--config", str(cfg), "--build", str(build)]) == 0
+    out = capsys.readouterr().out
+    assert "bad: token deadlock" in out and " 0 failed" in out

@@ -1,0 +1,142 @@
+"""The whole accelerator's Verilog under cocotb (cocotbext-axi AxiRam as DRAM, AxiLiteMaster as
+host) against the functional executor: outputs bit for bit, the timing-free counters exactly,
+faults stopped with the checker's code and instruction, on configurations beyond the presets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.gemm import lower_gemm
+from hw.accel_bench import compare, run_on_rtl
+from hw.selftest import run_selftest
+from qaccel import config, formats
+from qaccel.isa import ErrorCode, Geometry
+from qaccel.program import ProgramBuilder, ProgramError
+from sim.executor import run_program
+
+TINY = config.load_config("configs/tiny.toml")
+
+
+def small(name: str, **sections) -> config.AcceleratorConfig:
+    base = {
+        "name": name,
+        "memory": {
+            "scratchpad_kib": 4,
+            "scratchpad_banks": 2,
+            "accumulator_kib": 4,
+            "accumulator_banks": 2,
+        },
+        "dram": {"bytes_per_cycle": 4, "latency_cycles": 10},
+    }
+    return config.config_from_dict(base | sections)
+
+
+# a 3x5 output-stationary array with an integer and two MX modes, a 4-byte bus
+ODD = small(
+    "odd",
+    array={
+        "rows": 3,
+        "cols": 5,
+        "dataflow": "os",
+        "max_k": 64,
+        "modes": [
+            {"weight": "int8", "activation": "int8"},
+            {"weight": "mxint8", "activation": "mxint8"},
+            {"weight": "mxfp4", "activation": "mxfp8_e4m3"},
+        ],
+    },
+)
+# a LUT core alone, narrow tile, 8-byte bus
+LUT_ONLY = small(
+    "lutonly",
+    lut={"group": 4, "tile_m": 2, "tile_n": 8, "weight_bits": [1, 2, 4], "ternary": True},
+    dram={"bytes_per_cycle": 8, "latency_cycles": 10},
+)
+# weight-stationary only, one mode, 16-byte bus (wider than an instruction word)
+WS_ONLY = small(
+    "wsonly",
+    array={
+        "rows": 2,
+        "cols": 3,
+        "dataflow": "ws",
+        "modes": [{"weight": "int4", "activation": "int8"}],
+    },
+    dram={"bytes_per_cycle": 32, "latency_cycles": 10},
+)
+
+
+def check(results):
+    failed = [f"{r.name}: {r.detail}" for r in results if not r.ok]
+    assert not failed, "\n".join(failed)
+    assert len(results) >= 10
+
+
+def test_selftest_tiny_every_mode_icarus(tmp_path):
+    check(run_selftest(TINY, simulator="icarus", build_dir=tmp_path))
+
+
+@pytest.mark.parametrize("cfg", [ODD, LUT_ONLY, WS_ONLY], ids=lambda c: c.name)
+def test_selftest_other_configurations_icarus(cfg, tmp_path):
+    check(run_selftest(cfg, simulator="icarus", build_dir=tmp_path, seed=7))
+
+
+def test_random_back_pressure_changes_no_output(tmp_path):
+    """Pauses on every AXI channel: the same outputs and timing-free counters, more cycles."""
+    plain = run_selftest(ODD, simulator="icarus", build_dir=tmp_path / "plain")
+    paused = run_selftest(ODD, simulator="icarus", build_dir=tmp_path / "paused", pause=0.4)
+    check(paused)
+    assert sum(r.cycles for r in paused) > sum(r.cycles for r in plain)
+
+
+def test_float_accumulators_are_exact_beyond_rows(tmp_path):
+    """fp4_e2m1 x int8 over K = 16 on the 4x4 array: weights +6 then -6, activations 127.
+    One 16-step GEMM would leave its accumulators' range: the checker refuses it, and the
+    compiler cuts K into exact 4-step chunks summed in the accumulator memory: exactly 0."""
+    fp4 = formats.get_format("fp4_e2m1")
+    six, minus_six = (int(fp4.encode(np.array([v]))[0]) for v in (6.0, -6.0))
+    w = np.array([[six] * 4] * 8 + [[minus_six] * 4] * 8)
+    x = np.full((4, 16), 127)
+    program = lower_gemm(TINY, w, m=4, mode="fp4_e2m1*int8")
+    want = run_program(program, {"x": x})
+    assert np.array_equal(want.outputs["y"], np.zeros((4, 4)))
+    (got,) = run_on_rtl(TINY, [(program, {"x": x})], build_dir=tmp_path)
+    compare(want, got)
+    g = Geometry.of(TINY)
+    b = ProgramBuilder(TINY)
+    b.gemm(mode=8, dataflow=1, a_addr=0, w_addr=16, acc_addr=0, m=4, k=16)
+    with pytest.raises(ProgramError, match=r"fp4_e2m1\*int8 accumulators hold 4 steps"):
+        b.build()
+    assert g.max_steps(8) == 4
+
+
+@pytest.mark.slow
+def test_selftest_tiny_verilator(tmp_path):
+    check(run_selftest(TINY, simulator="verilator", build_dir=tmp_path))
+
+
+@pytest.mark.slow
+def test_selftest_lut_preset_icarus(tmp_path):
+    check(run_selftest(config.load_config("configs/lut.toml"), build_dir=tmp_path))
+
+
+def test_fault_codes_are_the_checkers(tmp_path):
+    """A deadlock that only fetch's in-order dispatch creates: the load queue fills with
+    loads waiting for a token that a compute instruction behind them would push."""
+    g = Geometry.of(ODD)
+    b = ProgramBuilder(ODD)
+    load = dict(
+        mem=0, sram_addr=0, dram_addr=b.alloc(g.sp_row_bytes), dram_stride=0, y_size=1, x_size=1
+    )
+    b.load(**load, pop_next=True)
+    for _ in range(5):
+        b.load(**load)
+    b.post(
+        acc_addr=0, out_addr=1, param_addr=1, rows=1, out_signed=1, lo=-128, hi=127, push_prev=True
+    )
+    program = b.build(check=False)
+    with pytest.raises(ProgramError, match="fetch at instruction 4 \\(its queue is full\\)") as e:
+        b.build()
+    assert e.value.code == ErrorCode.TOKEN
+    (got,) = run_on_rtl(ODD, [(program, {})], build_dir=tmp_path)
+    assert (got.error_code, got.error_insn) == (ErrorCode.TOKEN, e.value.index)
