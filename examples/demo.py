@@ -1,16 +1,20 @@
-"""qaccel demo: the flow as far as it exists today.
+"""qaccel demo: the flow as far as it exists today (about 3 minutes on 2 cores).
 
 1. Numbers: for each preset configuration and every (weight, activation) mode it supports,
    quantize a random layer into those formats and report the quantization error against float64,
    the exact accumulator each mode needs for a dot product as long as the array, the error of
    the dyadic (integer-only) requantization of the exact result to int8, and the signal-to-noise
    ratio of that int8 output against the float64 layer.
-2. Hardware (configs/edge.toml, or --config): generate the array's Verilog, run a random GEMM in
-   every mode through amaranth.sim and through Icarus (cocotb), compare both with the reference,
-   bit for bit and cycle for cycle, and print mode x (MACs per cycle, cycles, exact).
-3. LUT core (configs/lut.toml): generate its Verilog and run a W2A8 GEMM (int2 weights, int8
-   activations) through amaranth.sim and Icarus, bit for bit against plain A @ W.
-4. FPGA: synthesize the array for the smallest ECP5 device it fits and print its resources.
+2. The accelerator (configs/tiny.toml): compile a quantized layer (int8 GEMM, bias, per-channel
+   requantization, ReLU) to a Program, run it on the functional executor and on the whole
+   accelerator's Verilog under Icarus (cocotb, AXI DRAM and AXI-Lite host): outputs bit for bit,
+   counters, cycles.
+3. ``qaccel selftest`` of configs/tiny.toml on Icarus: every mode, the LUT formats if any,
+   epilogues, dependent instructions and faults, RTL against the executor.
+4. The blocks (the array of --config, default configs/tiny.toml; the LUT core of
+   configs/lut.toml): random GEMMs through amaranth.sim and Icarus, bit and cycle exact.
+5. FPGA: one PE synthesized for ECP5 and scaled to the array; with --synth, place and route on
+   the smallest ECP5 the estimate allows (minutes to tens of minutes).
 
 Everything is written under build/demo/.
 """
@@ -146,6 +150,88 @@ def hardware(cfg_path: Path, build: Path, rng: np.random.Generator):
     return array, verilog
 
 
+def accelerator(build: Path, rng: np.random.Generator) -> None:
+    from compiler.gemm import Epilogue, lower_gemm
+    from hw.accel_bench import compare, run_on_rtl
+    from sim.executor import run_program
+
+    cfg = config.load_config(ROOT / "configs" / "tiny.toml")
+    m, k, n = 24, 40, 12
+    print(f"== the accelerator: tiny.toml, a {m}x{k}x{n} int8 layer with bias, requant, ReLU")
+    x_real = np.abs(rng.normal(size=(m, k)))
+    w_real = rng.normal(size=(k, n))
+    bias_real = rng.normal(size=n)
+    sx = 127 / np.max(x_real)
+    sw = 127 / np.max(np.abs(w_real), axis=0)  # per output channel
+    x = np.rint(x_real * sx).astype(np.int64)
+    w = np.rint(w_real * sw).astype(np.int64)
+    y_real = np.maximum(x_real @ w_real + bias_real, 0)
+    sy = 127 / np.max(y_real)
+    bias = np.rint(bias_real * sx * sw).astype(np.int64)
+    epilogue = Epilogue.requant(sy / (sx * sw), relu=True, bias=bias)
+    program = lower_gemm(cfg, w, m=m, mode="int8*int8", epilogue=epilogue)
+    program.save(build / "layer")
+    plan = program.notes["gemm"]
+    print(
+        f"compiled: {plan['tiles']} tiles of {plan['tile_m']}x{plan['tile_n']}, "
+        f"{plan['chunks']} chunks, {len(program.instructions)} instructions "
+        f"(program in {build / 'layer'})"
+    )
+    want = run_program(program, {"x": x})
+    y = want.outputs["y"]
+    print(f"executor: int8 output vs the float64 layer: SQNR {sqnr_db(y_real * sy, y):.1f} dB")
+    start = time.time()
+    (got,) = run_on_rtl(cfg, [(program, {"x": x})], build_dir=build / "accel")
+    compare(want, got)
+    c = got.counters
+    print(
+        f"Icarus: the accelerator's outputs equal the executor's, bit for bit "
+        f"({time.time() - start:.0f} s)"
+    )
+    print_table(
+        [
+            "cycles",
+            "load busy",
+            "compute busy",
+            "store busy",
+            "DRAM read B",
+            "DRAM write B",
+            "instructions",
+            "MACs/cycle",
+        ],
+        [
+            [
+                str(c["CYCLES"]),
+                str(c["LOAD_BUSY"]),
+                str(c["COMPUTE_BUSY"]),
+                str(c["STORE_BUSY"]),
+                str(c["DRAM_READ_BYTES"]),
+                str(c["DRAM_WRITE_BYTES"]),
+                str(c["INSNS"]),
+                f"{m * k * n / c['CYCLES']:.1f}",
+            ]
+        ],
+    )
+    print()
+
+
+def selftest(build: Path) -> None:
+    from hw.selftest import run_selftest
+
+    cfg = config.load_config(ROOT / "configs" / "tiny.toml")
+    print("== qaccel selftest --config configs/tiny.toml --rtl icarus")
+    start = time.time()
+    results = run_selftest(cfg, simulator="icarus", build_dir=build / "selftest")
+    print_table(
+        ["program", "result", "cycles"],
+        [[r.name, "ok" if r.ok else "FAIL: " + r.detail, str(r.cycles)] for r in results],
+    )
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed ({time.time() - start:.0f} s)\n")
+    if failed:
+        raise SystemExit(1)
+
+
 def lut_core(build: Path, rng: np.random.Generator) -> None:
     from hw.generate import generate
     from hw.lut_core import LutCore
@@ -193,7 +279,7 @@ def lut_core(build: Path, rng: np.random.Generator) -> None:
 ECP5 = ("ecp5-25k", "ecp5-85k")  # smallest first
 
 
-def fpga(array, verilog: Path, build: Path) -> None:
+def fpga(array, verilog: Path, build: Path, place: bool) -> None:
     """Synthesize for the smallest ECP5 the array fits. Place and route of a large array takes
     long, so first synthesize one PE (logic only) and scale it by rows x cols: devices the
     estimate overflows by far are skipped, and said so."""
@@ -211,6 +297,9 @@ def fpga(array, verilog: Path, build: Path) -> None:
         ["resource", "one PE", f"x {pes} PEs (estimate)"],
         [[r, str(pe[r]), str(estimate[r])] for r in estimate],
     )
+    if not place:
+        print("(place and route: python examples/demo.py --synth)")
+        return
     for target in ECP5:
         capacity = TARGETS[target].capacity
         over = [r for r in estimate if estimate[r] > 1.25 * capacity[r]]
@@ -238,8 +327,16 @@ def fpga(array, verilog: Path, build: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "edge.toml")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "configs" / "tiny.toml",
+        help="the array to run block by block (configs/edge.toml: the 16x16, ~20 minutes)",
+    )
     parser.add_argument("--no-synth", action="store_true", help="skip the FPGA step")
+    parser.add_argument(
+        "--synth", action="store_true", help="also place and route the array (minutes)"
+    )
     args = parser.parse_args()
     build = ROOT / "build" / "demo"
     sys.stdout.reconfigure(line_buffering=True)  # progress shows through make and pipes
@@ -271,10 +368,12 @@ def main() -> int:
             ]
             print_table(header, mode_rows(cfg, rng))
         print()
+    accelerator(build, rng)
+    selftest(build)
     array, verilog = hardware(args.config, build, rng)
     lut_core(build, rng)
     if not args.no_synth:
-        fpga(array, verilog, build)
+        fpga(array, verilog, build, args.synth)
     return 0
 
 
