@@ -3,7 +3,9 @@ test each, matching the message."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +18,8 @@ from qaccel.isa import ErrorCode, Geometry, Instruction, Opcode, decode, encode
 from qaccel.program import (
     ProgramBuilder,
     ProgramError,
-    TensorSpec,
     check_program,
     load_program,
-    row_major,
 )
 from sim.executor import run_program
 
@@ -84,32 +84,18 @@ def test_field_widths_follow_the_configuration():
     assert G.layout(Opcode.GEMM)["mode"].width == 4  # 11 modes
 
 
+def _example():
+    """examples/hand_program.py: the README's hand-written program."""
+    path = Path(__file__).parent.parent / "examples" / "hand_program.py"
+    spec = importlib.util.spec_from_file_location("hand_program", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def hand_program(**changes):
     """A 4x4 int8 GEMM written by hand: load A and W, multiply, store the accumulators."""
-    b = ProgramBuilder(TINY)
-    r, ar = G.sp_row_bytes, G.acc_row_bytes
-    x = b.tensor(
-        # output-stationary: scratchpad row s holds column s of A, one bus word per array row
-        TensorSpec(
-            "x", (4, 4), "int8", 8, b.alloc(4 * r), ((0, 1, 0, G.bus.a_word_bits), (1, 1, 0, 8 * r))
-        )
-    )
-    w = np.arange(16).reshape(4, 4) - 8
-    assert G.bus.w_word_bits == 8  # one int8 weight per column word
-    w_addr = b.constant(b"".join(bytes(int(v) & 0xFF for v in row).ljust(r, b"\0") for row in w))
-    y = b.tensor(
-        row_major("y", (4, 4), "acc", b.alloc(4 * ar), pitch=ar, bits=8 * G.acc_elem_bytes),
-        output=True,
-    )
-    load = dict(mem=0, dram_stride=0, y_size=1, x_size=4)
-    b.load(**load, sram_addr=0, dram_addr=x.address)
-    b.load(**load, sram_addr=4, dram_addr=w_addr, push_next=True)
-    gemm = dict(mode=0, dataflow=1, a_addr=0, w_addr=4, acc_addr=0, m=4, k=4)
-    b.gemm(**(gemm | changes.pop("gemm", {})), pop_prev=True, push_next=True)
-    b.store(
-        mem=1, sram_addr=0, dram_addr=y.address, dram_stride=0, y_size=1, x_size=4, pop_prev=True
-    )
-    return b, w
+    return _example().builder(**changes.pop("gemm", {}))
 
 
 def test_hand_written_program_runs():
