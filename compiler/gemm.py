@@ -18,7 +18,9 @@ balances: nothing is left at HALT.
 
 **Tensors in DRAM.** ``x`` (M x K codes; blocked as the unit reads it), ``residual`` (M x N
 8-bit codes, when asked for), ``y`` (M x N: 8-bit codes with an epilogue, raw accumulator
-values without); weights, scales and epilogue parameters are constants of the Program.
+values without); weights, scales and epilogue parameters are constants of the Program. The
+input regions are zero-filled segments of the DRAM image too: the padding around ``x`` (K to
+whole words, M to whole tiles) must read as zero, since a binary weight code 0 is -1.
 """
 
 from __future__ import annotations
@@ -449,11 +451,11 @@ def _lower_array(
     # ws: per k tile, one row per row of A (its words for each PE row).
     ab, cb = bus.a_word_bits, spec.a_code_bits
     if dataflow == "os":
-        x = builder.alloc(-(-m // tm) * steps * r)
+        x = builder.constant(bytes(-(-m // tm) * steps * r))  # padding must read as zero
         terms = ((0, tm, 0, steps * r * 8), (0, 1, tm, ab), (1, lanes, 0, r * 8), (1, 1, lanes, cb))
     else:
         ktiles = -(-steps // rows)
-        x = builder.alloc(ktiles * mp * r)
+        x = builder.constant(bytes(ktiles * mp * r))
         terms = (
             (1, rows * lanes, 0, mp * r * 8),
             (0, 1, 0, r * 8),
@@ -596,7 +598,7 @@ def _mx_scales(builder, g: Geometry, w_scales, k, n, block, tiles_n, tn, mp):
         for b in range(blocks):
             w_rows.append(bytes(int(v) for v in w_scales[b, j * tn : (j + 1) * tn]).ljust(r, b"\0"))
     w_addr = builder.constant(b"".join(w_rows))
-    a_addr = builder.alloc((mp // rows) * blocks * r)
+    a_addr = builder.constant(bytes((mp // rows) * blocks * r))
     terms = ((0, rows, 0, blocks * r * 8), (0, 1, rows, 8), (1, 1, 0, r * 8))
     return {
         "a": lambda i, b0: a_addr + (i * blocks + b0) * r,
@@ -638,7 +640,7 @@ def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk=N
                 bits = ((codes >> p) & 1).T.reshape(-1)  # column-major: c * group + j
                 w_rows.append(_row(bits, 1, r))
     w_base = builder.constant(b"".join(w_rows))
-    x = builder.alloc(tiles_m * groups * r)
+    x = builder.constant(bytes(tiles_m * groups * r))  # padding must read as zero
     terms = (
         (0, tm, 0, groups * r * 8),
         (0, 1, tm, group * 8),

@@ -12,6 +12,8 @@ underflow, overflow or leave tokens behind; the message names the instruction.
 affine bit layout: element (i, j) starts at bit ``8 * address + sum(((index[axis] // div) % mod)
 * stride)`` over its ``terms`` (mod 0: no modulus). Row-major int8 is ``[(0, 1, 0, 8 * pitch),
 (1, 1, 0, 8)]``; the compiler uses blocked and transposed layouts to match the array's beats.
+A host loads the DRAM image (``segments``) first, then writes each input's elements: bytes of
+a region that no element covers keep the image's value.
 """
 
 from __future__ import annotations

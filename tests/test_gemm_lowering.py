@@ -228,3 +228,23 @@ def test_input_errors():
         run_program(program, {"x": np.full((2, 4), 200)})
     with pytest.raises(ValueError, match=r"no input 'z'"):
         run_program(program, {"x": np.zeros((2, 4), dtype=np.int64), "z": 1})
+
+
+@pytest.mark.parametrize(("mode", "dataflow"), [("binary*int8", "os"), ("binary*int8", "ws")])
+def test_padding_comes_from_the_image_not_from_clean_dram(mode, dataflow):
+    """A host loads the image, then writes the inputs: DRAM it never wrote may hold anything.
+    K padding must read as zero (a binary weight code 0 is -1), so it is part of the image."""
+    from qaccel.program import token_order
+    from sim.executor import Machine, dram_size, place_inputs, read_outputs
+
+    rng = np.random.default_rng(SEED)
+    w = rng.integers(0, 2, (9, 5))  # K = 9: padded to whole 4-lane words and tiles
+    x = rng.integers(-128, 128, (3, 9))
+    program = lower_gemm(TINY, w, m=3, mode=mode, dataflow=dataflow)
+    machine = Machine(program.geometry, dram_size(program))
+    machine.dram[:] = bytes([0xA5]) * len(machine.dram)
+    place_inputs(machine, program, {"x": x})
+    for index in token_order(program.instructions[:-1]):
+        machine.execute(program.instructions[index])
+    want = x @ formats.get_format("binary").decode(w).astype(np.int64)
+    assert np.array_equal(read_outputs(machine, program)["y"], want)
