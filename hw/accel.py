@@ -47,10 +47,10 @@ from __future__ import annotations
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.axi import axi4_signature
+from hw.banked import BankedMemory
 from hw.csr import AxiLiteSignature, ControlRegisters
 from hw.dma import Dma
 from hw.post import PostProcessor
@@ -124,13 +124,19 @@ class Accelerator(wiring.Component):
                 "invalid": data.ArrayLayout(1, g.acc_cols),
             }
         )
-        m.submodules.sp = sp = Memory(shape=8 * g.sp_row_bytes, depth=g.sp_rows, init=[])
-        m.submodules.acc = acc = Memory(shape=self._acc_layout, depth=g.acc_rows, init=[])
-        self.sp_load_w, self.sp_post_w = sp.write_port(), sp.write_port()
-        self.sp_rd = [sp.read_port() for _ in range(4 if self._mx else 2)]
-        self.sp_store_r = sp.read_port()
-        self.acc_load_w, self.acc_comp_w = acc.write_port(), acc.write_port()
-        self.acc_comp_r, self.acc_store_r = acc.read_port(), acc.read_port()
+        # Ports in priority order: the compute unit's results cannot wait (the array and the
+        # post-processing pipeline have no back-pressure), LOAD and STORE can.
+        mem = self._cfg.memory
+        m.submodules.sp = sp = BankedMemory(
+            8 * g.sp_row_bytes, g.sp_rows, banks=mem.scratchpad_banks, readers=3, writers=2
+        )
+        m.submodules.acc = acc = BankedMemory(
+            self._acc_layout, g.acc_rows, banks=mem.accumulator_banks, readers=2, writers=2
+        )
+        self.sp_post_w, self.sp_load_w = sp.write
+        self.sp_a, self.sp_w, self.sp_store_r = sp.read
+        self.acc_comp_w, self.acc_load_w = acc.write
+        self.acc_comp_r, self.acc_store_r = acc.read
 
         # --- queues -----------------------------------------------------------------------
         self.insn_bits = 8 * g.insn_bytes
@@ -340,7 +346,7 @@ class Accelerator(wiring.Component):
         sram_row = Signal(32)
         beat = Signal(range(max(g.acc_row_bytes, g.sp_row_bytes) // d + 1))
         row_reg = Signal(8 * max(g.acc_row_bytes, g.sp_row_bytes))
-        write_row = Signal()
+        pending = Signal()  # a completed row waits for its bank's write port
         finish = Signal()
         busy = Signal()
         checking = Signal()
@@ -348,18 +354,20 @@ class Accelerator(wiring.Component):
         dram_addr = Signal(32)
         bad = self._dma_checks(m, v, checking, insn_index, row_bytes, row_beats)
 
-        # a completed row is written the cycle after its last beat
-        m.d.sync += write_row.eq(0)
+        # a completed row is written from the cycle after its last beat, when its bank is free;
+        # until then no new beat is taken
+        written = Signal()
         m.d.comb += [
             self.sp_load_w.addr.eq(sram_row),
             self.sp_load_w.data.eq(row_reg[: 8 * g.sp_row_bytes]),
-            self.sp_load_w.en.eq(write_row & ~v.mem),
+            self.sp_load_w.req.eq(pending & ~v.mem),
             self.acc_load_w.addr.eq(sram_row),
             self.acc_load_w.data.eq(self._acc_row_from_dram(row_reg)),
-            self.acc_load_w.en.eq(write_row & v.mem),
+            self.acc_load_w.req.eq(pending & v.mem),
+            written.eq(Mux(v.mem, self.acc_load_w.grant, self.sp_load_w.grant)),
         ]
-        with m.If(write_row):
-            m.d.sync += sram_row.eq(sram_row + 1)
+        with m.If(written):
+            m.d.sync += [sram_row.eq(sram_row + 1), pending.eq(0)]
 
         with m.FSM(name="load"):
             with m.State("IDLE"):
@@ -390,12 +398,12 @@ class Accelerator(wiring.Component):
                     m.d.sync += [beat.eq(0), dram_addr.eq(dram_addr + v.dram_stride)]
                     m.next = "RECEIVE"
             with m.State("RECEIVE"):
-                m.d.comb += [busy.eq(1), port.data.ready.eq(1)]
-                with m.If(port.data.valid):
+                m.d.comb += [busy.eq(1), port.data.ready.eq(~pending | written)]
+                with m.If(port.data.valid & port.data.ready):
                     m.d.sync += row_reg.word_select(beat, 8 * d).eq(port.data.payload)
                     self._count("DRAM_READ_BYTES", Const(d))
                     with m.If(beat == row_beats - 1):
-                        m.d.sync += [beat.eq(0), write_row.eq(1)]
+                        m.d.sync += [beat.eq(0), pending.eq(1)]
                     with m.Else():
                         m.d.sync += beat.eq(beat + 1)
                 with m.If(port.done):
@@ -407,11 +415,13 @@ class Accelerator(wiring.Component):
                     with m.Else():
                         m.next = "ISSUE"
             with m.State("FINISH"):
-                # the last row's write happens in this cycle
-                m.d.comb += [busy.eq(1), finish.eq(~bus_error)]
-                with m.If(bus_error):
-                    self._raise(ErrorCode.BUS, insn_index)
-                m.next = "IDLE"
+                # done once the last row is written
+                m.d.comb += busy.eq(1)
+                with m.If(~pending | written):
+                    m.d.comb += finish.eq(~bus_error)
+                    with m.If(bus_error):
+                        self._raise(ErrorCode.BUS, insn_index)
+                    m.next = "IDLE"
         self._push(finish, insn_word, insn_index, [("push_next", LC)])
         self._count("LOAD_BUSY", busy)
         self._count("INSNS", finish)
@@ -474,9 +484,14 @@ class Accelerator(wiring.Component):
                 with m.If(port.cmd.ready):
                     m.d.sync += [x.eq(0), dram_addr.eq(dram_addr + v.dram_stride)]
                     m.next = "READ"
-            with m.State("READ"):  # the row's address is on the read port; data next cycle
-                m.d.comb += busy.eq(1)
-                m.next = "LATCH"
+            with m.State("READ"):  # ask for the row; its data comes the cycle after the grant
+                m.d.comb += [
+                    busy.eq(1),
+                    self.sp_store_r.req.eq(~v.mem),
+                    self.acc_store_r.req.eq(v.mem),
+                ]
+                with m.If(Mux(v.mem, self.acc_store_r.grant, self.sp_store_r.grant)):
+                    m.next = "LATCH"
             with m.State("LATCH"):
                 m.d.comb += busy.eq(1)
                 with m.If(v.mem):
@@ -520,34 +535,59 @@ class Accelerator(wiring.Component):
 
     # --- the compute unit -----------------------------------------------------------------
 
-    def _row_stream(self, m, name: str, reads: list, count, depth: int = 4):
-        """Read ``count`` rows, one per cycle while there is room, into a FIFO: ``reads`` is a
-        list of (read port, address as a function of the row index); a FIFO entry holds their
-        data side by side and a ``last`` bit. Returns (start strobe, FIFO)."""
-        width = sum(len(p.data) for p, _ in reads) + 1
-        fifo = SyncFIFO(width=width, depth=depth)
+    def _row_stream(self, m, name: str, port, addr, count, scale=None, depth: int = 4):
+        """Read ``count`` rows (row i at ``addr(i)``) through the banked read ``port`` into a
+        FIFO, one per granted cycle while there is room; an entry is the row and a ``last``
+        bit. With ``scale`` = (enable, address of block b, bits): before the first row of each
+        32-row block, one read fetches the block's scale row, whose low ``bits`` ride in every
+        entry of the block (between the row and ``last``). Returns (start strobe, FIFO)."""
+        row_bits = len(port.data)
+        scale_bits = scale[2] if scale else 0
+        fifo = SyncFIFO(width=row_bits + scale_bits + 1, depth=depth)
         m.submodules[f"{name}_fifo"] = fifo
         start = Signal(name=f"{name}_start")
         issued = Signal(17, name=f"{name}_issued")
         pending = Signal(name=f"{name}_pending")
         pending_last = Signal(name=f"{name}_pending_last")
-        in_flight = Signal(range(depth + 2), name=f"{name}_level")
+        room = Signal(name=f"{name}_room")
         go = Signal(name=f"{name}_go")
-        m.d.comb += [
-            in_flight.eq(fifo.level + pending),
-            go.eq(~start & (issued < count) & (in_flight < depth)),
-        ]
-        for port, addr in reads:
-            m.d.comb += port.addr.eq(addr(issued))
+        left = ~start & (issued < count)
+        m.d.comb += room.eq(fifo.level + pending < depth)
+        scale_reg = Signal(max(scale_bits, 1), name=f"{name}_scale")
+        if scale:
+            enable, scale_addr, bits = scale
+            block = issued >> 5
+            have = Signal(17, name=f"{name}_scale_block")  # block + 1 whose scales are held
+            need = Signal(name=f"{name}_need_scale")
+            fetch = Signal(name=f"{name}_fetch_scale")
+            fetched = Signal(name=f"{name}_scale_pending")
+            m.d.comb += [
+                need.eq(enable & (have != block + 1)),
+                port.addr.eq(Mux(need, scale_addr(block), addr(issued))),
+                port.req.eq(left & (need | room)),
+                fetch.eq(left & need & port.grant),
+                go.eq(left & ~need & room & port.grant),
+            ]
+            with m.If(start):
+                m.d.sync += have.eq(0)
+            with m.Elif(fetch):
+                m.d.sync += have.eq(block + 1)
+            m.d.sync += fetched.eq(fetch)
+            with m.If(fetched):
+                m.d.sync += scale_reg.eq(port.data[:bits])
+        else:
+            m.d.comb += [
+                port.addr.eq(addr(issued)),
+                port.req.eq(left & room),
+                go.eq(left & room & port.grant),
+            ]
         m.d.sync += [pending.eq(go), pending_last.eq(go & (issued == count - 1))]
         with m.If(start):
             m.d.sync += issued.eq(0)
         with m.Elif(go):
             m.d.sync += issued.eq(issued + 1)
-        m.d.comb += [
-            fifo.w_en.eq(pending),
-            fifo.w_data.eq(Cat(*(p.data for p, _ in reads), pending_last)),
-        ]
+        parts = [port.data, scale_reg[:scale_bits]] if scale else [port.data]
+        m.d.comb += [fifo.w_en.eq(pending), fifo.w_data.eq(Cat(*parts, pending_last))]
         return start, fifo
 
     def _compute_unit(self, m):
@@ -641,17 +681,25 @@ class Accelerator(wiring.Component):
             bad = bad_next
 
         # --- operand streams ---------------------------------------------------------------
-        rd = self.sp_rd
         a_count, w_count = Signal(17), Signal(17)
         a_base, w_base, s_base, nb_sig = Signal(32), Signal(32), Signal(32), Signal(17)
         w_reverse = Signal()
-        a_reads = [(rd[0], lambda i: a_base + i)]
-        w_reads = [(rd[1], lambda i: Mux(w_reverse, w_base + w_count - 1 - i, w_base + i))]
+        mx_on = Signal()
+        a_scale = w_scale = None
         if self._mx:
-            a_reads.append((rd[2], lambda i: s_base + (i >> 5)))
-            w_reads.append((rd[3], lambda i: s_base + nb_sig + (i >> 5)))
-        a_start, a_fifo = self._row_stream(m, "a", a_reads, a_count)
-        w_start, w_fifo = self._row_stream(m, "w", w_reads, w_count)
+            a_scale = (mx_on, lambda b: s_base + b, 8 * g.rows)
+            w_scale = (mx_on, lambda b: s_base + nb_sig + b, 8 * g.cols)
+        a_start, a_fifo = self._row_stream(
+            m, "a", self.sp_a, lambda i: a_base + i, a_count, a_scale
+        )
+        w_start, w_fifo = self._row_stream(
+            m,
+            "w",
+            self.sp_w,
+            lambda i: Mux(w_reverse, w_base + w_count - 1 - i, w_base + i),
+            w_count,
+            w_scale,
+        )
         sp_bits = 8 * g.sp_row_bytes
 
         # --- results into the accumulator memory -------------------------------------------
@@ -670,7 +718,10 @@ class Accelerator(wiring.Component):
         wb_data = Signal.like(out_data)
         wb_invalid = Signal(g.acc_cols)
         collecting = Signal()
-        m.d.comb += self.acc_comp_r.addr.eq(acc_base + out_count)
+        m.d.comb += [
+            self.acc_comp_r.addr.eq(acc_base + out_count),
+            self.acc_comp_r.req.eq(out_valid & collecting),  # first in priority: always granted
+        ]
         with m.If(out_valid & collecting):
             m.d.sync += out_count.eq(out_count + 1)
         m.d.sync += [
@@ -695,7 +746,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             self.acc_comp_w.addr.eq(acc_base + wb_row),
             self.acc_comp_w.data.eq(new),
-            self.acc_comp_w.en.eq(write_result),
+            self.acc_comp_w.req.eq(write_result),
         ]
         self._count("SATURATIONS", Mux(write_result, _popcount(Cat(*sats)), 0))
         results_done = (out_count == expected) & ~wb_valid
@@ -796,12 +847,12 @@ class Accelerator(wiring.Component):
             pp.i.valid.eq(post_valid),
             pp.i.payload.acc.eq(acc_post.data),
             pp.i.payload.invalid.eq(acc_post.invalid),
-            pp.i.payload.residual.eq(rd[0].data[: 8 * g.acc_cols]),
+            pp.i.payload.residual.eq(self.sp_a.data[: 8 * g.acc_cols]),
         ]
         m.d.comb += [
             self.sp_post_w.addr.eq(post.out_addr + post_out),
             self.sp_post_w.data.eq(pp.o.payload.data.as_value()),
-            self.sp_post_w.en.eq(pp.o.valid),
+            self.sp_post_w.req.eq(pp.o.valid),
         ]
         with m.If(pp.o.valid):
             m.d.sync += post_out.eq(post_out + 1)
@@ -838,6 +889,7 @@ class Accelerator(wiring.Component):
                             w_base.eq(gemm.w_addr),
                             s_base.eq(gemm.scale_addr),
                             nb_sig.eq((gemm.k + 31) >> 5),
+                            mx_on.eq(block_mode),
                             a_count.eq(Mux(ws, gemm.m, gemm.k)),
                             w_count.eq(Mux(ws, g.rows, gemm.k)),
                             w_reverse.eq(ws),
@@ -861,6 +913,7 @@ class Accelerator(wiring.Component):
                         a_base.eq(lut.a_addr),
                         w_base.eq(lut.w_addr),
                         a_count.eq(lut.k),
+                        mx_on.eq(0),
                         w_count.eq(lut.k * planes_of[lut.mode]),
                         w_reverse.eq(0),
                         acc_base.eq(lut.acc_addr),
@@ -878,7 +931,11 @@ class Accelerator(wiring.Component):
                         m.next = "IDLE"
             with m.State("POST_PARAMS"):
                 # rows param_addr + 0, 1, 2 (bias, b, c): address now, data next cycle
-                m.d.comb += [busy.eq(1), self.acc_comp_r.addr.eq(post.param_addr + param_step)]
+                m.d.comb += [
+                    busy.eq(1),
+                    self.acc_comp_r.addr.eq(post.param_addr + param_step),
+                    self.acc_comp_r.req.eq(1),
+                ]
                 with m.If(param_step != 0):
                     for j in range(g.acc_cols):
                         value = acc_post.data[j]
@@ -896,7 +953,9 @@ class Accelerator(wiring.Component):
                 m.d.comb += [
                     busy.eq(1),
                     self.acc_comp_r.addr.eq(post.acc_addr + post_in),
-                    rd[0].addr.eq(post.res_addr + post_in),
+                    self.acc_comp_r.req.eq(post_in != post.rows),
+                    self.sp_a.addr.eq(post.res_addr + post_in),
+                    self.sp_a.req.eq((post_in != post.rows) & post.residual),
                 ]
                 with m.If(post_in != post.rows):
                     m.d.comb += post_feed.eq(1)
