@@ -244,10 +244,14 @@ def _check_epilogue(ep: Epilogue, n: int) -> None:
 class _Memory:
     """Scratchpad and accumulator rows handed out in order; running out is a ProgramError."""
 
-    def __init__(self, g: Geometry):
-        self.g, self.sp, self.acc = g, 0, 0
+    def __init__(self, g: Geometry, banks: int = 1):
+        self.g, self.sp, self.acc, self.banks = g, 0, 0, banks
 
-    def sp_rows(self, n: int) -> int:
+    def sp_rows(self, n: int, beside: int | None = None) -> int:
+        """``n`` rows; with ``beside``, starting one bank after it, so that row i of both
+        buffers sits in different banks and the two can be read in the same cycle."""
+        if beside is not None:
+            self.sp += (beside + 1 - self.sp) % self.banks
         start, self.sp = self.sp, self.sp + n
         if self.sp > self.g.sp_rows:
             raise ProgramError(f"the scratchpad ({self.g.sp_rows} rows) cannot hold the buffers")
@@ -401,12 +405,12 @@ def _lower_array(
     lanes, rows, cols, r = spec.lanes, g.rows, g.cols, g.sp_row_bytes
     bus = g.bus
     steps = -(-k // lanes)
-    mem = _Memory(g)
+    mem = _Memory(g, builder.config.memory.scratchpad_banks)
     tn = cols
     tiles_n = -(-n // tn)
     if dataflow == "os":
         tm = rows
-        fixed = 4 * tm + (6 if ep else 0)
+        fixed = 4 * tm + 2 * mem.banks  # outputs, residuals, bank alignment
         budget = (g.sp_rows - fixed) // 2
         per_step = 2 + (2 / spec.block if spec.block else 0)
         ks = int(budget // per_step) if budget > 0 else 0
@@ -420,9 +424,9 @@ def _lower_array(
                 f"the scratchpad ({g.sp_rows} rows) cannot hold two chunks of one step"
             )
     else:
-        tm = max(1, min(m, (g.sp_rows - 2 * rows) // 6, (g.acc_rows - 6) // 2, 256))
+        tm = max(1, min(m, (g.sp_rows - 2 * rows - 2 * mem.banks) // 6, (g.acc_rows - 6) // 2, 256))
         ks = rows  # one weight tile of rows * lanes K values
-        if 2 * rows + 6 * tm > g.sp_rows:
+        if 2 * rows + 6 * tm + 2 * mem.banks > g.sp_rows:
             raise ProgramError(f"the scratchpad ({g.sp_rows} rows) cannot hold two weight tiles")
     tiles_m = -(-m // tm)
     o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n)
@@ -467,14 +471,11 @@ def _lower_array(
     if spec.block:
         builder.tensor(scale_base["x_spec"](m))
 
-    bufs = [
-        (
-            mem.sp_rows(ks if dataflow == "os" else tm),
-            mem.sp_rows(ks),
-            mem.sp_rows(2 * -(-ks // spec.block) if spec.block else 0),
-        )
-        for _ in range(2)
-    ]
+    bufs = []
+    for _ in range(2):
+        a_buf = mem.sp_rows(ks if dataflow == "os" else tm)
+        w_buf = mem.sp_rows(ks, beside=a_buf)
+        bufs.append((a_buf, w_buf, mem.sp_rows(2 * -(-ks // spec.block) if spec.block else 0)))
     sched = _Schedule(builder, [len(chunks)] * (tiles_m * tiles_n), ep is None)
     t = 0
     for i in range(tiles_m):
@@ -622,10 +623,10 @@ def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk=N
     group, tm, tn, r = g.lut_group, g.lut_tile_m, g.lut_tile_n, g.sp_row_bytes
     k, n = weights.shape
     groups = -(-k // group)
-    mem = _Memory(g)
+    mem = _Memory(g, builder.config.memory.scratchpad_banks)
     tiles_n, tiles_m = -(-n // tn), -(-m // tm)
     o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n)
-    fixed = 4 * tm
+    fixed = 4 * tm + 2 * mem.banks
     ks = min(groups, max(0, (g.sp_rows - fixed) // (2 * (1 + planes))), g.lut_max_groups(mode))
     ks = min(ks, max_chunk or ks)
     if ks < 1:
@@ -648,7 +649,10 @@ def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk=N
         (1, 1, group, 8),
     )
     builder.tensor(TensorSpec("x", (m, k), a_name, 8, x, terms))
-    bufs = [(mem.sp_rows(ks), mem.sp_rows(ks * planes)) for _ in range(2)]
+    bufs = []
+    for _ in range(2):
+        a_buf = mem.sp_rows(ks)
+        bufs.append((a_buf, mem.sp_rows(ks * planes, beside=a_buf)))
     chunks = _split(groups, ks)
     sched = _Schedule(builder, [len(chunks)] * (tiles_m * tiles_n), ep is None)
     t = 0

@@ -30,10 +30,14 @@ class BankedMemory(wiring.Component):
     ports, index 0 first in priority (see the module docstring)."""
 
     def __init__(self, shape, depth: int, *, banks: int, readers: int, writers: int):
-        if not isinstance(banks, int) or banks < 1 or banks & (banks - 1):
-            raise ValueError(f"banks must be a power of two, not {banks!r}")
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive integer, not {depth!r}")
+        try:
+            if not isinstance(banks, int) or banks < 1 or banks & (banks - 1):
+                raise ValueError(f"banks must be a power of two, not {banks!r}")
+            if not isinstance(depth, int) or depth < 1:
+                raise ValueError(f"depth must be a positive integer, not {depth!r}")
+        except ValueError:
+            self._MustUse__silence = True  # rejected, so never elaborated: nothing to warn about
+            raise
         self._shape, self._depth, self._banks = shape, depth, banks
         addr_bits = max(1, (depth - 1).bit_length())
         super().__init__(
