@@ -36,10 +36,12 @@ the accelerator is idle again and never hangs. Fetch faults: an illegal opcode, 
 an opcode's fields, PROG_LEN instructions without HALT. Token faults: a push into a full
 channel, a deadlock (every unit waits for a token that no instruction in flight will push).
 
-**Memories.** ``amaranth.lib.memory`` arrays, one row per address: the scratchpad has write
-ports for LOAD and POST and read ports for the compute unit (two, four with MX modes) and
-STORE; the accumulator memory has write ports for LOAD and the compute unit and read ports for
-the compute unit and STORE.
+**Memories** (``hw.banked``). The scratchpad and the accumulator memory are split into the
+configured banks (row a in bank a % banks), each one ``amaranth.lib.memory`` array with one read
+and one write port, so it maps to a block RAM. Ports are shared with fixed priority: results
+first (POST's scratchpad writes, the compute unit's accumulator reads and writes: they cannot
+wait), then the operand streams (activations before weights), then LOAD's writes and STORE's
+reads, which wait for their bank.
 """
 
 from __future__ import annotations

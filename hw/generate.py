@@ -195,10 +195,11 @@ def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
         "DRAM data bytes per beat": g.data_bytes,
         "DRAM bytes addressable": g.dram_bytes,
         "instruction bytes": g.insn_bytes,
-        "scratchpad": f"{g.sp_rows} rows x {g.sp_row_bytes} bytes",
+        "scratchpad": f"{g.sp_rows} rows x {g.sp_row_bytes} bytes in "
+        f"{cfg.memory.scratchpad_banks} banks (row a in bank a % banks)",
         "accumulator memory": f"{g.acc_rows} rows x {g.acc_cols} elements of "
         f"{g.acc_elem_bits} bits (DRAM: {g.acc_elem_bytes} bytes each, sign-extended; "
-        f"a row padded to {g.acc_row_bytes} bytes)",
+        f"a row padded to {g.acc_row_bytes} bytes), {cfg.memory.accumulator_banks} banks",
     }
     if g.has_array:
         params["array"] = f"{g.rows}x{g.cols}, {g.dataflow}, modes " + ", ".join(
