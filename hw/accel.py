@@ -60,7 +60,51 @@ from qaccel import config as qconfig
 from qaccel import csr as qcsr
 from qaccel.isa import QUEUE_DEPTH, TOKEN_DEPTH, ErrorCode, Geometry, Opcode
 
-__all__ = ["Accelerator"]
+__all__ = ["TIMING", "Accelerator"]
+
+# The timing contract, rule by rule (the datasheet prints it; sim/ models it). "Cycle t" is a
+# rising edge; "in cycle t" means the state during the cycle that edge t ends.
+TIMING = (
+    "Tokens: a unit takes its queue head in a cycle in which every channel it pops holds a "
+    "token (the pops take effect at the end of that cycle); it pushes in the last cycle of the "
+    "instruction; a token pushed in cycle t can be popped in cycle t + 1.",
+    "Queues: a word fetch writes in cycle t is at its unit's queue head from cycle t + 1; a "
+    "queue holds 4 words.",
+    "Fetch: START -> next cycle REQUEST. REQUEST: a DMA read of one instruction word on read "
+    "port 1 (LOAD has port 0 and priority per burst; hw.dma's contract gives the beats and "
+    "'done'); the cycle after 'done' is DECODE: the word goes to its queue in that cycle if the "
+    "queue has room (else DECODE repeats), and the next REQUEST follows in the next cycle. HALT "
+    "ends fetching; PROG_LEN words without HALT: NO_HALT in REQUEST.",
+    "Every unit: the cycle after the take is CHECK (one cycle; a fault ends the instruction "
+    "there).",
+    "LOAD: per DRAM row y: ISSUE (a command of x_size * row_bytes / bus bytes beats on DMA "
+    "read port 0, accepted when the port is free), then RECEIVE until the port's 'done'; the "
+    "next row's ISSUE or FINISH follows in the next cycle. A memory row completes with its last "
+    "beat in cycle t; it asks its bank's write port from cycle t + 1 and, until granted, no "
+    "beat is taken. FINISH lasts until the last row is written (pushes in that cycle).",
+    "STORE: per DRAM row y: ISSUE (a DMA write command accepted when the write port is free), "
+    "then per memory row: READ (asks its bank's read port until granted), LATCH (one cycle), "
+    "SEND (one beat per cycle in which wready is high); after the DRAM row's last beat, WAIT "
+    "until the write port's 'done', then the next ISSUE or FINISH (one cycle, pushes).",
+    "GEMM: SETUP (one cycle, repeated while the array is busy if the dataflow changes), then "
+    "RUN: the activation and weight streams each read one scratchpad row per cycle in which "
+    "their bank grants it and their 4-entry FIFO (rows in flight counted) has room; the array "
+    "takes the FIFO heads by its stream contract (hw.array); MX streams spend one read on the "
+    "block's scale row before the first row of each 32-row block. Each result row leaving the "
+    "array in cycle t reads its accumulator row in cycle t and writes it in cycle t + 1; the "
+    "instruction ends (pushes) in the first cycle after the last result row's write.",
+    "LUT_GEMM: as GEMM with the LUT core (activation groups on the activation stream, weight "
+    "planes on the weight stream, hw.lut_core's contract), tile_m result rows.",
+    "POST: PARAMS (four cycles: the bias, b and c rows are read in the first three), then RUN: "
+    "row i's accumulator (and residual) row is read in cycle t_i = t_0 + i, enters the "
+    "post-processing pipeline in cycle t_i + 1, leaves and is written in cycle t_i + 5; the "
+    "instruction ends (pushes) in the cycle after the last row's write.",
+    "Bank priority (hw.banked): scratchpad writes: POST, then LOAD; scratchpad reads: the "
+    "activation stream (and POST's residual), the weight stream, STORE; accumulator reads and "
+    "writes: the compute unit, then STORE (reads) and LOAD (writes).",
+    "The run ends (DONE) in the first cycle in which fetch has stopped and every queue and unit "
+    "is idle.",
+)
 
 # Token channels: (producer, consumer)
 LC, CL, CS, SC = range(4)

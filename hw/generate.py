@@ -187,6 +187,7 @@ def _lut_manifest(cfg: config.AcceleratorConfig, core) -> dict:
 
 
 def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
+    from hw.accel import TIMING
     from qaccel import csr
     from qaccel.isa import ErrorCode, Opcode
 
@@ -230,25 +231,6 @@ def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
         "NO_HALT": "PROG_LEN instructions fetched without HALT",
         "BUS": "the DRAM answered SLVERR or DECERR",
     }
-    timing = [
-        "fetch: one DMA read per instruction word; it waits while the target queue (4 "
-        "entries) is full; HALT stops it.",
-        "a unit takes its queue head in the cycle its popped tokens are there, spends one "
-        "cycle checking it, executes it, and pushes its tokens in its last cycle; a pushed "
-        "token can be popped from the next cycle on.",
-        "LOAD: one DMA read command per DRAM row (x_size memory rows); each memory row is "
-        "written the cycle after its last beat.",
-        "STORE: one DMA write command per DRAM row; per memory row two cycles to read it, "
-        "then one beat per cycle as the bus accepts.",
-        "GEMM / LUT_GEMM: operand rows stream from the scratchpad at one row per cycle into "
-        "the block (array or LUT core latency contracts in their datasheets); each result row "
-        "is written (or added) to the accumulator memory the cycle after it leaves; the "
-        "instruction ends with its last result row.",
-        "POST: three cycles to read the parameters, then one row per cycle through the 4-stage "
-        "post-processing pipeline; it ends with the last row written.",
-        "the exact cycle-by-cycle model of these rules is the simulator's job (sim/); the "
-        "counters (CYCLES, busy and stall per unit) measure them.",
-    ]
     return {
         "top": "accel",
         "config": cfg.name,
@@ -259,7 +241,7 @@ def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
         "error_codes": [[int(c), c.name, descriptions[c.name]] for c in ErrorCode],
         "registers": csr.datasheet(),
         "register_offsets": dict(csr.OFFSETS),
-        "timing": timing,
+        "timing": list(TIMING),
     }
 
 
