@@ -31,7 +31,7 @@ import numpy as np
 
 from qaccel import config as qconfig
 from qaccel import formats
-from qaccel.isa import Geometry
+from qaccel.isa import AccElement, Geometry
 from qaccel.modes import pack_lanes
 from qaccel.program import Program, ProgramBuilder, ProgramError, TensorSpec
 
@@ -109,6 +109,7 @@ def lower_gemm(
     epilogue: Epilogue | None = None,
     w_scales=None,
     max_chunk: int | None = None,
+    acc_out: str = "native",
     name: str = "gemm",
 ) -> Program:
     """A Program computing Y = epilogue(X @ W) for X (``m`` x K input codes, tensor ``x``) and
@@ -119,7 +120,9 @@ def lower_gemm(
     the mode; the LUT core when both do). MX modes take ``w_scales`` (ceil(K/32) x N E8M0
     codes) and the input ``x_scales`` (M x ceil(K/32)). Raises ProgramError when the GEMM
     cannot be tiled onto the configuration. ``max_chunk`` caps the steps (groups) of one
-    chunk, for tests that want many dependent instructions."""
+    chunk, for tests that want many dependent instructions. Without an epilogue, ``y`` holds
+    the accumulators: ``acc_out`` "native" (exact, ``acc_elem_bytes`` each) or "int32"
+    (saturated, counted)."""
     g = Geometry.of(config)
     weights = np.asarray(weights, dtype=np.int64)
     if weights.ndim != 2 or weights.size == 0:
@@ -128,12 +131,27 @@ def lower_gemm(
         raise ProgramError(f"m must be a positive integer, not {m!r}")
     w_name, _, a_name = mode.partition("*")
     unit = unit or _pick_unit(config, g, w_name, a_name)
+    outs = {"native": AccElement.NATIVE, "int32": AccElement.INT32}
+    if acc_out not in outs:
+        raise ProgramError(f"acc_out must be 'native' or 'int32', not {acc_out!r}")
     builder = ProgramBuilder(config)
+    elem = outs[acc_out]
     if unit == "lut":
-        plan = _lower_lut(builder, g, weights, m, w_name, a_name, epilogue, max_chunk)
+        plan = _lower_lut(builder, g, weights, m, w_name, a_name, epilogue, max_chunk, elem)
     elif unit == "array":
         plan = _lower_array(
-            builder, g, config, weights, m, w_name, a_name, dataflow, epilogue, w_scales, max_chunk
+            builder,
+            g,
+            config,
+            weights,
+            m,
+            w_name,
+            a_name,
+            dataflow,
+            epilogue,
+            w_scales,
+            max_chunk,
+            elem,
         )
     else:
         raise ProgramError(f"unit must be 'array' or 'lut', not {unit!r}")
@@ -221,14 +239,14 @@ class _Schedule:
 
 
 def _epilogue_params(g: Geometry, ep: Epilogue, n0: int, width: int) -> bytes:
-    """Three accumulator rows (bias, b, c) for output columns n0 .. n0 + width."""
+    """Three accumulator rows (bias, b, c) for output columns n0 .. n0 + width, as INT32."""
     rows = []
     for value in (ep.bias, ep.b, ep.c):
         full = np.atleast_1d(np.asarray(value, dtype=np.int64))
         row = np.zeros(g.acc_cols, dtype=np.int64)
         row[:width] = full[n0 : n0 + width] if full.size > 1 else full[0]
-        data = b"".join(int(v).to_bytes(g.acc_elem_bytes, "little", signed=True) for v in row)
-        rows.append(data + bytes(g.acc_row_bytes - len(data)))
+        data = row.astype("<i4").tobytes()
+        rows.append(data + bytes(g.acc_dram_row_bytes(AccElement.INT32) - len(data)))
     return b"".join(rows)
 
 
@@ -267,14 +285,14 @@ class _Memory:
 
 
 def _outputs(
-    builder, g: Geometry, ep, mem: _Memory, m: int, n: int, tm: int, tn: int, tiles_n: int
+    builder, g: Geometry, ep, mem: _Memory, m: int, n: int, tm: int, tn: int, tiles_n: int, elem
 ):
     """Declare y (and residual), reserve output/parameter buffers; return what the tiles need."""
     mp = -(-m // tm) * tm
     if ep is None:
-        ar = g.acc_row_bytes
+        ar = g.acc_dram_row_bytes(elem)
         y = builder.alloc(tiles_n * mp * ar)
-        bits = g.acc_elem_bytes * 8
+        bits = 32 if elem == AccElement.INT32 else g.acc_elem_bytes * 8
         spec = TensorSpec(
             "y",
             (m, n),
@@ -285,7 +303,7 @@ def _outputs(
         )
         builder.tensor(spec, output=True)
         acc = [mem.acc_rows(tm), mem.acc_rows(tm)]
-        return {"y": y, "acc": acc, "mp": mp}
+        return {"y": y, "acc": acc, "mp": mp, "elem": elem}
     _check_epilogue(ep, n)
     r = g.sp_row_bytes
     fmt = "int8" if ep.out_signed else "uint8"
@@ -328,6 +346,7 @@ def _tile_loads(g: Geometry, ep, o: dict, t: int, i: int, j: int, rows: int, tm:
     loads = [
         dict(
             mem=1,
+            elem=AccElement.INT32,
             sram_addr=o["params"][slot],
             dram_addr=o["param_addr"][j],
             dram_stride=0,
@@ -356,11 +375,11 @@ def _finish_tile(
 ):
     slot = t % 2
     if ep is None:
-        ar = g.acc_row_bytes
+        elem = o["elem"]
+        ar = g.acc_dram_row_bytes(elem)
         addr = o["y"] + j * o["mp"] * ar + i * tm * ar
-        sched.store(
-            t, mem=1, sram_addr=o["acc"][slot], dram_addr=addr, dram_stride=0, y_size=1, x_size=rows
-        )
+        store = dict(mem=1, elem=elem, sram_addr=o["acc"][slot], dram_addr=addr, dram_stride=0)
+        sched.store(t, **store, y_size=1, x_size=rows)
         return
     sched.post(
         t,
@@ -387,7 +406,18 @@ def _finish_tile(
 
 
 def _lower_array(
-    builder, g: Geometry, config, weights, m, w_name, a_name, dataflow, ep, w_scales, max_chunk
+    builder,
+    g: Geometry,
+    config,
+    weights,
+    m,
+    w_name,
+    a_name,
+    dataflow,
+    ep,
+    w_scales,
+    max_chunk,
+    elem,
 ):
     names = [str(p) for p in config.array.modes]
     key = f"{w_name}*{a_name}"
@@ -429,7 +459,7 @@ def _lower_array(
         if 2 * rows + 6 * tm + 2 * mem.banks > g.sp_rows:
             raise ProgramError(f"the scratchpad ({g.sp_rows} rows) cannot hold two weight tiles")
     tiles_m = -(-m // tm)
-    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n)
+    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n, elem)
     mp = o["mp"]
     chunks = _split(steps, ks)
     kp = steps * lanes  # K padded to whole lane words
@@ -611,7 +641,7 @@ def _mx_scales(builder, g: Geometry, w_scales, k, n, block, tiles_n, tn, mp):
 # --- the LUT core --------------------------------------------------------------------------
 
 
-def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk=None):
+def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk, elem):
     if a_name != g.lut_activation:
         raise ProgramError(f"the LUT core takes {g.lut_activation} activations, not {a_name}")
     if w_name not in g.lut_modes:
@@ -625,7 +655,7 @@ def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk=N
     groups = -(-k // group)
     mem = _Memory(g, builder.config.memory.scratchpad_banks)
     tiles_n, tiles_m = -(-n // tn), -(-m // tm)
-    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n)
+    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n, elem)
     fixed = 4 * tm + 2 * mem.banks
     ks = min(groups, max(0, (g.sp_rows - fixed) // (2 * (1 + planes))), g.lut_max_groups(mode))
     ks = min(ks, max_chunk or ks)

@@ -58,7 +58,7 @@ from hw.dma import Dma
 from hw.post import PostProcessor
 from qaccel import config as qconfig
 from qaccel import csr as qcsr
-from qaccel.isa import QUEUE_DEPTH, TOKEN_DEPTH, ErrorCode, Geometry, Opcode
+from qaccel.isa import QUEUE_DEPTH, TOKEN_DEPTH, AccElement, ErrorCode, Geometry, Opcode
 
 __all__ = ["TIMING", "Accelerator"]
 
@@ -340,30 +340,53 @@ class Accelerator(wiring.Component):
 
     # --- the load unit --------------------------------------------------------------------
 
-    def _acc_row_from_dram(self, bits):
+    def _acc_row_from_dram(self, bits, int32):
+        """An accumulator row from its DRAM bytes: NATIVE elements' low acc_elem_bits, or
+        INT32 elements sign-extended (``qaccel.isa.AccElement``); invalid flags clear."""
         g = self._g
         row = Signal(self._acc_layout)
         stride = 8 * g.acc_elem_bytes
         for j in range(g.acc_cols):
-            self._m.d.comb += row.data[j].eq(bits[j * stride : j * stride + g.acc_elem_bits])
+            native = bits[j * stride : j * stride + g.acc_elem_bits]
+            word = bits[32 * j : 32 * j + 32].as_signed()
+            self._m.d.comb += row.data[j].eq(Mux(int32, word, native.as_signed()))
         return row
 
-    def _acc_row_to_dram(self, row):
+    def _acc_row_to_dram(self, row, int32):
+        """An accumulator row's DRAM bytes and its INT32 saturations (a bit per element)."""
         g = self._g
-        out = Signal(8 * g.acc_row_bytes)
+        out = Signal(8 * max(g.acc_row_bytes, g.acc_dram_row_bytes(AccElement.INT32)))
+        native = Signal(8 * g.acc_row_bytes)
+        narrow = Signal(32 * g.acc_cols)
+        saturated = Signal(g.acc_cols)
         stride = 8 * g.acc_elem_bytes
+        top, bottom = (1 << 31) - 1, -(1 << 31)
         for j in range(g.acc_cols):
             value = row.data[j]
             ext = Cat(value, value[-1].replicate(stride - g.acc_elem_bits))
-            self._m.d.comb += out[j * stride : (j + 1) * stride].eq(ext)
-        return out
+            over, under = value > top, value < bottom
+            self._m.d.comb += [
+                native[j * stride : (j + 1) * stride].eq(ext),
+                narrow[32 * j : 32 * j + 32].eq(Mux(over, top, Mux(under, bottom, value))),
+                saturated[j].eq(over | under),
+            ]
+        self._m.d.comb += out.eq(Mux(int32, narrow, native))
+        return out, saturated
+
+    def _row_size(self, v):
+        """A LOAD/STORE memory row in DRAM: (bytes, beats, the widest of all kinds)."""
+        g, d = self._g, self._g.data_bytes
+        acc32 = g.acc_dram_row_bytes(AccElement.INT32)
+        row_bytes = Mux(v.mem, Mux(v.elem, acc32, g.acc_row_bytes), g.sp_row_bytes)
+        row_beats = Mux(v.mem, Mux(v.elem, acc32 // d, g.acc_row_bytes // d), g.sp_row_bytes // d)
+        return row_bytes, row_beats, max(g.acc_row_bytes, acc32, g.sp_row_bytes)
 
     def _dma_checks(self, m, insn, busy_state, index, row_bytes, row_beats):
         """LOAD/STORE field checks; returns the 'bad' signal (an error raised)."""
         g = self._g
         v = insn
         bad = Signal()
-        zero = (v.y_size == 0) | (v.x_size == 0)
+        zero = (v.y_size == 0) | (v.x_size == 0) | (~v.mem & v.elem)
         sram_over = (v.sram_addr + v.y_size * v.x_size) > Mux(v.mem, g.acc_rows, g.sp_rows)
         align = (v.dram_addr[: (g.data_bytes.bit_length() - 1)] != 0) | (
             v.dram_stride[: (g.data_bytes.bit_length() - 1)] != 0
@@ -386,12 +409,11 @@ class Accelerator(wiring.Component):
         insn_word = Signal(self.insn_bits)
         insn_index = Signal(32)
         v = self._view(Opcode.LOAD, insn_word)
-        row_bytes = Mux(v.mem, g.acc_row_bytes, g.sp_row_bytes)
-        row_beats = Mux(v.mem, g.acc_row_bytes // d, g.sp_row_bytes // d)
+        row_bytes, row_beats, widest = self._row_size(v)
         y = Signal(16)
         sram_row = Signal(32)
-        beat = Signal(range(max(g.acc_row_bytes, g.sp_row_bytes) // d + 1))
-        row_reg = Signal(8 * max(g.acc_row_bytes, g.sp_row_bytes))
+        beat = Signal(range(widest // d + 1))
+        row_reg = Signal(8 * widest)
         pending = Signal()  # a completed row waits for its bank's write port
         finish = Signal()
         busy = Signal()
@@ -408,7 +430,7 @@ class Accelerator(wiring.Component):
             self.sp_load_w.data.eq(row_reg[: 8 * g.sp_row_bytes]),
             self.sp_load_w.req.eq(pending & ~v.mem),
             self.acc_load_w.addr.eq(sram_row),
-            self.acc_load_w.data.eq(self._acc_row_from_dram(row_reg)),
+            self.acc_load_w.data.eq(self._acc_row_from_dram(row_reg, v.elem)),
             self.acc_load_w.req.eq(pending & v.mem),
             written.eq(Mux(v.mem, self.acc_load_w.grant, self.sp_load_w.grant)),
         ]
@@ -483,14 +505,12 @@ class Accelerator(wiring.Component):
         insn_word = Signal(self.insn_bits)
         insn_index = Signal(32)
         v = self._view(Opcode.STORE, insn_word)
-        row_bytes = Mux(v.mem, g.acc_row_bytes, g.sp_row_bytes)
-        row_beats = Mux(v.mem, g.acc_row_bytes // d, g.sp_row_bytes // d)
+        row_bytes, row_beats, widest = self._row_size(v)
         y = Signal(16)
         x = Signal(16)
         sram_row = Signal(32)
-        beat = Signal(range(max(g.acc_row_bytes, g.sp_row_bytes) // d + 1))
-        width = 8 * max(g.acc_row_bytes, g.sp_row_bytes)
-        row_reg = Signal(width)
+        beat = Signal(range(widest // d + 1))
+        row_reg = Signal(8 * widest)
         finish = Signal()
         busy = Signal()
         checking = Signal()
@@ -499,7 +519,7 @@ class Accelerator(wiring.Component):
         bad = self._dma_checks(m, v, checking, insn_index, row_bytes, row_beats)
         m.d.comb += [self.sp_store_r.addr.eq(sram_row), self.acc_store_r.addr.eq(sram_row)]
         acc_row = data.View(self._acc_layout, self.acc_store_r.data)
-        acc_bytes = self._acc_row_to_dram(acc_row)
+        acc_bytes, narrowed = self._acc_row_to_dram(acc_row, v.elem)
         m.d.comb += [port.data.payload.eq(row_reg.word_select(beat, 8 * d))]
 
         with m.FSM(name="store"):
@@ -543,6 +563,8 @@ class Accelerator(wiring.Component):
                 with m.If(v.mem):
                     m.d.sync += row_reg.eq(acc_bytes)
                     self._count("INVALID", _popcount(acc_row.invalid.as_value()))
+                    with m.If(v.elem):
+                        self._count("SATURATIONS", _popcount(narrowed))
                 with m.Else():
                     m.d.sync += row_reg.eq(self.sp_store_r.data)
                 m.d.sync += [beat.eq(0), sram_row.eq(sram_row + 1)]
@@ -573,7 +595,6 @@ class Accelerator(wiring.Component):
                 with m.If(bus_error):
                     self._raise(ErrorCode.BUS, insn_index)
                 m.next = "IDLE"
-        del width
         self._push(finish, insn_word, insn_index, [("push_prev", SC)])
         self._count("STORE_BUSY", busy)
         self._count("INSNS", finish)

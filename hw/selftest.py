@@ -2,7 +2,8 @@
 
 ``selftest_cases`` builds, for any valid configuration, a suite of programs: every array mode
 (each dataflow the array has) on a GEMM larger than the array, so that it is tiled in M, N and
-K; every LUT weight format; a requantization with ReLU; a residual add; a chain of back-to-back
+K; every LUT weight format; raw accumulators out as INT32 (saturating); a requantization with
+ReLU; a residual add; a chain of back-to-back
 dependent instructions (one-step chunks accumulating into the same rows); and bad programs the
 accelerator must stop on with the checker's error code and instruction index (an illegal
 opcode, DRAM out of range, a scratchpad overflow, PROG_LEN without HALT, a token deadlock).
@@ -108,6 +109,11 @@ def selftest_cases(cfg: qconfig.AcceleratorConfig, seed: int = 1) -> list[Case]:
     if g.has_lut:
         for weight in g.lut_modes:
             cases.append(_lut_case(cfg, g, rng, weight))
+    if g.has_array:  # accumulators out as INT32: the widest mode's saturate, counted
+        index = max(range(len(g.array_modes)), key=lambda i: g.array_modes[i].acc_width)
+        dataflow = "ws" if g.dataflow == "ws" else "os"
+        case = _array_case(cfg, g, rng, index, dataflow, acc_out="int32")
+        cases.append(dataclasses.replace(case, name=case.name + " int32 out"))
     found = _integer_unit(cfg, g)
     if found is not None:
         mode, unit, wfmt = found

@@ -29,7 +29,10 @@ halting with tokens left over is an error (``ErrorCode``), never a silent loss.
 layout whose widths come from the configuration):
 - LOAD / STORE: ``y_size`` DRAM rows, each ``x_size`` memory rows long: DRAM row y starts at
   ``dram_addr + y * dram_stride`` and maps to memory rows ``sram_addr + y * x_size`` onward. A
-  memory row occupies ``sp_row_bytes`` (scratchpad) or ``acc_row_bytes`` (accumulator) in DRAM.
+  memory row occupies ``sp_row_bytes`` (scratchpad) or ``acc_row_bytes(elem)`` (accumulator)
+  in DRAM. ``elem`` is the accumulator elements' format in DRAM (``AccElement``): NATIVE,
+  ``acc_elem_bytes`` each, exact; or INT32, 4 bytes each: sign-extended on LOAD, saturated
+  (and counted) on STORE. Scratchpad transfers move raw bytes and take ``elem`` = 0.
 - GEMM: ``m`` rows of results from ``k`` steps, mode ``mode`` (index into the array's modes).
   Output-stationary (``dataflow`` 1): step s reads scratchpad rows ``a_addr + s`` (one
   activation word per array row) and ``w_addr + s`` (one weight word per column); result row r
@@ -68,6 +71,7 @@ from qaccel import formats, modes
 
 __all__ = [
     "ISA_VERSION",
+    "AccElement",
     "QUEUE_DEPTH",
     "TOKEN_DEPTH",
     "UNIT_OF",
@@ -104,6 +108,13 @@ UNIT_OF = {
     Opcode.HALT: "fetch",
 }
 UNITS = ("load", "compute", "store")
+
+
+class AccElement(enum.IntEnum):
+    """How LOAD and STORE lay accumulator elements out in DRAM."""
+
+    NATIVE = 0  # acc_elem_bytes each, little-endian two's complement: exact
+    INT32 = 1  # 4 bytes each: LOAD sign-extends, STORE saturates (counted)
 
 
 class ErrorCode(enum.IntEnum):
@@ -248,12 +259,17 @@ class Geometry:
 
     @property
     def acc_row_bytes(self) -> int:
-        """One accumulator row's bytes in DRAM (padded to the bus width)."""
-        return _round_up(self.acc_cols * self.acc_elem_bytes, self.data_bytes)
+        """One accumulator row's bytes in DRAM, NATIVE elements (padded to the bus width)."""
+        return self.acc_dram_row_bytes(AccElement.NATIVE)
 
-    def row_bytes(self, mem: int) -> int:
+    def acc_dram_row_bytes(self, elem: int) -> int:
+        """One accumulator row's bytes in DRAM with elements ``elem`` (``AccElement``)."""
+        size = self.acc_elem_bytes if elem == AccElement.NATIVE else 4
+        return _round_up(self.acc_cols * size, self.data_bytes)
+
+    def row_bytes(self, mem: int, elem: int = 0) -> int:
         """DRAM bytes of one row of memory ``mem`` (0 scratchpad, 1 accumulator)."""
-        return self.sp_row_bytes if mem == 0 else self.acc_row_bytes
+        return self.sp_row_bytes if mem == 0 else self.acc_dram_row_bytes(elem)
 
     def mem_rows(self, mem: int) -> int:
         return self.sp_rows if mem == 0 else self.acc_rows
@@ -311,6 +327,7 @@ class Geometry:
         if op in (Opcode.LOAD, Opcode.STORE):
             return {
                 "mem": 1,
+                "elem": 1,
                 "sram_addr": max(sp, acc),
                 "dram_addr": DRAM_ADDR_BITS,
                 "dram_stride": DRAM_ADDR_BITS,

@@ -464,8 +464,14 @@ def _check_insn(g: Geometry, insn: Instruction) -> None:
     if op in (Opcode.LOAD, Opcode.STORE):
         _positive(insn, "y_size", "x_size")
         mem = insn.mem
+        if mem == 0 and insn.elem:
+            raise ProgramError(f"{op.name}.elem must be 0 for the scratchpad (raw bytes)")
         _rows(g, mem, insn.sram_addr, insn.y_size * insn.x_size, op.name)
-        row_bytes = g.row_bytes(mem) * insn.x_size
+        row_bytes = g.row_bytes(mem, insn.elem) * insn.x_size
+        if row_bytes // g.data_bytes > 0xFFFF:
+            raise ProgramError(
+                f"{op.name} moves {row_bytes // g.data_bytes} beats a DRAM row; at most 65535"
+            )
         for name in ("dram_addr", "dram_stride"):
             if getattr(insn, name) % g.data_bytes:
                 raise ProgramError(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qaccel.isa import Geometry, Instruction, Opcode
+from qaccel.isa import AccElement, Geometry, Instruction, Opcode
 from qaccel.modes import unpack_lanes
 from qaccel.program import (
     Program,
@@ -59,7 +59,7 @@ class Machine:
 
     def load(self, insn: Instruction) -> None:
         g = self.geometry
-        row_bytes = g.row_bytes(insn.mem)
+        row_bytes = g.row_bytes(insn.mem, insn.elem)
         for y in range(insn.y_size):
             chunk = self._dram(insn.dram_addr + y * insn.dram_stride, insn.x_size * row_bytes)
             self.counters["DRAM_READ_BYTES"] += len(chunk)
@@ -69,40 +69,48 @@ class Machine:
                 self.sp[first : first + insn.x_size] = rows
             else:
                 for i, row in enumerate(rows):
-                    self.acc[first + i] = self._acc_from_bytes(row)
+                    self.acc[first + i] = self._acc_from_bytes(row, insn.elem)
                     self.invalid[first + i] = False
 
     def store(self, insn: Instruction) -> None:
-        g = self.geometry
-        row_bytes = g.row_bytes(insn.mem)
         for y in range(insn.y_size):
             first = insn.sram_addr + y * insn.x_size
             if insn.mem == 0:
                 chunk = self.sp[first : first + insn.x_size].tobytes()
             else:
-                chunk = b"".join(self._acc_to_bytes(first + i) for i in range(insn.x_size))
+                chunk = b"".join(
+                    self._acc_to_bytes(first + i, insn.elem) for i in range(insn.x_size)
+                )
                 self.counters["INVALID"] += int(self.invalid[first : first + insn.x_size].sum())
             addr = insn.dram_addr + y * insn.dram_stride
             self._dram(addr, len(chunk))  # range check
             self.dram[addr : addr + len(chunk)] = chunk
             self.counters["DRAM_WRITE_BYTES"] += len(chunk)
-        del row_bytes
 
-    def _acc_from_bytes(self, row: np.ndarray) -> np.ndarray:
-        """An accumulator row from DRAM: each element's low ``acc_elem_bits`` bits, signed."""
+    def _acc_from_bytes(self, row: np.ndarray, elem: int) -> np.ndarray:
+        """An accumulator row from DRAM: NATIVE elements' low ``acc_elem_bits`` bits, signed,
+        or INT32 elements sign-extended."""
         g = self.geometry
         n, bits = g.acc_elem_bytes, g.acc_elem_bits
+        if elem == AccElement.INT32:
+            n, bits = 4, 32
         out = np.zeros(g.acc_cols, dtype=object)
         for j in range(g.acc_cols):
             v = int.from_bytes(bytes(row[j * n : (j + 1) * n]), "little") & ((1 << bits) - 1)
             out[j] = v - (1 << bits) if v >> (bits - 1) else v
         return out
 
-    def _acc_to_bytes(self, row: int) -> bytes:
+    def _acc_to_bytes(self, row: int, elem: int) -> bytes:
         g = self.geometry
+        values = self.acc[row]
         n = g.acc_elem_bytes
-        data = b"".join(int(v).to_bytes(n, "little", signed=True) for v in self.acc[row])
-        return data + bytes(g.acc_row_bytes - len(data))
+        if elem == AccElement.INT32:
+            n = 4
+            clipped = np.clip(values, -(1 << 31), (1 << 31) - 1)
+            self.counters["SATURATIONS"] += int((clipped != values).sum())
+            values = clipped
+        data = b"".join(int(v).to_bytes(n, "little", signed=True) for v in values)
+        return data + bytes(g.acc_dram_row_bytes(elem) - len(data))
 
     # --- compute --------------------------------------------------------------------------
 
@@ -231,7 +239,7 @@ def dram_size(program: Program) -> int:
     end = max((a + len(d) for a, d in program.segments), default=0)
     for insn in program.instructions:
         if insn.opcode in (Opcode.LOAD, Opcode.STORE):
-            reach = insn.x_size * g.row_bytes(insn.mem)
+            reach = insn.x_size * g.row_bytes(insn.mem, insn.elem)
             end = max(end, insn.dram_addr + (insn.y_size - 1) * insn.dram_stride + reach)
     for spec in program.inputs + program.outputs:
         end = max(end, (int(spec.bit_offsets().max()) + spec.bits + 7) // 8)

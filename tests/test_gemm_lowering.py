@@ -248,3 +248,26 @@ def test_padding_comes_from_the_image_not_from_clean_dram(mode, dataflow):
         machine.execute(program.instructions[index])
     want = x @ formats.get_format("binary").decode(w).astype(np.int64)
     assert np.array_equal(read_outputs(machine, program)["y"], want)
+
+
+def test_int32_accumulator_outputs_saturate_and_count():
+    """acc_out="int32": integer results exact; fp8_e5m2 results (units of 2**-32) beyond
+    int32 clamp, and each clamp is counted."""
+    rng = np.random.default_rng(SEED)
+    w = rng.integers(-128, 128, (9, 6))
+    x = rng.integers(-128, 128, (5, 9))
+    result = run_program(lower_gemm(TINY, w, m=5, mode="int8*int8", acc_out="int32"), {"x": x})
+    assert np.array_equal(result.outputs["y"], x @ w)
+    assert result.counters["SATURATIONS"] == 0
+    g = Geometry.of(TINY)
+    spec = g.array_modes[7]  # fp8_e5m2 x fp8_e5m2
+    w = rng.choice(spec.weight.finite_codes(), (4, 6))
+    x = rng.choice(spec.activation.finite_codes(), (5, 4))
+    program = lower_gemm(TINY, w, m=5, mode="fp8_e5m2*fp8_e5m2", acc_out="int32")
+    result = run_program(program, {"x": x})
+    exact = exact_units(spec.activation.decode(x), spec.weight.decode(w), spec.frac_bits)
+    clamped = np.clip(exact, -(1 << 31), (1 << 31) - 1)
+    assert np.array_equal(result.outputs["y"].astype(object), clamped)
+    assert result.counters["SATURATIONS"] == int((clamped != exact).sum()) > 0
+    with pytest.raises(ProgramError, match="acc_out must be 'native' or 'int32', not 'int16'"):
+        lower_gemm(TINY, w, m=5, mode="fp8_e5m2*fp8_e5m2", acc_out="int16")

@@ -335,3 +335,13 @@ def test_compiled_programs_balance_their_tokens():
     program = lower_gemm(TINY, np.ones((40, 13), dtype=np.int64), m=11, mode="int8*int8")
     check_program(program)
     assert program.notes["gemm"]["tiles"] == 3 * 4
+
+
+def test_rejects_an_element_format_for_the_scratchpad():
+    b = ProgramBuilder(TINY)
+    b.load(mem=0, elem=1, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1, x_size=1)
+    rejected(b, "LOAD.elem must be 0 for the scratchpad", ErrorCode.ILLEGAL_FIELD)
+
+
+def test_int32_accumulator_rows_are_narrower_in_dram():
+    assert G.acc_dram_row_bytes(1) == 4 * G.acc_cols < G.acc_row_bytes
