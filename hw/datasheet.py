@@ -73,6 +73,72 @@ def _simulators() -> list[str]:
     ]
 
 
+def protocol(manifest: dict) -> dict[str, str]:
+    """The prose facts of a block's datasheet (the manifest carries them as ``protocol``)."""
+    p = manifest["parameters"]
+    if manifest["top"] == "accel":
+        return {
+            "using": [
+                "Put the Program's DRAM image (instructions, weights, constants, zero-filled "
+                "input regions) in DRAM (the memory behind `m_axi`), then the input tensors.",
+                "Write PROG_ADDR (the first instruction word's byte address) and PROG_LEN (the "
+                "most instructions the run may fetch) over `s_axil`.",
+                "Write CTRL.START = 1; STATUS.BUSY is high during the run.",
+                "Poll STATUS until DONE = 1. ERROR_CODE 0: the outputs are in DRAM; otherwise "
+                "ERROR_INSN names the instruction that faulted, and the accelerator is idle "
+                "again.",
+                "Read the counters (`_LO` then `_HI`); CTRL.CLEAR zeroes them and DONE/ERROR.",
+            ],
+            "dma": "DMA: AXI4 INCR bursts of at most 256 beats that never cross a 4 KiB "
+            "boundary, `*size` = log2(data bytes), IDs 0, `wstrb` all ones; SLVERR/DECERR stop "
+            "the run with ERROR_CODE BUS. Every DMA address and stride is a multiple of the "
+            "data bytes.",
+        }
+    if manifest["top"] == "lut_core":
+        return {
+            "protocol": "For each group of `group` k indices: one a beat (the group's "
+            "activations of every row, row 0 and k 0 lowest; `last` on the tile's final group), "
+            "then the group's weight bit planes as w beats, **least significant plane first** "
+            "(plane b holds bit b of every weight code; bit j of column c is k index j of the "
+            "group). A k-bit format takes k w beats per group; binary takes 1 (code 1 = +1, "
+            "code 0 = -1). K must be padded to a multiple of `group` with activation code 0. "
+            "`mode` may change between tiles only. `o` has no ready: one result row per cycle, "
+            "row 0 first.",
+            "values": f"o values are exact integer dot products, two's complement, "
+            f"{p['acc_bits']} bits; they saturate at that width (the plane accumulator holds 3 "
+            "more bits).",
+        }
+    return {
+        "packing": "Lanes: a word of `lanes` codes holds k index lanes*i + l in bits "
+        "[l*code_bits, (l+1)*code_bits), code_bits the format's own (int8 and FP8: 8, int4 "
+        "and FP4: 4, int2 and ternary: 2, binary: 1), the rest of the bus word zero. K must be "
+        "padded to a multiple of `lanes` with activation code 0 (a zero value in every "
+        "activation format). Binary weights: code 0 is -1, code 1 is +1; ternary: 0 -> 0, 1 "
+        "-> +1, 3 -> -1 (2 is not a value).",
+        "weight_stationary": "Weight-stationary (`dataflow` = 0): send `rows` w beats, the "
+        "bottom PE row first (beat i holds the words of PE row rows-1-i, k indices "
+        "(rows-1-i)*lanes .. +lanes-1), all with the same `mode`; then one a beat per row of A "
+        "(all K codes), `last` on the tile's final beat. Each a beat gives one o beat: C row = "
+        "A row x W. The next tile's weights may load while the current one computes (two "
+        "banks).",
+        "output_stationary": "Output-stationary (`dataflow` = 1): w and a move together, one "
+        "K slice per step: each step carries one weight word per column and one activation "
+        "word per row (lanes k values). `last` ends the tile; its `rows` result rows then "
+        "leave as consecutive o beats, row 0 first. A tile shorter than `rows` steps stalls "
+        "(ready low) until then.",
+        "changes": "`mode` travels with every w beat; `dataflow` may change only while "
+        "`busy` is low. `o` has no ready: the consumer must take every beat in the cycle it "
+        "is valid.",
+        "values": "o values are two's complement in the mode's accumulator unit (the modes "
+        "table), sign-extended to the bus's "
+        f"{manifest['payloads']['o__payload']['data']}. Integer modes saturate at their "
+        "accumulator bits; float modes are exact for tiles of up to "
+        f"{p.get('max_k', p['rows'])} steps (`array.max_k`); MX modes add a block only if its "
+        "scale exponent lies in the window, else set `invalid`. `invalid` per column: a NaN, "
+        "inf or NaR joined the sum (or an MX block fell outside the window).",
+    }
+
+
 def _array(manifest: dict) -> str:
     p = manifest["parameters"]
     rows, cols = p["rows"], p["cols"]
@@ -95,44 +161,26 @@ def _array(manifest: dict) -> str:
             ],
         )
     )
-    pay = manifest["payloads"]
+    text = manifest.get("protocol") or protocol(manifest)
     out += [
         "",
         "## Packed fields",
         "",
-        *_fields(pay),
+        *_fields(manifest["payloads"]),
         "",
-        "Lanes: a word of `lanes` codes holds k index lanes*i + l in bits "
-        "[l*code_bits, (l+1)*code_bits), code_bits the format's own (int8 and FP8: 8, int4 "
-        "and FP4: 4, int2 and ternary: 2, binary: 1), the rest of the bus word zero. K must be "
-        "padded to a multiple of `lanes` with activation code 0 (a zero value in every "
-        "activation format). Binary weights: code 0 is -1, code 1 is +1; ternary: 0 -> 0, 1 "
-        "-> +1, 3 -> -1 (2 is not a value).",
+        text["packing"],
         "",
         "## Protocol",
         "",
-        "Weight-stationary (`dataflow` = 0): send `rows` w beats, the bottom PE row first "
-        "(beat i holds the words of PE row rows-1-i, k indices (rows-1-i)*lanes .. +lanes-1), "
-        "all with the same `mode`; then one a beat per row of A (all K codes), `last` on the "
-        "tile's final beat. Each a beat gives one o beat: C row = A row x W. The next tile's "
-        "weights may load while the current one computes (two banks).",
+        text["weight_stationary"],
         "",
-        "Output-stationary (`dataflow` = 1): w and a move together, one K slice per step: "
-        "each step carries one weight word per column and one activation word per row (lanes "
-        "k values). `last` ends the tile; its `rows` result rows then leave as consecutive o "
-        "beats, row 0 first. A tile shorter than `rows` steps stalls (ready low) until then.",
+        text["output_stationary"],
         "",
-        "`mode` travels with every w beat; `dataflow` may change only while `busy` is low. "
-        "`o` has no ready: the consumer must take every beat in the cycle it is valid.",
+        text["changes"],
         "",
         "## Values, saturation and flags",
         "",
-        "o values are two's complement in the mode's accumulator unit (the table above), "
-        f"sign-extended to the bus's {manifest['payloads']['o__payload']['data']}. Integer "
-        "modes saturate at their accumulator bits; float modes are exact for tiles of up to "
-        f"{p.get('max_k', rows)} steps (`array.max_k`); MX modes add a block only if its scale "
-        "exponent lies in the window, else set `invalid`. `invalid` per column: a NaN, inf or "
-        "NaR joined the sum (or an MX block fell outside the window).",
+        text["values"],
         "",
         "## Latency",
         "",
@@ -145,6 +193,7 @@ def _array(manifest: dict) -> str:
 
 def _lut(manifest: dict) -> str:
     p = manifest["parameters"]
+    text = manifest.get("protocol") or protocol(manifest)
     out = _common(
         manifest, f"LUT tensor core, {p['tile_m']}x{p['tile_n']} tile, group {p['group']}"
     )
@@ -165,18 +214,11 @@ def _lut(manifest: dict) -> str:
         "",
         "## Protocol",
         "",
-        "For each group of `group` k indices: one a beat (the group's activations of every "
-        "row, row 0 and k 0 lowest; `last` on the tile's final group), then the group's weight "
-        "bit planes as w beats, **least significant plane first** (plane b holds bit b of every "
-        "weight code; bit j of column c is k index j of the group). A k-bit format takes k w "
-        "beats per group; binary takes 1 (code 1 = +1, code 0 = -1). K must be padded to a "
-        "multiple of `group` with activation code 0. `mode` may change between tiles only. "
-        "`o` has no ready: one result row per cycle, row 0 first.",
+        text["protocol"],
         "",
         "## Values and saturation",
         "",
-        f"o values are exact integer dot products, two's complement, {p['acc_bits']} bits; "
-        "they saturate at that width (the plane accumulator holds 3 more bits).",
+        text["values"],
         "",
         "## Latency",
         "",
@@ -188,18 +230,12 @@ def _lut(manifest: dict) -> str:
 
 def _accel(manifest: dict) -> str:
     p = manifest["parameters"]
+    text = manifest.get("protocol") or protocol(manifest)
     out = _common(manifest, "the whole accelerator")
     out += [
         "## Using it",
         "",
-        "1. Put the Program's DRAM image (instructions, weights, constants) and the input "
-        "tensors in DRAM (the memory behind `m_axi`).",
-        "2. Write PROG_ADDR (the first instruction word's byte address) and PROG_LEN (the most "
-        "instructions the run may fetch) over `s_axil`.",
-        "3. Write CTRL.START = 1. STATUS.BUSY is high during the run.",
-        "4. Poll STATUS until DONE = 1. ERROR_CODE 0: the outputs are in DRAM; otherwise "
-        "ERROR_INSN names the instruction that faulted, and the accelerator is idle again.",
-        "5. Read the counters (`_LO` then `_HI`). CTRL.CLEAR zeroes them and DONE/ERROR.",
+        *[f"{i}. {step}" for i, step in enumerate(text["using"], 1)],
         "",
         "## Memories and buses",
         "",
@@ -208,9 +244,7 @@ def _accel(manifest: dict) -> str:
             [[k, v] for k, v in p.items()],
         ),
         "",
-        "DMA: AXI4 INCR bursts of at most 256 beats that never cross a 4 KiB boundary, "
-        "`*size` = log2(data bytes), IDs 0, `wstrb` all ones; SLVERR/DECERR stop the run "
-        "with ERROR_CODE BUS. Every DMA address and stride is a multiple of the data bytes.",
+        text["dma"],
         "",
         "## Instruction words",
         "",

@@ -264,7 +264,7 @@ def _mode_entry(index: int, spec, rows: int, cols: int) -> dict:
 def generate(cfg: config.AcceleratorConfig, top: str, out_dir: Path) -> tuple[Path, Path]:
     """Write ``OUT/<top>.v``, ``OUT/<top>.json`` (the manifest) and ``OUT/<top>.md`` (the
     datasheet); return the paths of the Verilog and the manifest."""
-    from hw.datasheet import datasheet
+    from hw.datasheet import datasheet, protocol
 
     component = build_top(cfg, top)
     out_dir = Path(out_dir)
@@ -274,6 +274,7 @@ def generate(cfg: config.AcceleratorConfig, top: str, out_dir: Path) -> tuple[Pa
     verilog_path.write_text(text)
     facts = manifest(cfg, component, top)
     facts["simulators"] = SIMULATOR_FLAGS
+    facts["protocol"] = protocol(facts)
     manifest_path.write_text(json.dumps(facts, indent=2) + "\n")
     (out_dir / f"{top}.md").write_text(datasheet(facts))
     return verilog_path, manifest_path

@@ -251,7 +251,9 @@ def test_generate_lut_core_datasheet(tmp_path):
         "--no-timing",
     ):
         assert fact in sheet, fact
-    assert json.loads((out / "lut_core.json").read_text())["simulators"]["verilator"]
+    manifest = json.loads((out / "lut_core.json").read_text())
+    assert manifest["simulators"]["verilator"]
+    assert "least significant plane first" in manifest["protocol"]["protocol"]  # same facts
 
 
 ACCEL = """
