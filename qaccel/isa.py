@@ -71,10 +71,10 @@ from qaccel import formats, modes
 
 __all__ = [
     "ISA_VERSION",
-    "AccElement",
     "QUEUE_DEPTH",
     "TOKEN_DEPTH",
     "UNIT_OF",
+    "AccElement",
     "ErrorCode",
     "Geometry",
     "Instruction",
