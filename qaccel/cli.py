@@ -106,20 +106,18 @@ def _named_arrays(items: list[str]) -> dict:
         try:
             arrays[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise ValueError(f"--input {name}: cannot read {path}: {e}") from None
+            raise ValueError(f"{name}: cannot read {path}: {e}") from None
     return arrays
 
 
 def cmd_gemm(args: argparse.Namespace) -> None:
-    import numpy as np
 
     from compiler.gemm import Epilogue, lower_gemm
 
     cfg = config.load_config(args.config)
-    try:
-        weights = np.load(args.weights, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--weights: cannot read {args.weights}: {e}") from None
+    arrays = _named_arrays(
+        [f"weights={args.weights}"] + ([f"w_scales={args.w_scales}"] if args.w_scales else [])
+    )
     epilogue = None
     if args.requant is not None:
         epilogue = Epilogue.requant(
@@ -131,7 +129,8 @@ def cmd_gemm(args: argparse.Namespace) -> None:
         )
     program = lower_gemm(
         cfg,
-        weights,
+        arrays["weights"],
+        w_scales=arrays.get("w_scales"),
         m=args.m,
         mode=args.mode,
         unit=args.unit,
@@ -305,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gemm", help="compile one GEMM (Y = X @ W, optional epilogue) to a Program")
     p.add_argument("--config", required=True, help="a TOML configuration")
     p.add_argument("--weights", required=True, help="W as a K x N .npy of weight codes")
+    p.add_argument("--w-scales", help="MX modes: W's E8M0 scales, ceil(K/32) x N, as .npy")
     p.add_argument("--m", type=int, required=True, help="rows of X")
     p.add_argument("--mode", required=True, help="WEIGHT*ACTIVATION, e.g. int8*int8 or int2*int8")
     p.add_argument("--unit", choices=["array", "lut"], help="default: the unit with the mode")

@@ -335,3 +335,31 @@ def test_verify_and_selftest_on_the_rtl(tmp_path, capsys):
     assert main(["selftest", "--config", str(cfg), "--build", str(build)]) == 0
     out = capsys.readouterr().out
     assert "bad: token deadlock" in out and " 0 failed" in out
+
+
+def test_gemm_with_mx_weight_scales(tmp_path, capsys):
+    import numpy as np
+
+    cfg = tmp_path / "mx.toml"
+    cfg.write_text(
+        'name = "mx"\n[array]\nrows = 2\ncols = 2\ndataflow = "os"\nmax_k = 64\n'
+        'modes = [{ weight = "mxint8", activation = "mxint8" }]\n'
+    )
+    np.save(tmp_path / "w.npy", np.ones((40, 3), dtype=np.int64))
+    np.save(tmp_path / "s.npy", np.full((2, 3), 127))
+    np.save(tmp_path / "x.npy", np.ones((2, 40), dtype=np.int64))
+    np.save(tmp_path / "xs.npy", np.full((2, 2), 127))
+    prog, out = tmp_path / "prog", tmp_path / "out"
+    args = ["gemm", "--config", str(cfg), "--weights", str(tmp_path / "w.npy"), "--m", "2"]
+    assert main([*args, "--mode", "mxint8*mxint8", "-o", str(prog)]) == 1
+    assert "need w_scales of shape (2, 3)" in capsys.readouterr().err
+    args += ["--w-scales", str(tmp_path / "s.npy"), "--mode", "mxint8*mxint8", "-o", str(prog)]
+    assert main(args) == 0
+    inputs = ["--input", f"x={tmp_path / 'x.npy'}", "--input", f"x_scales={tmp_path / 'xs.npy'}"]
+    assert main(["run", str(prog), *inputs, "--out", str(out)]) == 0
+    # 40 products of (1 * 2**-6) * (1 * 2**-6), scales 2**0, in the accumulator's unit
+    from qaccel.config import load_config
+    from qaccel.isa import Geometry
+
+    frac = Geometry.of(load_config(cfg)).array_modes[0].frac_bits
+    assert np.array_equal(np.load(out / "y.npy"), np.full((2, 3), 40 * 2 ** (frac - 12)))
