@@ -131,6 +131,7 @@ def lower_gemm(
         raise ProgramError(f"m must be a positive integer, not {m!r}")
     w_name, _, a_name = mode.partition("*")
     unit = unit or _pick_unit(config, g, w_name, a_name)
+    _check_codes(w_name, weights)
     outs = {"native": AccElement.NATIVE, "int32": AccElement.INT32}
     if acc_out not in outs:
         raise ProgramError(f"acc_out must be 'native' or 'int32', not {acc_out!r}")
@@ -165,6 +166,26 @@ def lower_gemm(
         }
     }
     return builder.build()
+
+
+def _check_codes(name: str, codes) -> None:
+    """Weights are codes of their format (ternary code 2 is not one); integer formats also
+    take their signed values (the same bits)."""
+    fmt = formats.MX_FORMATS[name].element if name in formats.MX_FORMATS else None
+    fmt = fmt or formats.get_format(name)
+    codes = np.asarray(codes)
+    if fmt.kind == "int":
+        low = min(fmt.int_min, 0)
+        if codes.size and (codes.min() < low or codes.max() >= 1 << fmt.bits):
+            raise ProgramError(
+                f"weights: {fmt.name} takes values {low}..{(1 << fmt.bits) - 1} "
+                "(signed values or codes)"
+            )
+        return
+    try:
+        fmt.decode(codes)
+    except ValueError as e:
+        raise ProgramError(f"weights: {e}") from None
 
 
 def _pick_unit(config, g: Geometry, w_name: str, a_name: str) -> str:

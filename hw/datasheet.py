@@ -114,7 +114,7 @@ def protocol(manifest: dict) -> dict[str, str]:
         "and FP4: 4, int2 and ternary: 2, binary: 1), the rest of the bus word zero. K must be "
         "padded to a multiple of `lanes` with activation code 0 (a zero value in every "
         "activation format). Binary weights: code 0 is -1, code 1 is +1; ternary: 0 -> 0, 1 "
-        "-> +1, 3 -> -1 (2 is not a value).",
+        "-> +1, 3 -> -1 (2 is not a value; the PE reads it as -2).",
         "weight_stationary": "Weight-stationary (`dataflow` = 0): send `rows` w beats, the "
         "bottom PE row first (beat i holds the words of PE row rows-1-i, k indices "
         "(rows-1-i)*lanes .. +lanes-1), all with the same `mode`; then one a beat per row of A "

@@ -9,10 +9,12 @@ on timing (instructions, DRAM bytes, saturations, invalid results). Queues run i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from qaccel import formats
 from qaccel.isa import AccElement, Geometry, Instruction, Opcode
 from qaccel.modes import unpack_lanes
 from qaccel.program import (
@@ -123,6 +125,8 @@ class Machine:
     def gemm(self, insn: Instruction) -> None:
         g = self.geometry
         spec, bus = g.array_modes[insn.mode], g.bus
+        if spec.weight.kind == "ternary":  # the PE reads a ternary code as int2, as hw does
+            spec = dataclasses.replace(spec, weight=formats.get_format("int2"))
         lanes = spec.lanes
         rows, cols = g.rows, g.cols
 
@@ -270,8 +274,6 @@ def _codes(spec: TensorSpec, value) -> np.ndarray:
         raise ValueError(
             f"input {spec.name!r} must hold integer {spec.format} codes, not {value.dtype} values"
         )
-    from qaccel import formats
-
     if spec.format in formats.MX_FORMATS:  # element codes; the scales are their own tensor
         fmt = formats.MX_FORMATS[spec.format].element
     else:

@@ -140,3 +140,47 @@ def test_fault_codes_are_the_checkers(tmp_path):
     assert e.value.code == ErrorCode.TOKEN
     (got,) = run_on_rtl(ODD, [(program, {})], build_dir=tmp_path)
     assert (got.error_code, got.error_insn) == (ErrorCode.TOKEN, e.value.index)
+
+
+def test_ternary_code_two_reads_as_minus_two_on_both(tmp_path):
+    """Ternary code 0b10 is not a value (the compiler refuses it); a hand-written program can
+    still hold it: the PE reads it as int2 (-2), and the executor says the same."""
+    from qaccel.program import row_major
+
+    cfg = small(
+        "tern",
+        array={
+            "rows": 1,
+            "cols": 2,
+            "dataflow": "os",
+            "modes": [{"weight": "ternary", "activation": "int8"}],
+        },
+    )
+    b = ProgramBuilder(cfg)
+    g = b.geometry
+    rows = bytes([3, 1, 1, 1]).ljust(g.sp_row_bytes, b"\0")  # activations 3, 1, 1, 1
+    rows += bytes([0b10101010, 0b01010110]).ljust(g.sp_row_bytes, b"\0")  # codes 2 / 1 and 2
+    ops = b.constant(rows)
+    y = b.tensor(
+        row_major(
+            "y",
+            (1, 2),
+            "acc",
+            b.alloc(g.acc_row_bytes),
+            pitch=g.acc_row_bytes,
+            bits=8 * g.acc_elem_bytes,
+        ),
+        output=True,
+    )
+    b.load(mem=0, sram_addr=0, dram_addr=ops, dram_stride=0, y_size=1, x_size=2, push_next=True)
+    b.gemm(
+        mode=0, dataflow=1, a_addr=0, w_addr=1, acc_addr=0, m=1, k=1, pop_prev=True, push_next=True
+    )
+    b.store(
+        mem=1, sram_addr=0, dram_addr=y.address, dram_stride=0, y_size=1, x_size=1, pop_prev=True
+    )
+    program = b.build()
+    want = run_program(program, {})
+    assert want.outputs["y"].tolist() == [[-2 * 6, -2 * 3 + 3]]
+    (got,) = run_on_rtl(cfg, [(program, {})], build_dir=tmp_path)
+    compare(want, got)

@@ -271,3 +271,10 @@ def test_int32_accumulator_outputs_saturate_and_count():
     assert result.counters["SATURATIONS"] == int((clamped != exact).sum()) > 0
     with pytest.raises(ProgramError, match="acc_out must be 'native' or 'int32', not 'int16'"):
         lower_gemm(TINY, w, m=5, mode="fp8_e5m2*fp8_e5m2", acc_out="int16")
+
+
+def test_weight_codes_must_be_values():
+    with pytest.raises(ProgramError, match="weights: ternary code 0b10 is not a value"):
+        lower_gemm(TINY, np.array([[0, 1], [2, 3]]), m=1, mode="ternary*int8")
+    with pytest.raises(ProgramError, match=r"weights: int4 takes values -8\.\.15"):
+        lower_gemm(TINY, np.array([[16]]), m=1, mode="int4*int8")
