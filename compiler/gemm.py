@@ -452,6 +452,11 @@ def _lower_array(
         raise ProgramError(f"the array runs {g.dataflow}, not {dataflow!r}")
     if spec.block and dataflow == "ws":
         raise ProgramError(f"{key} is an MX mode: it runs output-stationary only")
+    if dataflow == "ws" and g.rows > g.max_steps(mode):
+        raise ProgramError(
+            f"{key}: weight-stationary columns of {g.rows} rows could saturate the accumulators; "
+            "use output-stationary"
+        )
     k, n = weights.shape
     lanes, rows, cols, r = spec.lanes, g.rows, g.cols, g.sp_row_bytes
     bus = g.bus

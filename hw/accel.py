@@ -58,7 +58,7 @@ from hw.dma import Dma
 from hw.post import PostProcessor
 from qaccel import config as qconfig
 from qaccel import csr as qcsr
-from qaccel.isa import QUEUE_DEPTH, TOKEN_DEPTH, AccElement, ErrorCode, Geometry, Opcode
+from qaccel.isa import QUEUE_DEPTH, TOKEN_BITS, AccElement, ErrorCode, Geometry, Opcode
 
 __all__ = ["TIMING", "Accelerator"]
 
@@ -157,7 +157,7 @@ class Accelerator(wiring.Component):
         self._can_start_sigs = []
         self.counters = {c.name: Signal(64, name=f"count_{c.name.lower()}") for c in qcsr.COUNTERS}
         self._incs = {name: [] for name in self.counters}
-        self.tokens = [Signal(range(TOKEN_DEPTH + 2), name=f"tokens{i}") for i in range(4)]
+        self.tokens = [Signal(TOKEN_BITS, name=f"tokens{i}") for i in range(4)]
         self._tok_dec = [[] for _ in range(4)]
         self._tok_inc = [[] for _ in range(4)]  # (condition, index)
         self.start_run = Signal()
@@ -322,8 +322,8 @@ class Accelerator(wiring.Component):
                 with m.Elif(~legal):
                     self._raise(ErrorCode.ILLEGAL_OPCODE, pc)
                     m.next = "IDLE"
-                with m.Elif(extra):
-                    self._raise(ErrorCode.ILLEGAL_FIELD, pc)
+                with m.Elif(extra | ((opcode == Opcode.HALT) & (word[4:8] != 0))):
+                    self._raise(ErrorCode.ILLEGAL_FIELD, pc)  # HALT carries no tokens
                     m.next = "IDLE"
                 with m.Elif(opcode == Opcode.HALT):
                     m.d.sync += [self.fetch_halted.eq(1), self.halt_index.eq(pc)]
@@ -373,6 +373,12 @@ class Accelerator(wiring.Component):
         self._m.d.comb += out.eq(Mux(int32, narrow, native))
         return out, saturated
 
+    @staticmethod
+    def _foreign_tokens(v):
+        """Token flags toward a unit LOAD/STORE does not have (load: prev; store: next)."""
+        is_load = v.opcode == Opcode.LOAD
+        return Mux(is_load, v.pop_prev | v.push_prev, v.pop_next | v.push_next)
+
     def _row_size(self, v):
         """A LOAD/STORE memory row in DRAM: (bytes, beats, the widest of all kinds)."""
         g, d = self._g, self._g.data_bytes
@@ -386,7 +392,8 @@ class Accelerator(wiring.Component):
         g = self._g
         v = insn
         bad = Signal()
-        zero = (v.y_size == 0) | (v.x_size == 0) | (~v.mem & v.elem)
+        # zero sizes, an element format for raw scratchpad bytes, tokens the unit does not have
+        zero = (v.y_size == 0) | (v.x_size == 0) | (~v.mem & v.elem) | self._foreign_tokens(v)
         sram_over = (v.sram_addr + v.y_size * v.x_size) > Mux(v.mem, g.acc_rows, g.sp_rows)
         align = (v.dram_addr[: (g.data_bytes.bit_length() - 1)] != 0) | (
             v.dram_stride[: (g.data_bytes.bit_length() - 1)] != 0
@@ -613,7 +620,7 @@ class Accelerator(wiring.Component):
         fifo = SyncFIFO(width=row_bits + scale_bits + 1, depth=depth)
         m.submodules[f"{name}_fifo"] = fifo
         start = Signal(name=f"{name}_start")
-        issued = Signal(17, name=f"{name}_issued")
+        issued = Signal(33, name=f"{name}_issued")
         pending = Signal(name=f"{name}_pending")
         pending_last = Signal(name=f"{name}_pending_last")
         room = Signal(name=f"{name}_room")
@@ -624,7 +631,7 @@ class Accelerator(wiring.Component):
         if scale:
             enable, scale_addr, bits = scale
             block = issued >> 5
-            have = Signal(17, name=f"{name}_scale_block")  # block + 1 whose scales are held
+            have = Signal(33, name=f"{name}_scale_block")  # block + 1 whose scales are held
             need = Signal(name=f"{name}_need_scale")
             fetch = Signal(name=f"{name}_fetch_scale")
             fetched = Signal(name=f"{name}_scale_pending")
@@ -748,8 +755,8 @@ class Accelerator(wiring.Component):
             bad = bad_next
 
         # --- operand streams ---------------------------------------------------------------
-        a_count, w_count = Signal(17), Signal(17)
-        a_base, w_base, s_base, nb_sig = Signal(32), Signal(32), Signal(32), Signal(17)
+        a_count, w_count = Signal(33), Signal(33)
+        a_base, w_base, s_base, nb_sig = Signal(32), Signal(32), Signal(32), Signal(33)
         w_reverse = Signal()
         mx_on = Signal()
         a_scale = w_scale = None
@@ -773,15 +780,15 @@ class Accelerator(wiring.Component):
         out_valid = Signal()
         out_data = Signal(data.ArrayLayout(signed(g.acc_elem_bits), g.acc_cols))
         out_invalid = Signal(g.acc_cols)
-        out_count = Signal(17)
-        expected = Signal(17)
-        keep_rows = Signal(17)
+        out_count = Signal(33)
+        expected = Signal(33)
+        keep_rows = Signal(33)
         acc_base = Signal(32)
         accumulate = Signal()
         # accumulating saturates at the memory's element width (wider than any mode's)
         sat_lo = Const(-(1 << (g.acc_elem_bits - 1)), signed(g.acc_elem_bits + 1))
         sat_hi = Const((1 << (g.acc_elem_bits - 1)) - 1, signed(g.acc_elem_bits + 1))
-        wb_valid, wb_row = Signal(), Signal(17)
+        wb_valid, wb_row = Signal(), Signal(33)
         wb_data = Signal.like(out_data)
         wb_invalid = Signal(g.acc_cols)
         collecting = Signal()
@@ -800,14 +807,26 @@ class Accelerator(wiring.Component):
         old = data.View(self._acc_layout, self.acc_comp_r.data)
         new = Signal(self._acc_layout)
         sats = []
+        # the block's columns: the array's or the LUT core's; the row's others keep their values
+        widths = [w for w in (g.cols, g.lut_tile_n) if w]
+        narrow = Signal(name="result_from_array")
         for j in range(g.acc_cols):
             total = Signal(signed(g.acc_elem_bits + 2), name=f"acc_sum{j}")
             m.d.comb += total.eq(Mux(accumulate, old.data[j], 0) + wb_data[j])
             over, under = total > sat_hi, total < sat_lo
-            sats.append(over | under)
+            keep = Const(0)
+            if j >= min(widths):  # only one of the two blocks reaches this column
+                keep = narrow if g.cols < g.lut_tile_n else ~narrow
+                if j >= max(widths):
+                    keep = Const(1)
+            sats.append((over | under) & ~keep)
             m.d.comb += [
-                new.data[j].eq(Mux(over, sat_hi, Mux(under, sat_lo, total))),
-                new.invalid[j].eq(wb_invalid[j] | (accumulate & old.invalid[j])),
+                new.data[j].eq(
+                    Mux(keep, old.data[j], Mux(over, sat_hi, Mux(under, sat_lo, total)))
+                ),
+                new.invalid[j].eq(
+                    Mux(keep, old.invalid[j], wb_invalid[j] | (accumulate & old.invalid[j]))
+                ),
             ]
         write_result = wb_valid & (wb_row < keep_rows)
         m.d.comb += [
@@ -888,8 +907,8 @@ class Accelerator(wiring.Component):
         pp = PostProcessor(g.acc_cols, g.acc_elem_bits)
         m.submodules.post = pp
         param_step = Signal(2)
-        post_in = Signal(17)
-        post_out = Signal(17)
+        post_in = Signal(33)
+        post_out = Signal(33)
         post_feed = Signal()
         post_valid = Signal()
         acc_post = data.View(self._acc_layout, self.acc_comp_r.data)
@@ -969,7 +988,7 @@ class Accelerator(wiring.Component):
                         m.d.comb += [a_start.eq(1), w_start.eq(1)]
                         m.next = "GEMM_RUN"
                 with m.State("GEMM_RUN"):
-                    m.d.comb += [busy.eq(1), use_array.eq(1), collecting.eq(1)]
+                    m.d.comb += [busy.eq(1), use_array.eq(1), collecting.eq(1), narrow.eq(1)]
                     with m.If(results_done):
                         m.d.comb += finish.eq(1)
                         m.next = "IDLE"
@@ -1047,7 +1066,6 @@ class Accelerator(wiring.Component):
         m.d.comb += fetch_stopped.eq(self.fetch_halted | self.aborting)
 
         # tokens: pops and pushes of this cycle
-        overflow = []
         for ch in range(4):
             dec = Const(0, 2)
             for cond in self._tok_dec[ch]:
@@ -1055,16 +1073,11 @@ class Accelerator(wiring.Component):
             inc = Const(0, 2)
             for cond, _ in self._tok_inc[ch]:
                 inc = inc + cond
-            nxt = Signal(range(-2, TOKEN_DEPTH + 4), name=f"tokens{ch}_next")
-            m.d.comb += nxt.eq(self.tokens[ch] - dec + inc)
+            # as wide as PROG_LEN: a run cannot push more tokens than it fetches instructions
             with m.If(self.start_run):
                 m.d.sync += self.tokens[ch].eq(0)
             with m.Elif(self.running):
-                m.d.sync += self.tokens[ch].eq(nxt)
-            for cond, index in self._tok_inc[ch]:
-                overflow.append((cond & (nxt > TOKEN_DEPTH), index))
-        for cond, index in overflow:
-            self._error(cond, ErrorCode.TOKEN, index)
+                m.d.sync += self.tokens[ch].eq(self.tokens[ch] - dec + inc)
 
         # deadlock: nothing executes, fetch cannot go on, some head waits for a token
         heads = [q.r_rdy for q in self.queues.values()]

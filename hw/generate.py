@@ -227,9 +227,11 @@ def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
         "DRAM_RANGE": "a DMA outside DRAM or off the bus alignment",
         "SCRATCHPAD_RANGE": "rows beyond the scratchpad",
         "ACCUMULATOR_RANGE": "rows beyond the accumulator memory",
-        "TOKEN": "a token channel overflowed, deadlocked, or held tokens at HALT",
+        "TOKEN": "a token channel deadlocked or held tokens at HALT",
         "NO_HALT": "PROG_LEN instructions fetched without HALT",
         "BUS": "the DRAM answered SLVERR or DECERR",
+        "HAZARD": "the checker's alone: two units touch the same rows or bytes with no token "
+        "between them, or a read of rows nothing wrote",
     }
     return {
         "top": "accel",

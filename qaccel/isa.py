@@ -12,9 +12,11 @@ and the run ends when every queue has drained.
 store and store->compute. Every instruction carries ``pop_prev``, ``pop_next``, ``push_prev`` and
 ``push_next``: before it executes, its unit takes one token from each channel it pops (waiting
 until there is one); after it completes, it gives one to each channel it pushes. "prev" is the
-upstream unit, "next" the downstream one: load has no prev, store has no next. A channel holds
-at most ``TOKEN_DEPTH`` tokens; pushing more, popping a channel that can never be refilled, or
-halting with tokens left over is an error (``ErrorCode``), never a silent loss.
+upstream unit, "next" the downstream one: load has no prev, store has no next. A channel is a
+``TOKEN_BITS``-bit counter, as wide as PROG_LEN, so no program can overflow it. Popping a channel
+that can never be refilled (a deadlock) or halting with tokens left over is an error
+(``ErrorCode.TOKEN``), and so are token flags a unit does not have. The first HALT ends the
+program: instructions after it are never fetched; HALT carries no token flags.
 
 **Memories** (``Geometry`` has the sizes). Addresses count rows.
 - Scratchpad: ``sp_rows`` rows of ``sp_row_bytes`` bytes (a multiple of the DRAM bus width).
@@ -72,7 +74,7 @@ from qaccel import formats, modes
 __all__ = [
     "ISA_VERSION",
     "QUEUE_DEPTH",
-    "TOKEN_DEPTH",
+    "TOKEN_BITS",
     "UNIT_OF",
     "AccElement",
     "ErrorCode",
@@ -84,7 +86,7 @@ __all__ = [
 ]
 
 ISA_VERSION = 1
-TOKEN_DEPTH = 8  # tokens a channel holds: enough for quadruple buffering both ways
+TOKEN_BITS = 32  # a token channel's counter: as wide as PROG_LEN, so it cannot overflow
 QUEUE_DEPTH = 4  # fetched instructions a unit's queue holds before fetch waits
 DRAM_ADDR_BITS = 32
 SIZE_BITS = 16  # y_size, x_size, m, k, rows
@@ -126,9 +128,12 @@ class ErrorCode(enum.IntEnum):
     DRAM_RANGE = 3  # a DMA outside DRAM, or not aligned to the bus
     SCRATCHPAD_RANGE = 4  # rows beyond the scratchpad
     ACCUMULATOR_RANGE = 5  # rows beyond the accumulator memory
-    TOKEN = 6  # a token channel overflowed, can never be refilled, or is not empty at HALT
+    TOKEN = 6  # a token channel can never be refilled (deadlock) or is not empty at HALT
     NO_HALT = 7  # PROG_LEN instructions fetched without a HALT
     BUS = 8  # the DRAM answered SLVERR or DECERR
+    # The checker's alone (the hardware cannot see it): two units touch the same rows or DRAM
+    # bytes with no token ordering them, or an instruction reads rows nothing wrote before.
+    HAZARD = 9
 
 
 TOKEN_FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")
@@ -229,6 +234,12 @@ class Geometry:
         mem = cfg.memory
         sp_rows = mem.scratchpad_kib * 1024 // sp_row_bytes
         acc_rows = mem.accumulator_kib * 1024 // (acc_cols * acc_elem_bytes)
+        if acc_elem_bits > 160:
+            raise qconfig.ConfigError(
+                "array.mx_scale_range",
+                f"accumulators of {acc_elem_bits} bits are wider than the post-processing "
+                "unit's 160: narrow the MX scale window",
+            )
         for what, n in (("scratchpad", sp_rows), ("accumulator memory", acc_rows)):
             if n < 4:
                 raise qconfig.ConfigError(

@@ -29,7 +29,6 @@ from qaccel import config as qconfig
 from qaccel import formats
 from qaccel.isa import (
     QUEUE_DEPTH,
-    TOKEN_DEPTH,
     TOKEN_FLAGS,
     UNITS,
     ErrorCode,
@@ -194,6 +193,15 @@ class Program:
     def geometry(self) -> Geometry:
         return Geometry.of(self.config)
 
+    @property
+    def body(self) -> list[Instruction]:
+        """The instructions fetch hands out: those before the first HALT."""
+        halt = next(
+            (i for i, x in enumerate(self.instructions) if x.opcode == Opcode.HALT),
+            len(self.instructions),
+        )
+        return self.instructions[:halt]
+
     def tensor(self, name: str) -> TensorSpec:
         for spec in self.inputs + self.outputs:
             if spec.name == name:
@@ -287,11 +295,15 @@ def load_program(directory: str | Path, config: qconfig.AcceleratorConfig | None
             raise ProgramError(f"{directory}: instruction {i} is not in the DRAM image")
         words.append(int.from_bytes(chunk, "little"))
     instructions = []
+    opcodes = {op.value for op in Opcode}
     for i, word in enumerate(words):
         try:
             instructions.append(decode(geometry, word))
-        except ValueError as e:
-            raise ProgramError(str(e), ErrorCode.ILLEGAL_OPCODE, i) from None
+        except ValueError as e:  # an unknown opcode, or bits set above an opcode's fields
+            code = (
+                ErrorCode.ILLEGAL_OPCODE if word & 0xF not in opcodes else ErrorCode.ILLEGAL_FIELD
+            )
+            raise ProgramError(str(e), code, i) from None
     program = Program(
         cfg, instructions, segments, inputs, outputs, prog_addr, meta.get("notes", {})
     )
@@ -318,8 +330,8 @@ def token_order(instructions: list[Instruction], prefer: tuple[str, ...] = UNITS
     """An order the three queues can execute in under their tokens: fetch hands instructions
     out in program order, each queue holding at most ``QUEUE_DEPTH`` that have not started;
     each unit runs ahead as far as its tokens allow, ``prefer`` first. Raises ProgramError
-    (TOKEN) if the queues deadlock, a channel exceeds ``TOKEN_DEPTH`` or holds tokens at the
-    end."""
+    (TOKEN) if the queues deadlock, or if a channel holds tokens at the end (named at
+    ``len(instructions)``: the HALT)."""
     queues = {u: [i for i, x in enumerate(instructions) if x.unit == u] for u in UNITS}
     channels = {
         ("load", "compute"): 0,
@@ -366,13 +378,6 @@ def token_order(instructions: list[Instruction], prefer: tuple[str, ...] = UNITS
                 for flag, other in (("push_prev", upstream[unit]), ("push_next", downstream[unit])):
                     if getattr(insn, flag):
                         channels[(unit, other)] += 1
-                        if channels[(unit, other)] > TOKEN_DEPTH:
-                            raise ProgramError(
-                                f"{insn.opcode.name} pushes a {unit}->{other} token while "
-                                f"{TOKEN_DEPTH} wait unconsumed (the channel holds {TOKEN_DEPTH})",
-                                ErrorCode.TOKEN,
-                                index,
-                            )
                 order.append(index)
                 heads[unit] += 1
                 progressed = True
@@ -398,7 +403,7 @@ def token_order(instructions: list[Instruction], prefer: tuple[str, ...] = UNITS
         raise ProgramError(
             f"tokens left at HALT: {left} (every push needs a pop)",
             ErrorCode.TOKEN,
-            len(instructions) - 1,
+            len(instructions),
         )
     return order
 
@@ -408,11 +413,13 @@ def check_program(program: Program) -> None:
     docstring); returns None for a program that runs to HALT."""
     g = program.geometry
     insns = program.instructions
-    if not insns or insns[-1].opcode != Opcode.HALT:
-        raise ProgramError("the program does not end with HALT", ErrorCode.NO_HALT)
+    halt = next((i for i, x in enumerate(insns) if x.opcode == Opcode.HALT), None)
+    if halt is None:
+        raise ProgramError(
+            "the program has no HALT (fetch would run past its end)", ErrorCode.NO_HALT, len(insns)
+        )
+    insns = insns[: halt + 1]  # fetch never reads past the first HALT
     for i, insn in enumerate(insns):
-        if insn.opcode == Opcode.HALT and i != len(insns) - 1:
-            raise ProgramError("HALT before the end of the program", ErrorCode.ILLEGAL_FIELD, i)
         try:
             encode(g, insn)
             _check_insn(g, insn)
@@ -432,8 +439,144 @@ def check_program(program: Program) -> None:
             ErrorCode.DRAM_RANGE,
         )
     body = insns[:-1]
-    for prefer in (UNITS, UNITS[::-1], ("compute", "load", "store"), ("store", "load", "compute")):
-        token_order(body, prefer)  # overflow shows in the order that runs the producer ahead
+    order = token_order(body)
+    _check_hazards(g, body, order, (program.prog_addr, end))
+
+
+def _footprint(g: Geometry, insn: Instruction) -> list[tuple[str, int, int, bool]]:
+    """What an instruction reads and writes: (space, first, end, is_write) with space "sp",
+    "acc" (rows) or "dram" (bytes; a strided transfer's bounding range)."""
+    op = insn.opcode
+    if op in (Opcode.LOAD, Opcode.STORE):
+        mem = "acc" if insn.mem else "sp"
+        rows = (mem, insn.sram_addr, insn.sram_addr + insn.y_size * insn.x_size)
+        reach = (insn.y_size - 1) * insn.dram_stride + insn.x_size * g.row_bytes(
+            insn.mem, insn.elem
+        )
+        dram = ("dram", insn.dram_addr, insn.dram_addr + reach)
+        return (
+            [(*dram, False), (*rows, True)]
+            if op == Opcode.LOAD
+            else [
+                (*rows, False),
+                (*dram, True),
+            ]
+        )
+    if op == Opcode.POST:
+        out = [
+            ("acc", insn.acc_addr, insn.acc_addr + insn.rows, False),
+            ("acc", insn.param_addr, insn.param_addr + 3, False),
+            ("sp", insn.out_addr, insn.out_addr + insn.rows, True),
+        ]
+        if insn.residual:
+            out.append(("sp", insn.res_addr, insn.res_addr + insn.rows, False))
+        return out
+    if op == Opcode.GEMM:
+        spec = g.array_modes[insn.mode]
+        os = insn.dataflow == 1
+        a = insn.k if os else insn.m
+        w = insn.k if os else g.rows
+        out = [
+            ("sp", insn.a_addr, insn.a_addr + a, False),
+            ("sp", insn.w_addr, insn.w_addr + w, False),
+        ]
+        if os and spec.block:
+            out.append(
+                ("sp", insn.scale_addr, insn.scale_addr + 2 * -(-insn.k // spec.block), False)
+            )
+    else:  # LUT_GEMM
+        planes = g.lut_planes(insn.mode)
+        out = [
+            ("sp", insn.a_addr, insn.a_addr + insn.k, False),
+            ("sp", insn.w_addr, insn.w_addr + insn.k * planes, False),
+        ]
+    rows = ("acc", insn.acc_addr, insn.acc_addr + insn.m)
+    if insn.accumulate:
+        out.append((*rows, False))
+    return [*out, (*rows, True)]
+
+
+def _check_hazards(g: Geometry, body: list[Instruction], order: list[int], stream) -> None:
+    """Every pair of instructions of different units that touch the same rows or bytes, one of
+    them writing, must be ordered by tokens (happens-before through the matched pushes and
+    pops, as vector clocks); and every row read must have been written before. Raises
+    ProgramError(HAZARD) naming the later instruction."""
+    units = {u: i for i, u in enumerate(UNITS)}
+    clock = np.zeros((len(body), 3), dtype=np.int64)  # per instruction: what it has seen
+    last = np.zeros((3, 3), dtype=np.int64)
+    position = {}
+    count = dict.fromkeys(UNITS, 0)
+    pushes: dict[tuple[str, str], list[int]] = {}
+    pops: dict[tuple[str, str], int] = {}
+    upstream = {"load": None, "compute": "load", "store": "compute"}
+    downstream = {"load": "compute", "compute": "store", "store": None}
+    for index in order:
+        insn = body[index]
+        u = insn.unit
+        vc = last[units[u]].copy()
+        for flag, channel in (("pop_prev", (upstream[u], u)), ("pop_next", (downstream[u], u))):
+            if getattr(insn, flag):
+                k = pops.get(channel, 0)
+                pops[channel] = k + 1
+                vc = np.maximum(vc, clock[pushes[channel][k]])
+        count[u] += 1
+        position[index] = count[u]
+        vc[units[u]] = count[u]
+        clock[index] = vc
+        last[units[u]] = vc
+        for flag, channel in (("push_prev", (u, upstream[u])), ("push_next", (u, downstream[u]))):
+            if getattr(insn, flag):
+                pushes.setdefault(channel, []).append(index)
+
+    def before(x: int, y: int) -> bool:
+        return clock[y][units[body[x].unit]] >= position[x]
+
+    accesses = [(i, *a) for i in range(len(body)) for a in _footprint(g, body[i])]
+    for space in ("sp", "acc", "dram"):
+        items = [a for a in accesses if a[1] == space and a[3] > a[2]]
+        items.sort(key=lambda a: a[2])
+        for n, (x, _, lo, hi, wx) in enumerate(items):
+            for y, _, lo2, hi2, wy in items[n + 1 :]:
+                if lo2 >= hi:
+                    break
+                if x == y or not (wx or wy) or body[x].unit == body[y].unit or hi2 <= lo:
+                    continue
+                if not (before(x, y) or before(y, x)):
+                    a, b = sorted((x, y))
+                    raise ProgramError(
+                        f"{body[b].opcode.name} and instruction {a} ({body[a].opcode.name}) "
+                        f"touch the same {_SPACES[space]} {max(lo, lo2)}..{min(hi, hi2) - 1} with "
+                        "no token between them",
+                        ErrorCode.HAZARD,
+                        b,
+                    )
+    # reads of rows no instruction wrote before (in token order; the host fills DRAM)
+    written = {"sp": np.zeros(g.sp_rows, bool), "acc": np.zeros(g.acc_rows, bool)}
+    first_prog, end_prog = stream
+    for index in order:
+        for space, lo, hi, is_write in _footprint(g, body[index]):
+            if space == "dram":
+                if is_write and lo < end_prog and first_prog < hi:
+                    raise ProgramError(
+                        "STORE writes over the program's own instruction words",
+                        ErrorCode.HAZARD,
+                        index,
+                    )
+                continue
+            if not is_write and not written[space][lo:hi].all():
+                row = lo + int(np.argmin(written[space][lo:hi]))
+                raise ProgramError(
+                    f"{body[index].opcode.name} reads {_SPACES[space][:-1]} {row}, which no "
+                    "earlier instruction wrote",
+                    ErrorCode.HAZARD,
+                    index,
+                )
+        for space, lo, hi, is_write in _footprint(g, body[index]):
+            if is_write and space != "dram":
+                written[space][lo:hi] = True
+
+
+_SPACES = {"sp": "scratchpad rows", "acc": "accumulator rows", "dram": "DRAM bytes"}  # plurals
 
 
 def _rows(g: Geometry, mem: int, start: int, count: int, what: str) -> None:
@@ -550,6 +693,11 @@ def _check_gemm(g: Geometry, insn: Instruction) -> None:
         if insn.k != g.rows:
             raise ProgramError(
                 f"weight-stationary GEMM.k must be the array's {g.rows} rows, not {insn.k}"
+            )
+        if g.rows > g.max_steps(insn.mode):
+            raise ProgramError(
+                f"{spec.name}: a weight-stationary column of {g.rows} rows could saturate its "
+                f"accumulators (they hold {g.max_steps(insn.mode)} steps); use output-stationary"
             )
         _rows(g, 0, insn.w_addr, g.rows, "GEMM weight")
         _rows(g, 0, insn.a_addr, insn.m, "GEMM activation")

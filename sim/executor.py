@@ -308,7 +308,8 @@ def run_program(program: Program, inputs: dict) -> RunResult:
     check_program(program)
     machine = Machine(program.geometry, dram_size(program))
     place_inputs(machine, program, inputs)
-    order = token_order(program.instructions[:-1])
+    body = program.body
+    order = token_order(body)
     for index in order:
-        machine.execute(program.instructions[index])
+        machine.execute(body[index])
     return RunResult(read_outputs(machine, program), dict(machine.counters), order)

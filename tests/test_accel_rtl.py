@@ -10,7 +10,7 @@ import pytest
 from compiler.gemm import lower_gemm
 from hw.accel_bench import compare, run_on_rtl
 from hw.selftest import run_selftest
-from qaccel import config, formats
+from qaccel import config, formats, isa
 from qaccel.isa import ErrorCode, Geometry
 from qaccel.program import ProgramBuilder, ProgramError
 from sim.executor import run_program
@@ -184,3 +184,101 @@ def test_ternary_code_two_reads_as_minus_two_on_both(tmp_path):
     assert want.outputs["y"].tolist() == [[-2 * 6, -2 * 3 + 3]]
     (got,) = run_on_rtl(cfg, [(program, {})], build_dir=tmp_path)
     compare(want, got)
+
+
+BOTH = small(
+    "both",
+    array={
+        "rows": 2,
+        "cols": 2,
+        "dataflow": "os",
+        "modes": [{"weight": "int8", "activation": "int8"}],
+    },
+    lut={"group": 2, "tile_m": 1, "tile_n": 4, "weight_bits": [2], "ternary": False},
+)
+
+
+def test_checker_and_rtl_agree_on_edge_programs(tmp_path):
+    """Programs at the edges of the contract, on an array + LUT configuration: a GEMM leaves
+    the accumulator columns beyond the array's alone; HALT with a token flag, a LOAD with a
+    token toward a unit it does not have and tokens left at HALT stop with the checker's
+    code and instruction; a good program runs after each."""
+    from qaccel.program import check_program, row_major
+
+    g = Geometry.of(BOTH)
+    jobs, verdicts = [], []
+
+    def acc_row(values):
+        return b"".join(int(v).to_bytes(g.acc_elem_bytes, "little", signed=True) for v in values)
+
+    b = ProgramBuilder(BOTH)
+    operands = b.constant(
+        bytes([2, 3]).ljust(g.sp_row_bytes, b"\0") + bytes([4, 5]).ljust(g.sp_row_bytes, b"\0")
+    )
+    row = b.constant(acc_row([11, 22, 33, 44]).ljust(g.acc_row_bytes, b"\0"))
+    y = b.tensor(
+        row_major(
+            "y",
+            (1, 4),
+            "acc",
+            b.alloc(g.acc_row_bytes),
+            pitch=g.acc_row_bytes,
+            bits=8 * g.acc_elem_bytes,
+        ),
+        output=True,
+    )
+    b.load(mem=0, sram_addr=0, dram_addr=operands, dram_stride=0, y_size=1, x_size=2)
+    b.load(mem=1, sram_addr=0, dram_addr=row, dram_stride=0, y_size=1, x_size=1, push_next=True)
+    b.gemm(
+        mode=0, dataflow=1, a_addr=0, w_addr=1, acc_addr=0, m=1, k=1, pop_prev=True, push_next=True
+    )
+    b.store(
+        mem=1, sram_addr=0, dram_addr=y.address, dram_stride=0, y_size=1, x_size=1, pop_prev=True
+    )
+    columns = b.build()
+    want = run_program(columns, {})
+    assert want.outputs["y"].tolist() == [[2 * 4, 2 * 5, 33, 44]]  # row 0 of A is [2]
+    jobs.append((columns, {}))
+    verdicts.append(None)
+
+    def bad(emit):
+        b = ProgramBuilder(BOTH)
+        emit(b)
+        program = b.build(check=False)
+        with pytest.raises(ProgramError) as e:
+            check_program(program)
+        jobs.append((program, {}))
+        verdicts.append((e.value.code, e.value.index))
+        jobs.append((columns, {}))
+        verdicts.append(None)
+
+    load = dict(mem=0, sram_addr=0, dram_stride=0, y_size=1, x_size=1)
+    bad(lambda b: b.emit(isa.Opcode.HALT, pop_prev=True))
+    bad(lambda b: b.load(**load, dram_addr=b.alloc(g.sp_row_bytes), push_prev=True))
+    bad(lambda b: b.load(**load, dram_addr=b.alloc(g.sp_row_bytes), push_next=True))
+    runs = run_on_rtl(BOTH, jobs, build_dir=tmp_path)
+    for (program, inputs), verdict, got in zip(jobs, verdicts, runs, strict=True):
+        if verdict is None:
+            compare(run_program(program, inputs), got)
+        else:
+            assert (got.error_code, got.error_insn) == verdict
+    assert [v[0] for v in verdicts if v] == [ErrorCode.ILLEGAL_FIELD] * 2 + [ErrorCode.TOKEN]
+
+
+def test_weight_stationary_columns_that_could_saturate_are_refused():
+    cfg = small(
+        "ws16",
+        array={
+            "rows": 4,
+            "cols": 2,
+            "dataflow": "ws",
+            "acc_bits": 16,
+            "modes": [{"weight": "int8", "activation": "int8"}],
+        },
+    )
+    with pytest.raises(ProgramError, match="weight-stationary columns of 4 rows could saturate"):
+        lower_gemm(cfg, np.full((4, 2), -128), m=1, mode="int8*int8")
+    b = ProgramBuilder(cfg)
+    b.gemm(mode=0, dataflow=0, a_addr=0, w_addr=4, acc_addr=0, m=1, k=4)
+    with pytest.raises(ProgramError, match="a weight-stationary column of 4 rows could saturate"):
+        b.build()

@@ -244,7 +244,7 @@ def test_padding_comes_from_the_image_not_from_clean_dram(mode, dataflow):
     machine = Machine(program.geometry, dram_size(program))
     machine.dram[:] = bytes([0xA5]) * len(machine.dram)
     place_inputs(machine, program, {"x": x})
-    for index in token_order(program.instructions[:-1]):
+    for index in token_order(program.body):
         machine.execute(program.instructions[index])
     want = x @ formats.get_format("binary").decode(w).astype(np.int64)
     assert np.array_equal(read_outputs(machine, program)["y"], want)

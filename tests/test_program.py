@@ -3,6 +3,7 @@ test each, matching the message."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -287,23 +288,56 @@ def test_rejects_tokens_left_at_halt():
     rejected(b, "tokens left at HALT: \\{'load->compute': 1\\}", ErrorCode.TOKEN)
 
 
-def test_rejects_token_overflow():
+def test_a_channel_counts_more_tokens_than_queue_entries():
+    """Tokens are counters as wide as PROG_LEN: twelve loads may run ahead of their GEMMs."""
     b = ProgramBuilder(TINY)
-    for _ in range(9):
-        b.load(mem=0, sram_addr=0, dram_addr=0, dram_stride=0, y_size=1, x_size=1, push_next=True)
-    for _ in range(9):
-        b.post(
-            acc_addr=0,
-            out_addr=0,
-            param_addr=4,
-            rows=1,
-            out_signed=1,
-            lo=-128,
-            hi=127,
-            pop_prev=True,
+    src = b.constant(bytes(2 * G.sp_row_bytes))
+    for i in range(12):
+        b.load(
+            mem=0, sram_addr=2 * i, dram_addr=src, dram_stride=0, y_size=1, x_size=2, push_next=True
         )
-    e = rejected(b, "pushes a load->compute token while 8 wait", ErrorCode.TOKEN)
-    assert e.index == 8
+    for i in range(12):
+        b.gemm(
+            mode=0, dataflow=1, a_addr=2 * i, w_addr=2 * i + 1, acc_addr=i, m=1, k=1, pop_prev=True
+        )
+    assert run_program(b.build(), {}).counters["INSNS"] == 24
+
+
+def test_rejects_a_race_between_units():
+    b, _ = hand_program()
+    b._insns[1] = dataclasses.replace(b._insns[1], push_next=False)
+    b._insns[2] = dataclasses.replace(b._insns[2], pop_prev=False)
+    e = rejected(
+        b,
+        r"GEMM and instruction 0 \(LOAD\) touch the same scratchpad rows 0..3 "
+        "with no token",
+        ErrorCode.HAZARD,
+    )
+    assert e.index == 2
+
+
+def test_rejects_a_read_of_rows_nothing_wrote():
+    b, _ = hand_program(gemm={"w_addr": 8})
+    rejected(
+        b,
+        "instruction 2: GEMM reads scratchpad row 8, which no earlier instruction wrote",
+        ErrorCode.HAZARD,
+    )
+
+
+def test_rejects_a_store_over_the_program():
+    b, _ = hand_program()
+    b._insns[3] = dataclasses.replace(
+        b._insns[3], fields=b._insns[3].fields | {"dram_addr": 0x10000, "mem": 1}
+    )
+    program = b.build(check=False)
+    store = dataclasses.replace(
+        program.instructions[3],
+        fields=program.instructions[3].fields | {"dram_addr": program.prog_addr},
+    )
+    program.instructions[3] = store
+    with pytest.raises(ProgramError, match="STORE writes over the program's own instruction"):
+        check_program(program)
 
 
 def test_rejects_tokens_to_a_unit_that_does_not_exist():
@@ -318,9 +352,21 @@ def test_rejects_tokens_to_a_unit_that_does_not_exist():
 def test_rejects_a_program_without_halt():
     program = ProgramBuilder(TINY).build()
     program.instructions.pop()
-    with pytest.raises(ProgramError, match=r"does not end with HALT") as info:
+    with pytest.raises(ProgramError, match="the program has no HALT") as info:
         check_program(program)
-    assert info.value.code == ErrorCode.NO_HALT
+    assert (info.value.code, info.value.index) == (ErrorCode.NO_HALT, 0)
+
+
+def test_halt_ends_the_program_and_carries_no_tokens():
+    b, _ = hand_program()
+    program = b.build()
+    program.instructions.insert(2, program.instructions[-1])  # an early HALT: the rest is dead
+    with pytest.raises(ProgramError, match="tokens left at HALT") as info:
+        check_program(program)
+    assert (info.value.code, info.value.index) == (ErrorCode.TOKEN, 2)  # named at the HALT
+    b = ProgramBuilder(TINY)
+    b.emit(Opcode.HALT, pop_prev=True)
+    rejected(b, "instruction 0: HALT carries no tokens", ErrorCode.ILLEGAL_FIELD)
 
 
 def test_rejects_a_field_too_wide_with_its_index():
@@ -345,3 +391,18 @@ def test_rejects_an_element_format_for_the_scratchpad():
 
 def test_int32_accumulator_rows_are_narrower_in_dram():
     assert G.acc_dram_row_bytes(1) == 4 * G.acc_cols < G.acc_row_bytes
+
+
+def test_load_names_bits_above_the_fields_an_illegal_field(saved):
+    import hashlib
+
+    meta = json.loads((saved / "program.json").read_text())
+    data = bytearray((saved / "dram.bin").read_bytes())
+    seg = next(s for s in meta["segments"] if s["address"] == meta["prog_addr"])
+    data[seg["offset"] + G.insn_bytes - 1] |= 0x80  # the top bit of instruction 0 (a LOAD)
+    (saved / "dram.bin").write_bytes(bytes(data))
+    meta["dram_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (saved / "program.json").write_text(json.dumps(meta))
+    with pytest.raises(ProgramError, match="instruction 0: LOAD has bits set above") as info:
+        load_program(saved)
+    assert info.value.code == ErrorCode.ILLEGAL_FIELD
