@@ -25,9 +25,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
-from hw.rtl_bench import SIMULATORS, VERILATOR_ARGS
+from hw.rtl_bench import SIMULATORS, read_results, run_cocotb
 from qaccel import csr
-from qaccel.toolchain import tool_env
 
 __all__ = ["RtlRun", "run_on_rtl", "verify_program"]
 
@@ -79,8 +78,6 @@ def run_on_rtl(
 ) -> list[RtlRun]:
     """Run ``jobs`` (each ``(program, inputs)`` or ``(program, inputs, options)`` with options
     pause, seed, max_cycles, prog_len) one after the other on the accelerator of ``config``."""
-    from cocotb_tools.runner import get_runner
-
     from hw.accel import Accelerator
     from hw.generate import to_verilog
     from sim.executor import Machine, read_outputs
@@ -105,37 +102,19 @@ def run_on_rtl(
     jobs_file, results_file = build_dir / "jobs.json", build_dir / "results.json"
     jobs_file.write_text(json.dumps(specs))
     results_file.unlink(missing_ok=True)
-    saved = dict(os.environ)
-    os.environ.update(tool_env())
-    try:
-        runner = get_runner(simulator)
-        runner.build(
-            sources=[verilog],
-            hdl_toplevel=TOP,
-            build_dir=build_dir,
-            build_args=VERILATOR_ARGS if simulator == "verilator" else [],
-            waves=waves,
-            timescale=("1ns", "1ps"),
-            log_file=build_dir / "build.log",
-        )
-        runner.test(
-            test_module="hw.accel_bench",
-            hdl_toplevel=TOP,
-            build_dir=build_dir,
-            test_dir=build_dir,
-            log_file=build_dir / "sim.log",
-            waves=waves,
-            extra_env={_JOBS_ENV: str(jobs_file), _RESULTS_ENV: str(results_file)},
-        )
-    except (RuntimeError, SystemExit) as e:
-        raise AssertionError(f"the {simulator} run failed: {e} (logs in {build_dir})") from None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    if not results_file.exists():
-        raise AssertionError(f"the {simulator} run wrote no results (logs in {build_dir})")
+    env = {_JOBS_ENV: str(jobs_file), _RESULTS_ENV: str(results_file)}
+    run_cocotb(
+        verilog,
+        TOP,
+        "hw.accel_bench",
+        simulator=simulator,
+        build_dir=build_dir,
+        extra_env=env,
+        waves=waves,
+    )
+    raws = read_results(results_file, simulator, build_dir)
     runs = []
-    for job, raw in zip(jobs, json.loads(results_file.read_text()), strict=True):
+    for job, raw in zip(jobs, raws, strict=True):
         if "failure" in raw:
             raise AssertionError(f"the {simulator} run failed: {raw['failure']}")
         run = RtlRun(

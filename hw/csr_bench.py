@@ -30,9 +30,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, SimTimeoutError, with_timeout
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiResp
 
-from hw.rtl_bench import SIMULATORS, VERILATOR_ARGS
+from hw.rtl_bench import SIMULATORS, run_cocotb
 from qaccel import csr
-from qaccel.toolchain import tool_env
 
 __all__ = ["ControllerModel", "run_csr_bench"]
 
@@ -55,8 +54,6 @@ def run_csr_bench(
 ) -> None:
     """Build ``ControlRegisters`` for ``simulator`` in ``build_dir`` and run this module's cocotb
     tests on it; raise AssertionError naming the failed tests and their first error."""
-    from cocotb_tools.runner import get_runner
-
     from hw.csr import ControlRegisters
     from hw.generate import to_verilog
 
@@ -68,37 +65,18 @@ def run_csr_bench(
     verilog.write_text(to_verilog(ControlRegisters(addr_width), TOP))
     results = build_dir / "results.xml"
     results.unlink(missing_ok=True)
-    saved = dict(os.environ)
-    os.environ.update(tool_env())  # Verilator's binary and its make flags
-    try:
-        runner = get_runner(simulator)
-        runner.build(
-            sources=[verilog],
-            hdl_toplevel=TOP,
-            build_dir=build_dir,
-            build_args=VERILATOR_ARGS if simulator == "verilator" else [],
-            waves=waves,
-            timescale=("1ns", "1ps"),
-            log_file=build_dir / "build.log",
-        )
-        runner.test(
-            test_module="hw.csr_bench",
-            hdl_toplevel=TOP,
-            testcase=list(TESTS),
-            build_dir=build_dir,
-            test_dir=build_dir,
-            results_xml=str(results),
-            log_file=build_dir / "sim.log",
-            waves=waves,
-            extra_env={_SEED_ENV: str(seed)},
-        )
-    except (RuntimeError, SystemExit) as e:  # the runner's ways of saying a step failed
-        raise AssertionError(
-            f"the {simulator} run failed: {_failures(results) or e} (logs in {build_dir})"
-        ) from None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    run_cocotb(
+        verilog,
+        TOP,
+        "hw.csr_bench",
+        simulator=simulator,
+        build_dir=build_dir,
+        extra_env={_SEED_ENV: str(seed)},
+        waves=waves,
+        why=lambda _: _failures(results),
+        testcase=list(TESTS),
+        results_xml=str(results),
+    )
     failed = _failures(results)
     if failed is None or failed:
         raise AssertionError(

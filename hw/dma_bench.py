@@ -37,8 +37,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotbext.axi import AddressSpace, AxiBus, AxiRam, AxiSlave, MemoryRegion
 
-from hw.rtl_bench import SIMULATORS, VERILATOR_ARGS, _why
-from qaccel.toolchain import tool_env
+from hw.rtl_bench import SIMULATORS, read_results, run_cocotb
 
 __all__ = ["run_dma_bench"]
 
@@ -51,8 +50,6 @@ def run_dma_bench(
 ) -> dict:
     """Run ``spec`` (see the module docstring) on ``top``; return what it measured. Raises
     AssertionError with the bench's message if a check fails."""
-    from cocotb_tools.runner import get_runner
-
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
     build_dir = Path(build_dir).resolve()
@@ -60,39 +57,17 @@ def run_dma_bench(
     spec_file, results_file = build_dir / "spec.json", build_dir / "results.json"
     spec_file.write_text(json.dumps(spec))
     results_file.unlink(missing_ok=True)
-    saved = dict(os.environ)
-    os.environ.update(tool_env())  # Verilator's binary and its make flags
-    try:
-        runner = get_runner(simulator)
-        runner.build(
-            sources=[Path(verilog).resolve()],
-            hdl_toplevel=top,
-            build_dir=build_dir,
-            build_args=VERILATOR_ARGS if simulator == "verilator" else [],
-            waves=waves,
-            timescale=("1ns", "1ps"),
-            log_file=build_dir / "build.log",
-        )
-        runner.test(
-            test_module="hw.dma_bench",
-            hdl_toplevel=top,
-            build_dir=build_dir,
-            test_dir=build_dir,
-            log_file=build_dir / "sim.log",
-            waves=waves,
-            extra_env={_SPEC_ENV: str(spec_file), _RESULTS_ENV: str(results_file)},
-        )
-    except (RuntimeError, SystemExit) as e:  # the runner's ways of saying a step failed
-        raise AssertionError(
-            f"the {simulator} run failed: {_why(build_dir) or e} (logs in {build_dir})"
-        ) from None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    if not results_file.exists():
-        why = _why(build_dir) or "it wrote no results"
-        raise AssertionError(f"the {simulator} run failed: {why} (logs in {build_dir})")
-    return json.loads(results_file.read_text())
+    env = {_SPEC_ENV: str(spec_file), _RESULTS_ENV: str(results_file)}
+    run_cocotb(
+        verilog,
+        top,
+        "hw.dma_bench",
+        simulator=simulator,
+        build_dir=build_dir,
+        extra_env=env,
+        waves=waves,
+    )
+    return read_results(results_file, simulator, build_dir)
 
 
 def _now() -> int:

@@ -23,7 +23,7 @@ from qaccel.toolchain import tool_env
 from sim.array_model import Beats, check_run, unpack_output
 from sim.lut_model import LutBeats, check_lut_run
 
-__all__ = ["SIMULATORS", "run_rtl"]
+__all__ = ["SIMULATORS", "VERILATOR_ARGS", "read_results", "run_cocotb", "run_rtl"]
 
 SIMULATORS = ("icarus", "verilator")
 # Amaranth's Verilog trips these lint warnings by design (widths, incomplete cases, [0:0]
@@ -39,6 +39,59 @@ VERILATOR_ARGS = [
 _JOBS_ENV, _RESULTS_ENV = "QACCEL_RTL_JOBS", "QACCEL_RTL_RESULTS"
 
 
+def run_cocotb(
+    verilog: Path,
+    top: str,
+    test_module: str,
+    *,
+    simulator: str,
+    build_dir: Path,
+    extra_env: dict[str, str],
+    waves: bool = False,
+    why=None,
+    **test_options,
+) -> None:
+    """Build ``verilog`` for ``simulator`` in ``build_dir`` (cocotb's runner, the flags each
+    simulator needs) and run ``test_module``'s cocotb tests on ``top``. A failed step raises
+    AssertionError with the reason ``why(build_dir)`` finds (default: the log's last
+    assertion)."""
+    from cocotb_tools.runner import get_runner
+
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    why = why or _why
+    saved = dict(os.environ)
+    os.environ.update(tool_env())  # Verilator's binary and its make flags
+    try:
+        runner = get_runner(simulator)
+        runner.build(
+            sources=[Path(verilog).resolve()],
+            hdl_toplevel=top,
+            build_dir=build_dir,
+            build_args=VERILATOR_ARGS if simulator == "verilator" else [],
+            waves=waves,
+            timescale=("1ns", "1ps"),
+            log_file=build_dir / "build.log",
+        )
+        runner.test(
+            test_module=test_module,
+            hdl_toplevel=top,
+            build_dir=build_dir,
+            test_dir=build_dir,
+            log_file=build_dir / "sim.log",
+            waves=waves,
+            extra_env=extra_env,
+            **test_options,
+        )
+    except (RuntimeError, SystemExit) as e:  # the runner's ways of saying a step failed
+        raise AssertionError(
+            f"the {simulator} run failed: {why(build_dir) or e} (logs in {build_dir})"
+        ) from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def run_rtl(
     verilog: Path,
     top: str,
@@ -52,10 +105,6 @@ def run_rtl(
     """Run ``jobs`` one after the other on ``top``; return, per job, the cycle each ``a`` beat
     was accepted, the outputs and the cycle count. Raises if any job breaks the contract.
     ``widths``: the block's output ``cols`` and their ``acc_width``, to decode its outputs."""
-    from cocotb_tools.runner import get_runner
-
-    if simulator not in SIMULATORS:
-        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     jobs_file, results_file = build_dir / "jobs.json", build_dir / "results.json"
@@ -64,36 +113,21 @@ def run_rtl(
         json.dumps({"kind": kind, "widths": widths, "jobs": [dataclasses.asdict(j) for j in jobs]})
     )
     results_file.unlink(missing_ok=True)
-    saved = dict(os.environ)
-    os.environ.update(tool_env())  # Verilator's binary and its make flags
-    try:
-        runner = get_runner(simulator)
-        build_args = VERILATOR_ARGS if simulator == "verilator" else []
-        runner.build(
-            sources=[Path(verilog).resolve()],
-            hdl_toplevel=top,
-            build_dir=build_dir,
-            build_args=build_args,
-            waves=waves,
-            timescale=("1ns", "1ps"),
-            log_file=build_dir / "build.log",
-        )
-        runner.test(
-            test_module="hw.rtl_bench",
-            hdl_toplevel=top,
-            build_dir=build_dir,
-            test_dir=build_dir,
-            log_file=build_dir / "sim.log",
-            waves=waves,
-            extra_env={_JOBS_ENV: str(jobs_file), _RESULTS_ENV: str(results_file)},
-        )
-    except (RuntimeError, SystemExit) as e:  # the runner's ways of saying a step failed
-        raise AssertionError(
-            f"the {simulator} run failed: {_why(build_dir) or e} (logs in {build_dir})"
-        ) from None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    env = {_JOBS_ENV: str(jobs_file), _RESULTS_ENV: str(results_file)}
+    run_cocotb(
+        verilog,
+        top,
+        "hw.rtl_bench",
+        simulator=simulator,
+        build_dir=build_dir,
+        extra_env=env,
+        waves=waves,
+    )
+    return read_results(results_file, simulator, build_dir)
+
+
+def read_results(results_file: Path, simulator: str, build_dir: Path):
+    """The JSON a bench wrote, or AssertionError saying why it wrote none."""
     if not results_file.exists():
         why = _why(build_dir) or "it wrote no results"
         raise AssertionError(f"the {simulator} run failed: {why} (logs in {build_dir})")
