@@ -46,6 +46,8 @@ reads, which wait for their bank.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -408,26 +410,63 @@ class Accelerator(wiring.Component):
         self._error(busy_state & ~zero & (align | dram_over), ErrorCode.DRAM_RANGE, index)
         return bad
 
+    def _dma_unit(self, m, unit: str, op: Opcode, pops):
+        """What LOAD and STORE share: the queue head, the latched instruction, its checks, the
+        row walk registers. Returns a namespace of them."""
+        g = self._g
+        u = SimpleNamespace()
+        u.word, u.index, u.can_start, u.take, _ = self._unit_head(m, unit, pops)
+        u.insn_word, u.insn_index = Signal(self.insn_bits), Signal(32)
+        u.v = v = self._view(op, u.insn_word)
+        u.row_bytes, u.row_beats, u.widest = self._row_size(v)
+        u.y, u.sram_row, u.dram_addr = Signal(16), Signal(32), Signal(32)
+        u.beat = Signal(range(u.widest // g.data_bytes + 1))
+        u.row_reg = Signal(8 * u.widest)
+        u.finish, u.busy, u.checking, u.bus_error = Signal(), Signal(), Signal(), Signal()
+        u.bad = self._dma_checks(m, v, u.checking, u.insn_index, u.row_bytes, u.row_beats)
+        return u
+
+    def _dma_front(self, m, u, port, issued: list, after_issue: str) -> None:
+        """The IDLE, CHECK and ISSUE states of a LOAD/STORE unit (inside its FSM): take the
+        head, check it, issue one DMA command per DRAM row."""
+        v = u.v
+        with m.State("IDLE"):
+            m.d.comb += u.take.eq(u.can_start)
+            with m.If(u.can_start):
+                m.d.sync += [u.insn_word.eq(u.word), u.insn_index.eq(u.index)]
+                m.next = "CHECK"
+        with m.State("CHECK"):
+            m.d.comb += [u.checking.eq(1), u.busy.eq(1)]
+            with m.If(u.bad):
+                m.next = "IDLE"
+            with m.Else():
+                m.d.sync += [
+                    u.y.eq(0),
+                    u.sram_row.eq(v.sram_addr),
+                    u.dram_addr.eq(v.dram_addr),
+                    u.bus_error.eq(0),
+                ]
+                m.next = "ISSUE"
+        with m.State("ISSUE"):
+            m.d.comb += [
+                u.busy.eq(1),
+                port.cmd.valid.eq(1),
+                port.cmd.payload.addr.eq(u.dram_addr),
+                port.cmd.payload.beats.eq(v.x_size * u.row_beats),
+            ]
+            with m.If(port.cmd.ready):
+                m.d.sync += [*issued, u.dram_addr.eq(u.dram_addr + v.dram_stride)]
+                m.next = after_issue
+
     def _load_unit(self, m):
         g = self._g
         port = self._dma.read[0]
         d = g.data_bytes
-        word, index, can_start, take, _ = self._unit_head(m, "load", [("pop_next", CL)])
-        insn_word = Signal(self.insn_bits)
-        insn_index = Signal(32)
-        v = self._view(Opcode.LOAD, insn_word)
-        row_bytes, row_beats, widest = self._row_size(v)
-        y = Signal(16)
-        sram_row = Signal(32)
-        beat = Signal(range(widest // d + 1))
-        row_reg = Signal(8 * widest)
+        u = self._dma_unit(m, "load", Opcode.LOAD, [("pop_next", CL)])
+        v, y, sram_row, beat, row_reg = u.v, u.y, u.sram_row, u.beat, u.row_reg
+        row_beats, finish, busy, bus_error = u.row_beats, u.finish, u.busy, u.bus_error
+        insn_word, insn_index = u.insn_word, u.insn_index
         pending = Signal()  # a completed row waits for its bank's write port
-        finish = Signal()
-        busy = Signal()
-        checking = Signal()
-        bus_error = Signal()
-        dram_addr = Signal(32)
-        bad = self._dma_checks(m, v, checking, insn_index, row_bytes, row_beats)
 
         # a completed row is written from the cycle after its last beat, when its bank is free;
         # until then no new beat is taken
@@ -445,33 +484,7 @@ class Accelerator(wiring.Component):
             m.d.sync += [sram_row.eq(sram_row + 1), pending.eq(0)]
 
         with m.FSM(name="load"):
-            with m.State("IDLE"):
-                m.d.comb += take.eq(can_start)
-                with m.If(can_start):
-                    m.d.sync += [insn_word.eq(word), insn_index.eq(index)]
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += [checking.eq(1), busy.eq(1)]
-                with m.If(bad):
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [
-                        y.eq(0),
-                        sram_row.eq(v.sram_addr),
-                        dram_addr.eq(v.dram_addr),
-                        bus_error.eq(0),
-                    ]
-                    m.next = "ISSUE"
-            with m.State("ISSUE"):
-                m.d.comb += [
-                    busy.eq(1),
-                    port.cmd.valid.eq(1),
-                    port.cmd.payload.addr.eq(dram_addr),
-                    port.cmd.payload.beats.eq(v.x_size * row_beats),
-                ]
-                with m.If(port.cmd.ready):
-                    m.d.sync += [beat.eq(0), dram_addr.eq(dram_addr + v.dram_stride)]
-                    m.next = "RECEIVE"
+            self._dma_front(m, u, port, [beat.eq(0)], "RECEIVE")
             with m.State("RECEIVE"):
                 m.d.comb += [busy.eq(1), port.data.ready.eq(~pending | written)]
                 with m.If(port.data.valid & port.data.ready):
@@ -508,55 +521,18 @@ class Accelerator(wiring.Component):
         g = self._g
         port = self._dma.write
         d = g.data_bytes
-        word, index, can_start, take, _ = self._unit_head(m, "store", [("pop_prev", CS)])
-        insn_word = Signal(self.insn_bits)
-        insn_index = Signal(32)
-        v = self._view(Opcode.STORE, insn_word)
-        row_bytes, row_beats, widest = self._row_size(v)
-        y = Signal(16)
+        u = self._dma_unit(m, "store", Opcode.STORE, [("pop_prev", CS)])
+        v, y, sram_row, beat, row_reg = u.v, u.y, u.sram_row, u.beat, u.row_reg
+        row_beats, finish, busy, bus_error = u.row_beats, u.finish, u.busy, u.bus_error
+        insn_word, insn_index = u.insn_word, u.insn_index
         x = Signal(16)
-        sram_row = Signal(32)
-        beat = Signal(range(widest // d + 1))
-        row_reg = Signal(8 * widest)
-        finish = Signal()
-        busy = Signal()
-        checking = Signal()
-        bus_error = Signal()
-        dram_addr = Signal(32)
-        bad = self._dma_checks(m, v, checking, insn_index, row_bytes, row_beats)
         m.d.comb += [self.sp_store_r.addr.eq(sram_row), self.acc_store_r.addr.eq(sram_row)]
         acc_row = data.View(self._acc_layout, self.acc_store_r.data)
         acc_bytes, narrowed = self._acc_row_to_dram(acc_row, v.elem)
         m.d.comb += [port.data.payload.eq(row_reg.word_select(beat, 8 * d))]
 
         with m.FSM(name="store"):
-            with m.State("IDLE"):
-                m.d.comb += take.eq(can_start)
-                with m.If(can_start):
-                    m.d.sync += [insn_word.eq(word), insn_index.eq(index)]
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += [checking.eq(1), busy.eq(1)]
-                with m.If(bad):
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [
-                        y.eq(0),
-                        sram_row.eq(v.sram_addr),
-                        dram_addr.eq(v.dram_addr),
-                        bus_error.eq(0),
-                    ]
-                    m.next = "ISSUE"
-            with m.State("ISSUE"):
-                m.d.comb += [
-                    busy.eq(1),
-                    port.cmd.valid.eq(1),
-                    port.cmd.payload.addr.eq(dram_addr),
-                    port.cmd.payload.beats.eq(v.x_size * row_beats),
-                ]
-                with m.If(port.cmd.ready):
-                    m.d.sync += [x.eq(0), dram_addr.eq(dram_addr + v.dram_stride)]
-                    m.next = "READ"
+            self._dma_front(m, u, port, [x.eq(0)], "READ")
             with m.State("READ"):  # ask for the row; its data comes the cycle after the grant
                 m.d.comb += [
                     busy.eq(1),
