@@ -94,6 +94,13 @@ class GemmPlan:
     chunks: int
 
 
+def _block(sram_addr, dram_addr, rows: int) -> dict:
+    """A LOAD/STORE of ``rows`` consecutive scratchpad rows from consecutive DRAM."""
+    return dict(
+        mem=0, sram_addr=sram_addr, dram_addr=dram_addr, dram_stride=0, y_size=1, x_size=rows
+    )
+
+
 def _split(total: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(size, total - s)) for s in range(0, total, size)]
 
@@ -378,16 +385,7 @@ def _tile_loads(g: Geometry, ep, o: dict, t: int, i: int, j: int, rows: int, tm:
     if ep.residual:
         r = g.sp_row_bytes
         addr = o["res"] + j * o["mp"] * r + i * tm * r
-        loads.append(
-            dict(
-                mem=0,
-                sram_addr=o["res_buf"][slot],
-                dram_addr=addr,
-                dram_stride=0,
-                y_size=1,
-                x_size=rows,
-            )
-        )
+        loads.append(_block(o["res_buf"][slot], addr, rows))
     return loads
 
 
@@ -544,42 +542,14 @@ def _lower_array(
                 if dataflow == "os":
                     a_addr = x + (i * steps + s0) * r
                     loads += [
-                        dict(
-                            mem=0,
-                            sram_addr=a_buf,
-                            dram_addr=a_addr,
-                            dram_stride=0,
-                            y_size=1,
-                            x_size=ns,
-                        ),
-                        dict(
-                            mem=0,
-                            sram_addr=w_buf,
-                            dram_addr=w_addr,
-                            dram_stride=0,
-                            y_size=1,
-                            x_size=ns,
-                        ),
+                        _block(a_buf, a_addr, ns),
+                        _block(w_buf, w_addr, ns),
                     ]
                     if spec.block:
                         nb, b0 = -(-ns // spec.block), s0 // spec.block
                         loads += [
-                            dict(
-                                mem=0,
-                                sram_addr=s_buf,
-                                dram_addr=scale_base["a"](i, b0),
-                                dram_stride=0,
-                                y_size=1,
-                                x_size=nb,
-                            ),
-                            dict(
-                                mem=0,
-                                sram_addr=s_buf + nb,
-                                dram_addr=scale_base["w"](j, b0),
-                                dram_stride=0,
-                                y_size=1,
-                                x_size=nb,
-                            ),
+                            _block(s_buf, scale_base["a"](i, b0), nb),
+                            _block(s_buf + nb, scale_base["w"](j, b0), nb),
                         ]
                     gemm = dict(
                         mode=mode,
@@ -595,22 +565,8 @@ def _lower_array(
                 else:
                     a_addr = x + (ci * mp + i * tm) * r
                     loads += [
-                        dict(
-                            mem=0,
-                            sram_addr=a_buf,
-                            dram_addr=a_addr,
-                            dram_stride=0,
-                            y_size=1,
-                            x_size=rows_i,
-                        ),
-                        dict(
-                            mem=0,
-                            sram_addr=w_buf,
-                            dram_addr=w_addr,
-                            dram_stride=0,
-                            y_size=1,
-                            x_size=rows,
-                        ),
+                        _block(a_buf, a_addr, rows_i),
+                        _block(w_buf, w_addr, rows),
                     ]
                     gemm = dict(
                         mode=mode,
@@ -719,22 +675,8 @@ def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk, 
                 a_buf, w_buf = bufs[sched.chunk % 2]
                 loads = _tile_loads(g, ep, o, t, i, j, rows_i, tm) if ci == 0 else []
                 loads += [
-                    dict(
-                        mem=0,
-                        sram_addr=a_buf,
-                        dram_addr=x + (i * groups + s0) * r,
-                        dram_stride=0,
-                        y_size=1,
-                        x_size=ns,
-                    ),
-                    dict(
-                        mem=0,
-                        sram_addr=w_buf,
-                        dram_addr=w_base + ((j * groups + s0) * planes) * r,
-                        dram_stride=0,
-                        y_size=1,
-                        x_size=ns * planes,
-                    ),
+                    _block(a_buf, x + (i * groups + s0) * r, ns),
+                    _block(w_buf, w_base + ((j * groups + s0) * planes) * r, ns * planes),
                 ]
                 sched.load_chunk(loads)
                 gemm = dict(
