@@ -458,12 +458,24 @@ class Accelerator(wiring.Component):
                 m.d.sync += [*issued, u.dram_addr.eq(u.dram_addr + v.dram_stride)]
                 m.next = after_issue
 
+    def _dma_row_done(self, m, u, port) -> None:
+        """When the DRAM row's DMA command is done: note a bus error, then the next row's
+        ISSUE or FINISH."""
+        with m.If(port.done):
+            with m.If(port.error):
+                m.d.sync += u.bus_error.eq(1)
+            m.d.sync += u.y.eq(u.y + 1)
+            with m.If(u.y + 1 == u.v.y_size):
+                m.next = "FINISH"
+            with m.Else():
+                m.next = "ISSUE"
+
     def _load_unit(self, m):
         g = self._g
         port = self._dma.read[0]
         d = g.data_bytes
         u = self._dma_unit(m, "load", Opcode.LOAD, [("pop_next", CL)])
-        v, y, sram_row, beat, row_reg = u.v, u.y, u.sram_row, u.beat, u.row_reg
+        v, sram_row, beat, row_reg = u.v, u.sram_row, u.beat, u.row_reg
         row_beats, finish, busy, bus_error = u.row_beats, u.finish, u.busy, u.bus_error
         insn_word, insn_index = u.insn_word, u.insn_index
         pending = Signal()  # a completed row waits for its bank's write port
@@ -494,14 +506,7 @@ class Accelerator(wiring.Component):
                         m.d.sync += [beat.eq(0), pending.eq(1)]
                     with m.Else():
                         m.d.sync += beat.eq(beat + 1)
-                with m.If(port.done):
-                    with m.If(port.error):
-                        m.d.sync += bus_error.eq(1)
-                    m.d.sync += y.eq(y + 1)
-                    with m.If(y + 1 == v.y_size):
-                        m.next = "FINISH"
-                    with m.Else():
-                        m.next = "ISSUE"
+                self._dma_row_done(m, u, port)
             with m.State("FINISH"):
                 # done once the last row is written
                 m.d.comb += busy.eq(1)
@@ -522,7 +527,7 @@ class Accelerator(wiring.Component):
         port = self._dma.write
         d = g.data_bytes
         u = self._dma_unit(m, "store", Opcode.STORE, [("pop_prev", CS)])
-        v, y, sram_row, beat, row_reg = u.v, u.y, u.sram_row, u.beat, u.row_reg
+        v, sram_row, beat, row_reg = u.v, u.sram_row, u.beat, u.row_reg
         row_beats, finish, busy, bus_error = u.row_beats, u.finish, u.busy, u.bus_error
         insn_word, insn_index = u.insn_word, u.insn_index
         x = Signal(16)
@@ -565,14 +570,7 @@ class Accelerator(wiring.Component):
                             m.next = "READ"
             with m.State("WAIT"):
                 m.d.comb += busy.eq(1)
-                with m.If(port.done):
-                    with m.If(port.error):
-                        m.d.sync += bus_error.eq(1)
-                    m.d.sync += y.eq(y + 1)
-                    with m.If(y + 1 == v.y_size):
-                        m.next = "FINISH"
-                    with m.Else():
-                        m.next = "ISSUE"
+                self._dma_row_done(m, u, port)
             with m.State("FINISH"):
                 m.d.comb += [busy.eq(1), finish.eq(~bus_error)]
                 with m.If(bus_error):

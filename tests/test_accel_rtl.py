@@ -53,12 +53,12 @@ LUT_ONLY = small(
     lut={"group": 4, "tile_m": 2, "tile_n": 8, "weight_bits": [1, 2, 4], "ternary": True},
     dram={"bytes_per_cycle": 8, "latency_cycles": 10},
 )
-# weight-stationary only, one mode, 16-byte bus (wider than an instruction word)
+# a 3x5 weight-stationary array, one mode, 32-byte bus (wider than an instruction word)
 WS_ONLY = small(
     "wsonly",
     array={
-        "rows": 2,
-        "cols": 3,
+        "rows": 3,
+        "cols": 5,
         "dataflow": "ws",
         "modes": [{"weight": "int4", "activation": "int8"}],
     },
