@@ -25,10 +25,12 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import RisingEdge
 
+from hw.dram_slave import TimedDram
 from hw.rtl_bench import SIMULATORS, read_results, run_cocotb
 from qaccel import csr
+from sim.dram import DramTiming
 
-__all__ = ["RtlRun", "run_on_rtl", "verify_program"]
+__all__ = ["RtlRun", "compare", "predict_timing", "run_on_rtl", "verify_program"]
 
 # cocotbext-axi 0.1.28 still calls cocotb 1.x APIs that cocotb 2 deprecates (see hw.csr_bench).
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"cocotbext\.axi\.")
@@ -100,7 +102,8 @@ def run_on_rtl(
             spec["prog_len"] = prog_len
         specs.append(spec)
     jobs_file, results_file = build_dir / "jobs.json", build_dir / "results.json"
-    jobs_file.write_text(json.dumps(specs))
+    dram = {"data_bytes": config.dram.bytes_per_cycle, "latency": config.dram.latency_cycles}
+    jobs_file.write_text(json.dumps({"dram": dram, "jobs": specs}))
     results_file.unlink(missing_ok=True)
     env = {_JOBS_ENV: str(jobs_file), _RESULTS_ENV: str(results_file)}
     run_cocotb(
@@ -131,20 +134,30 @@ def run_on_rtl(
 
 
 def verify_program(program, inputs, *, simulator: str = "icarus", build_dir: Path, **options):
-    """Run ``program`` on the executor and the RTL; return (executor result, RTL run) or raise
-    AssertionError naming the first output element or counter that differs."""
+    """Run ``program`` on the executor, the simulator's timing and the RTL; return (executor
+    result, RTL run) or raise AssertionError naming the first output element or counter that
+    differs. Without back-pressure (``pause``) the timed counters must be equal too."""
     from sim.executor import run_program
 
     want = run_program(program, inputs)
+    timing = None if options.get("pause") else predict_timing(program)
     (got,) = run_on_rtl(
         program.config, [(program, inputs, options)], simulator=simulator, build_dir=build_dir
     )
-    compare(want, got)
+    compare(want, got, timing)
     return want, got
 
 
-def compare(want, got: RtlRun) -> None:
-    """Raise AssertionError unless the RTL run matches the executor's result."""
+def predict_timing(program):
+    """The simulator's timed counters for ``program`` (``sim.cycle``)."""
+    from sim.cycle import run_cycles
+
+    return run_cycles(program).counters
+
+
+def compare(want, got: RtlRun, timing: dict | None = None) -> None:
+    """Raise AssertionError unless the RTL run matches the executor's result and, when given,
+    the simulator's ``timing`` (its timed counters: CYCLES, busy and stall per unit)."""
     if got.error_code:
         raise AssertionError(
             f"the RTL stopped with error {got.error_code} at instruction {got.error_insn}"
@@ -162,6 +175,9 @@ def compare(want, got: RtlRun) -> None:
             raise AssertionError(
                 f"counter {name}: RTL {got.counters[name]}, executor {want.counters[name]}"
             )
+    for name, value in (timing or {}).items():
+        if got.counters[name] != value:
+            raise AssertionError(f"counter {name}: RTL {got.counters[name]}, simulator {value}")
 
 
 # --- the cocotb side ------------------------------------------------------------------------
@@ -193,10 +209,16 @@ async def _write(master, name: str, value: int) -> None:
 async def run_jobs(dut):
     from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
-    jobs = json.loads(Path(os.environ[_JOBS_ENV]).read_text())
+    spec = json.loads(Path(os.environ[_JOBS_ENV]).read_text())
+    jobs = spec["jobs"]
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     size = max(len(j["image"]) // 2 for j in jobs)
-    ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, size=size)
+    paused = any(j["pause"] for j in jobs)
+    if paused:  # back-pressure: AxiRam's pause generators; cycle counts may then differ
+        ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, size=size)
+    else:  # the simulator's DRAM timing, so that cycle counters compare exactly
+        timing = DramTiming(spec["dram"]["data_bytes"], spec["dram"]["latency"])
+        ram = TimedDram(dut, "m_axi_", dut.clk, dut.rst, timing, size)
     master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk, dut.rst)
     await _reset(dut)
     assert await _read(master, "ID") == csr.ID_VALUE
@@ -208,11 +230,15 @@ async def run_jobs(dut):
         rng = random.Random(job["seed"])
         busy = job["pause"]
         channels = (
-            ram.write_if.aw_channel,
-            ram.write_if.w_channel,
-            ram.write_if.b_channel,
-            ram.read_if.ar_channel,
-            ram.read_if.r_channel,
+            ()
+            if not paused
+            else (
+                ram.write_if.aw_channel,
+                ram.write_if.w_channel,
+                ram.write_if.b_channel,
+                ram.read_if.ar_channel,
+                ram.read_if.r_channel,
+            )
         )
         for channel in channels:
             if busy:

@@ -83,6 +83,7 @@ from hw.axi import (
     axi4_write_signature,
     check_data_bytes,
 )
+from sim.dram import PAGE_BYTES, split_bursts
 
 __all__ = [
     "MAX_BEATS",
@@ -96,7 +97,6 @@ __all__ = [
     "write_port_signature",
 ]
 
-PAGE_BYTES = 4096  # no AXI burst may cross a 4 KiB boundary
 MAX_BEATS = 2**16 - 1
 CACHE = 0b0011  # normal, non-cacheable, bufferable: what a DMA into plain DRAM should say
 
@@ -128,21 +128,6 @@ def write_port_signature(addr_width: int, data_bytes: int) -> wiring.Signature:
             "error": Out(1),
         }
     )
-
-
-def split_bursts(
-    addr: int, beats: int, data_bytes: int, max_burst: int = 256
-) -> list[tuple[int, int]]:
-    """The bursts the engines issue for a transfer, in order: (byte address, beats) each."""
-    addr -= addr % data_bytes
-    bursts = []
-    while beats:
-        to_page = (PAGE_BYTES - addr % PAGE_BYTES) // data_bytes
-        length = min(beats, max_burst, to_page)
-        bursts.append((addr, length))
-        addr += length * data_bytes
-        beats -= length
-    return bursts
 
 
 def _check(data_bytes, addr_width, max_burst):

@@ -1,0 +1,695 @@
+"""The cycle engine: the accelerator's microarchitecture stepped one clock cycle at a time.
+
+It is the readable specification of the timing that ``hw.accel`` builds (its ``TIMING`` rules,
+``hw.dma``'s engines, ``hw.banked``'s port priority, the array's and the LUT core's stream
+contracts, ``hw.post``'s latency) against the DRAM of ``sim.dram``, and it predicts the RTL's
+cycle and per-unit counters exactly. Each cycle is evaluated in two halves, as the hardware
+is: first every combinational decision from the registered state (in the order the signals
+depend on each other), then every register update.
+
+Data is not modelled here: ``sim.executor`` computes the results (the checker guarantees that
+every valid program's results do not depend on timing). Programs must pass ``check_program``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from qaccel.isa import AccElement, Instruction, Opcode
+from qaccel.program import Program, check_program
+from sim.dram import DramTiming, split_bursts
+
+__all__ = ["TIMED_COUNTERS", "InsnTiming", "Timing", "run_cycles"]
+
+# the counters whose values depend on timing (the others are sim.executor's)
+TIMED_COUNTERS = (
+    "CYCLES",
+    "LOAD_BUSY",
+    "COMPUTE_BUSY",
+    "STORE_BUSY",
+    "LOAD_STALL",
+    "COMPUTE_STALL",
+    "STORE_STALL",
+)
+UNITS = ("load", "compute", "store")
+LC, CL, CS, SC = range(4)  # token channels: (producer, consumer)
+POPS = {"load": (("pop_next", CL),), "compute": (("pop_prev", LC), ("pop_next", SC))}
+POPS["store"] = (("pop_prev", CS),)
+PUSHES = {"load": (("push_next", LC),), "compute": (("push_prev", CL), ("push_next", CS))}
+PUSHES["store"] = (("push_prev", SC),)
+FIFO_DEPTH = 4  # each operand stream's row FIFO
+POST_LATENCY = 4  # hw.post: a row accepted in cycle t leaves in cycle t + 4
+MX_BLOCK_ROWS = 32
+
+
+@dataclass
+class InsnTiming:
+    """When one instruction ran: taken from its queue, and finished (its last cycle)."""
+
+    index: int
+    unit: str
+    opcode: str
+    take: int
+    end: int = -1
+
+
+@dataclass
+class Timing:
+    """A run's timing: the timed counters, each instruction's cycles and the memory traffic."""
+
+    counters: dict[str, int]
+    insns: list[InsnTiming]
+    sram: dict[str, list[int]] = field(default_factory=dict)  # accesses per bank
+    dram_read_bytes: int = 0
+    dram_write_bytes: int = 0
+
+
+def _f(insn: Instruction, name: str) -> int:
+    return insn.fields.get(name, 0)
+
+
+class _Stream:
+    """An operand stream (hw.accel ``_row_stream``): reads rows into a 4-entry FIFO."""
+
+    def __init__(self):
+        self.count = self.issued = self.level = self.popped = 0
+        self.pending = False  # a row read last cycle enters the FIFO this cycle
+        self.mx = False
+        self.have = 0  # MX: block + 1 whose scale row was read
+        self.addr = lambda i: 0
+        self.scale_addr = lambda b: 0
+
+    def start(self, count, addr, mx=False, scale_addr=None):
+        self.count, self.addr, self.mx = count, addr, mx
+        self.scale_addr = scale_addr or (lambda b: 0)
+        self.issued = self.popped = self.have = 0
+
+    def request(self):
+        """(row address asked for, is it a scale row) this cycle, or None."""
+        if self.issued >= self.count:
+            return None
+        if self.mx and self.have != (self.issued >> 5) + 1:
+            return self.scale_addr(self.issued >> 5), True
+        if self.level + self.pending < FIFO_DEPTH:
+            return self.addr(self.issued), False
+        return None
+
+
+class _Machine:
+    def __init__(self, program: Program):
+        check_program(program)
+        self.program = program
+        cfg = program.config
+        self.g = g = program.geometry
+        self.dram = DramTiming.of(cfg)
+        self.body = program.body
+        self.sp_banks = cfg.memory.scratchpad_banks
+        self.acc_banks = cfg.memory.accumulator_banks
+        d = g.data_bytes
+        self.d = d
+        self.acc32 = g.acc_dram_row_bytes(AccElement.INT32)
+        self.t = 0
+        self.counters = dict.fromkeys(TIMED_COUNTERS, 0)
+        self.insns: list[InsnTiming] = []
+        self.sram = {
+            "sp_read": [0] * self.sp_banks,
+            "sp_write": [0] * self.sp_banks,
+            "acc_read": [0] * self.acc_banks,
+            "acc_write": [0] * self.acc_banks,
+        }
+        self.dram_read_bytes = self.dram_write_bytes = 0
+        self.tokens = [0, 0, 0, 0]
+        self.queues = {u: deque() for u in UNITS}
+        self.record: dict[int, InsnTiming] = {}
+        # fetch
+        self.f_state, self.pc, self.halted = "REQUEST", 0, False
+        self.insn_beats = max(1, g.insn_bytes // d)
+        # DMA read engine: port 0 LOAD, port 1 fetch
+        self.rp_busy = [False, False]
+        self.rp_left = [0, 0]
+        self.rp_addr = [0, 0]
+        self.rp_done = [False, False]
+        self.re_data, self.re_owner = False, 0
+        self.r_bursts: deque[list[int]] = deque()  # DRAM: [beats left, cycle the next may go]
+        # DMA write engine
+        self.wp_busy, self.wp_left, self.wp_addr, self.wp_out = False, 0, 0, 0
+        self.we_data, self.we_burst_left = False, 0
+        self.b_times: deque[int] = deque()
+        # load unit
+        self.l_state, self.l_insn = "IDLE", None
+        self.l_y = self.l_row = self.l_addr = self.l_beat = 0
+        self.l_pending = False
+        # store unit
+        self.s_state, self.s_insn = "IDLE", None
+        self.s_y = self.s_x = self.s_row = self.s_addr = self.s_beat = 0
+        # compute unit
+        self.c_state, self.c_insn = "IDLE", None
+        self.a, self.w = _Stream(), _Stream()
+        self.outs: deque[int] = deque()  # cycles in which a result row leaves the block
+        self.out_count = self.expected = self.keep_rows = self.acc_base = 0
+        self.wb_valid, self.wb_row = False, 0
+        self.dataflow_reg = 0
+        self.flight_until = -1  # the array is busy (in flight) through this cycle
+        self.ws_count, self.ws_load_bank, self.ws_use_bank = 0, 0, 0
+        self.ws_full = [False, False]
+        self.ws_drain_until = [-1, -1]
+        self.os_gap_until = -1
+        self.lut_full, self.lut_plane, self.lut_last = False, 0, False
+        self.lut_pending_until = -1
+        self.param_step = self.post_in = self.post_out = 0
+        self.post_writes: deque[int] = deque()  # cycles of POST's scratchpad writes
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _row_beats(self, insn):
+        g = self.g
+        if not insn.mem:
+            return g.sp_row_bytes // self.d
+        return (self.acc32 if insn.elem else g.acc_row_bytes) // self.d
+
+    def _can_start(self, unit):
+        q = self.queues[unit]
+        if not q:
+            return False, False
+        insn = self.body[q[0]]
+        ok = all(not getattr(insn, flag) or self.tokens[ch] for flag, ch in POPS[unit])
+        return ok, not ok
+
+    # --- one cycle ------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Advance one cycle; True when this was the run's last cycle."""
+        t = self.t = self.t + 1
+        g, d = self.g, self.d
+        take = {}
+        for unit in UNITS:
+            ok, stall = self._can_start(unit)
+            take[unit] = ok
+            if stall:
+                self.counters[f"{unit.upper()}_STALL"] += 1
+        dec, inc = [0, 0, 0, 0], [0, 0, 0, 0]
+
+        # --- the compute unit (first in every priority: it never waits for the others) ----
+        c_busy = self.c_state != "IDLE"
+        sp_read_banks: set[int] = set()  # scratchpad read ports the compute unit asks for
+        acc_read_bank = acc_write_bank = sp_write_bank = None
+        c_finish, c_next = False, self.c_state
+        a_go = w_go = False
+        a_scale = w_scale = False
+        a_take = w_take = False
+        out_now = bool(self.outs) and self.outs[0] == t
+        st = self.c_state
+        insn = self.c_insn
+        if st == "IDLE":
+            if take["compute"]:
+                c_next = "CHECK"
+        elif st == "CHECK":
+            c_next = {
+                Opcode.GEMM: "GEMM_SETUP",
+                Opcode.LUT_GEMM: "LUT_SETUP",
+                Opcode.POST: "POST_PARAMS",
+            }[insn.opcode]
+        elif st == "GEMM_SETUP":
+            busy = t <= self.flight_until or any(self.ws_full) or self.ws_count != 0
+            if self.dataflow_reg == _f(insn, "dataflow") or not busy:
+                c_next = "GEMM_RUN"
+        elif st == "LUT_SETUP":
+            c_next = "LUT_RUN"
+        elif st == "POST_PARAMS":
+            acc_read_bank = (_f(insn, "param_addr") + self.param_step) % self.acc_banks
+            if self.param_step == 3:
+                c_next = "POST_RUN"
+        elif st == "POST_RUN":
+            rows = _f(insn, "rows")
+            if self.post_in != rows:
+                acc_read_bank = (_f(insn, "acc_addr") + self.post_in) % self.acc_banks
+                if _f(insn, "residual"):
+                    bank = (_f(insn, "res_addr") + self.post_in) % self.sp_banks
+                    sp_read_banks.add(bank)
+                    self.sram["sp_read"][bank] += 1
+            if self.post_out == rows:
+                c_finish, c_next = True, "IDLE"
+        if st in ("GEMM_RUN", "LUT_RUN"):
+            # operand streams: activations first on a shared bank
+            ra, rw = self.a.request(), self.w.request()
+            bank_a = ra[0] % self.sp_banks if ra else None
+            if ra:
+                sp_read_banks.add(bank_a)
+                a_go, a_scale = not ra[1], ra[1]
+            if rw:
+                bank_w = rw[0] % self.sp_banks
+                sp_read_banks.add(bank_w)
+                if bank_w != bank_a:
+                    w_go, w_scale = not rw[1], rw[1]
+            if st == "GEMM_RUN":
+                a_take, w_take = self._array_takes(t, insn)
+            else:
+                a_take, w_take = self._lut_takes(t, insn)
+            if out_now:
+                acc_read_bank = (self.acc_base + self.out_count) % self.acc_banks
+            if self.wb_valid and self.wb_row < self.keep_rows:
+                acc_write_bank = (self.acc_base + self.wb_row) % self.acc_banks
+            if self.out_count == self.expected and not self.wb_valid:
+                c_finish, c_next = True, "IDLE"
+        if self.post_writes and self.post_writes[0] == t:
+            sp_write_bank = (_f(insn, "out_addr") + self.post_out) % self.sp_banks
+
+        # --- the store unit's memory read (after the compute unit on every port) ----------
+        s_next = self.s_state
+        s_insn = self.s_insn
+        s_busy = self.s_state != "IDLE"
+        s_read_granted = False
+        if self.s_state == "READ":
+            if s_insn.mem:
+                bank = self.s_row % self.acc_banks
+                s_read_granted = bank != acc_read_bank
+                if s_read_granted:
+                    self.sram["acc_read"][bank] += 1
+            else:
+                bank = self.s_row % self.sp_banks
+                s_read_granted = bank not in sp_read_banks
+                if s_read_granted:
+                    self.sram["sp_read"][bank] += 1
+
+        # --- the load unit's memory write (after the compute unit) --------------------------
+        l_insn = self.l_insn
+        l_written = False
+        if self.l_pending:
+            if l_insn.mem:
+                bank = self.l_row % self.acc_banks
+                l_written = bank != acc_write_bank
+                if l_written:
+                    self.sram["acc_write"][bank] += 1
+            else:
+                bank = self.l_row % self.sp_banks
+                l_written = bank != sp_write_bank
+                if l_written:
+                    self.sram["sp_write"][bank] += 1
+        l_ready = self.l_state == "RECEIVE" and (not self.l_pending or l_written)
+
+        # --- the DMA read engine and the DRAM's read side -----------------------------------
+        r_beat = False
+        r_last = False
+        re_data_next, re_owner_next = self.re_data, self.re_owner
+        rp_done_next = [False, False]
+        ar = None
+        if self.re_data:
+            head = self.r_bursts[0] if self.r_bursts else None
+            if head is not None and head[1] <= t:
+                ready = l_ready if self.re_owner == 0 else self.f_state == "RECEIVE"
+                if ready:
+                    r_beat = True
+                    r_last = head[0] == 1
+                    if r_last:
+                        re_data_next = False
+                        if self.rp_left[self.re_owner] == 0:
+                            rp_done_next[self.re_owner] = True
+        else:
+            for i in (0, 1):
+                if self.rp_busy[i] and self.rp_left[i]:
+                    ar = i
+                    break
+            if ar is not None:
+                re_data_next, re_owner_next = True, ar
+
+        # --- the load unit ------------------------------------------------------------------
+        l_next = self.l_state
+        l_cmd = False
+        l_finish = False
+        if self.l_state == "IDLE":
+            if take["load"]:
+                l_next = "CHECK"
+        elif self.l_state == "CHECK":
+            l_next = "ISSUE"
+        elif self.l_state == "ISSUE":
+            if not self.rp_busy[0]:
+                l_cmd, l_next = True, "RECEIVE"
+        elif self.l_state == "RECEIVE":
+            if self.rp_done[0]:
+                l_next = "FINISH" if self.l_y + 1 == l_insn.y_size else "ISSUE"
+        elif self.l_state == "FINISH" and (not self.l_pending or l_written):
+            l_finish, l_next = True, "IDLE"
+        l_busy = self.l_state != "IDLE"
+
+        # --- the DMA write engine and the DRAM's write side --------------------------------
+        w_finished = not self.we_data and self.wp_busy and self.wp_left == 0 and self.wp_out == 0
+        s_send = self.s_state == "SEND"
+        w_beat = self.we_data and s_send
+        aw = (not self.we_data) and self.wp_busy and self.wp_left != 0
+        b_take = bool(self.b_times) and self.b_times[0] == t
+
+        # --- the store unit -----------------------------------------------------------------
+        s_cmd = False
+        s_finish = False
+        if self.s_state == "IDLE":
+            if take["store"]:
+                s_next = "CHECK"
+        elif self.s_state == "CHECK":
+            s_next = "ISSUE"
+        elif self.s_state == "ISSUE":
+            if not self.wp_busy or w_finished:
+                s_cmd, s_next = True, "READ"
+        elif self.s_state == "READ":
+            if s_read_granted:
+                s_next = "LATCH"
+        elif self.s_state == "LATCH":
+            s_next = "SEND"
+        elif self.s_state == "SEND":
+            if w_beat and self.s_beat == self._row_beats(s_insn) - 1:
+                s_next = "WAIT" if self.s_x + 1 == s_insn.x_size else "READ"
+        elif self.s_state == "WAIT":
+            if w_finished:
+                s_next = "FINISH" if self.s_y + 1 == s_insn.y_size else "ISSUE"
+        elif self.s_state == "FINISH":
+            s_finish, s_next = True, "IDLE"
+
+        # --- fetch --------------------------------------------------------------------------
+        f_next = self.f_state
+        f_cmd = False
+        f_push = None
+        if self.f_state == "REQUEST":
+            if not self.rp_busy[1]:
+                f_cmd, f_next = True, "RECEIVE"
+        elif self.f_state == "RECEIVE":
+            if self.rp_done[1]:
+                f_next = "DECODE"
+        elif self.f_state == "DECODE":
+            insn = self.program.instructions[self.pc]
+            if insn.opcode == Opcode.HALT:
+                f_next = "IDLE"
+            else:
+                unit = insn.unit
+                if len(self.queues[unit]) < 4:
+                    f_push, f_next = unit, "REQUEST"
+
+        # --- tokens, counters, the end --------------------------------------------------------
+        for unit, finishing, ins in (
+            ("load", l_finish, self.l_insn),
+            ("compute", c_finish, self.c_insn),
+            ("store", s_finish, self.s_insn),
+        ):
+            if (
+                take[unit]
+                and {"load": self.l_state, "compute": st, "store": self.s_state}[unit] == "IDLE"
+            ):
+                head = self.body[self.queues[unit][0]]
+                for flag, ch in POPS[unit]:
+                    dec[ch] += getattr(head, flag)
+            if finishing:
+                for flag, ch in PUSHES[unit]:
+                    inc[ch] += getattr(ins, flag)
+        self.counters["CYCLES"] += 1
+        self.counters["LOAD_BUSY"] += l_busy
+        self.counters["COMPUTE_BUSY"] += c_busy
+        self.counters["STORE_BUSY"] += s_busy
+        ending = (
+            not l_busy
+            and not c_busy
+            and not s_busy
+            and not any(self.queues.values())
+            and self.halted
+            and self.f_state == "IDLE"
+        )
+
+        # ===================== register updates ============================================
+        for ch in range(4):
+            self.tokens[ch] += inc[ch] - dec[ch]
+
+        # DMA read engine
+        if ar is not None:
+            addr, left = self.rp_addr[ar], self.rp_left[ar]
+            (_, length), *_ = split_bursts(addr, left, d)
+            self.rp_addr[ar] = addr + length * d
+            self.rp_left[ar] = left - length
+            self.r_bursts.append([length, t + self.dram.first_beat_delay])
+        if r_beat:
+            head = self.r_bursts[0]
+            head[0] -= 1
+            if head[0] == 0:
+                self.r_bursts.popleft()
+                if self.r_bursts:
+                    self.r_bursts[0][1] = max(self.r_bursts[0][1], t + 1)
+            else:
+                head[1] = t + 1
+            self.dram_read_bytes += d
+        for i in (0, 1):
+            if rp_done_next[i]:
+                self.rp_busy[i] = False
+        self.rp_done = rp_done_next
+        self.re_data, self.re_owner = re_data_next, re_owner_next
+
+        # fetch
+        if f_cmd:
+            self._read_cmd(1, self.program.prog_addr + self.pc * g.insn_bytes, self.insn_beats)
+        if f_next == "IDLE" and self.f_state == "DECODE":
+            self.halted = True
+        if f_push:
+            self.queues[f_push].append(self.pc)
+            self.pc += 1
+        self.f_state = f_next
+
+        # load unit
+        if self.l_state == "IDLE" and take["load"]:
+            self.l_insn = self._take("load", t)
+        elif self.l_state == "CHECK":
+            self.l_y, self.l_row, self.l_addr = 0, l_insn.sram_addr, l_insn.dram_addr
+        if l_cmd:
+            beats = l_insn.x_size * self._row_beats(l_insn)
+            self._read_cmd(0, self.l_addr, beats)
+            self.l_addr += l_insn.dram_stride
+            self.l_beat = 0
+        if l_written:
+            self.l_row += 1
+            self.l_pending = False
+        if r_beat and self.re_owner == 0:
+            if self.l_beat == self._row_beats(l_insn) - 1:
+                self.l_beat, self.l_pending = 0, True
+            else:
+                self.l_beat += 1
+        if self.l_state == "RECEIVE" and l_next != "RECEIVE":
+            self.l_y += 1
+        if l_finish:
+            self._finish("load", t)
+        self.l_state = l_next
+
+        # DMA write engine and the store unit
+        if b_take:
+            self.b_times.popleft()
+        self.wp_out += int(aw) - int(b_take)
+        if w_finished:
+            self.wp_busy = False
+        if s_cmd:
+            self.wp_busy = True
+            self.wp_addr = self.s_addr
+            self.wp_left = s_insn.x_size * self._row_beats(s_insn)
+            self.s_addr += s_insn.dram_stride
+            self.s_x = 0
+        if aw:
+            (_, length), *_ = split_bursts(self.wp_addr, self.wp_left, d)
+            self.wp_addr += length * d
+            self.wp_left -= length
+            self.we_burst_left = length
+            self.we_data = True
+        elif w_beat:
+            self.dram_write_bytes += d
+            self.we_burst_left -= 1
+            if self.we_burst_left == 0:
+                self.we_data = False
+                self.b_times.append(t + self.dram.response_delay)
+        if self.s_state == "IDLE" and take["store"]:
+            self.s_insn = self._take("store", t)
+        elif self.s_state == "CHECK":
+            self.s_y, self.s_row, self.s_addr = 0, s_insn.sram_addr, s_insn.dram_addr
+        elif self.s_state == "LATCH":
+            self.s_beat = 0
+            self.s_row += 1
+        elif self.s_state == "SEND" and w_beat:
+            self.s_beat += 1
+            if self.s_beat == self._row_beats(s_insn):
+                self.s_x += 1
+        elif self.s_state == "WAIT" and w_finished:
+            self.s_y += 1
+        if s_finish:
+            self._finish("store", t)
+        self.s_state = s_next
+
+        # compute unit
+        self._compute_update(t, st, c_next, take["compute"], a_go, w_go, a_scale, w_scale)
+        self._compute_results(t, out_now, a_take, w_take, c_finish)
+        if sp_write_bank is not None:
+            self.sram["sp_write"][sp_write_bank] += 1
+            self.post_writes.popleft()
+            self.post_out += 1
+        if acc_write_bank is not None:
+            self.sram["acc_write"][acc_write_bank] += 1
+        if acc_read_bank is not None:
+            self.sram["acc_read"][acc_read_bank] += 1
+        if c_finish:
+            self._finish("compute", t)
+        return ending
+
+    # --- pieces of the update ----------------------------------------------------------------
+
+    def _take(self, unit, t) -> Instruction:
+        index = self.queues[unit].popleft()
+        rec = InsnTiming(index, unit, self.body[index].opcode.name, t)
+        self.record[unit] = rec
+        self.insns.append(rec)
+        return self.body[index]
+
+    def _finish(self, unit, t):
+        self.record[unit].end = t
+
+    def _read_cmd(self, port, addr, beats):
+        self.rp_busy[port] = beats != 0
+        self.rp_left[port] = beats
+        self.rp_addr[port] = addr - addr % self.d
+
+    # --- the array and the LUT core: which stream heads they take this cycle ------------------
+
+    def _array_takes(self, t, insn):
+        g = self.g
+        a_rdy, w_rdy = self.a.level > 0, self.w.level > 0
+        if _f(insn, "dataflow"):  # output-stationary: both heads at once
+            last = self.a.popped == self.a.count - 1
+            ready = not (last and t <= self.os_gap_until)
+            both = a_rdy and w_rdy and ready
+            return both, both
+        final = self.ws_count == g.rows - 1
+        lb = self.ws_load_bank
+        free = not self.ws_full[lb] and not (t <= self.ws_drain_until[lb])
+        w_take = w_rdy and (not final or free)
+        a_take = a_rdy and self.ws_full[self.ws_use_bank]
+        return a_take, w_take
+
+    def _lut_takes(self, t, insn):
+        planes = self.g.lut_planes(_f(insn, "mode"))
+        last_plane = self.lut_plane == planes - 1
+        w_take = self.w.level > 0 and self.lut_full
+        consumed = w_take and last_plane
+        a_take = self.a.level > 0 and (not self.lut_full or consumed)
+        return a_take, w_take
+
+    def _compute_update(self, t, st, c_next, take, a_go, w_go, a_scale, w_scale):
+        g = self.g
+        if st == "IDLE" and take:
+            self.c_insn = self._take("compute", t)
+        insn = self.c_insn
+        for s, scale in ((self.a, a_scale), (self.w, w_scale)):
+            if scale:
+                s.have = (s.issued >> 5) + 1
+        if st == "CHECK" and c_next == "POST_PARAMS":
+            self.param_step = self.post_in = self.post_out = 0
+        elif st == "GEMM_SETUP" and c_next == "GEMM_RUN":
+            ws = not _f(insn, "dataflow")
+            self.dataflow_reg = _f(insn, "dataflow")
+            m, k = _f(insn, "m"), _f(insn, "k")
+            a0, w0, s0 = _f(insn, "a_addr"), _f(insn, "w_addr"), _f(insn, "scale_addr")
+            nb = (k + 31) >> 5
+            mx = bool(g.array_modes[_f(insn, "mode")].block)
+            rows = g.rows
+            self.a.start(m if ws else k, lambda i: a0 + i, mx, lambda b: s0 + b)
+            if ws:
+                self.w.start(rows, lambda i: w0 + rows - 1 - i, mx, lambda b: s0 + nb + b)
+            else:
+                self.w.start(k, lambda i: w0 + i, mx, lambda b: s0 + nb + b)
+            self.acc_base, self.keep_rows = _f(insn, "acc_addr"), m
+            self.expected = m if ws else rows
+            self.out_count = 0
+        elif st == "LUT_SETUP":
+            k = _f(insn, "k")
+            planes = g.lut_planes(_f(insn, "mode"))
+            a0, w0 = _f(insn, "a_addr"), _f(insn, "w_addr")
+            self.a.start(k, lambda i: a0 + i)
+            self.w.start(k * planes, lambda i: w0 + i)
+            self.acc_base, self.keep_rows = _f(insn, "acc_addr"), _f(insn, "m")
+            self.expected = g.lut_tile_m
+            self.out_count = 0
+        elif st == "POST_PARAMS":
+            self.param_step += 1
+        elif st == "POST_RUN" and self.post_in != _f(insn, "rows"):
+            # the row enters the pipeline next cycle and leaves POST_LATENCY later
+            self.post_writes.append(t + 1 + POST_LATENCY)
+            self.post_in += 1
+        self.c_state = c_next
+        # the FIFOs: a row read in cycle t enters in cycle t + 1
+        for s, go in ((self.a, a_go), (self.w, w_go)):
+            if s.pending:
+                s.level += 1
+            s.pending = go
+            if go:
+                s.issued += 1
+                self.sram["sp_read"][s.addr(s.issued - 1) % self.sp_banks] += 1
+        for s, scale in ((self.a, a_scale), (self.w, w_scale)):
+            if scale:
+                self.sram["sp_read"][s.scale_addr(s.issued >> 5) % self.sp_banks] += 1
+
+    def _compute_results(self, t, out_now, a_take, w_take, c_finish):
+        g = self.g
+        insn = self.c_insn
+        if a_take or w_take:
+            if insn.opcode == Opcode.GEMM:
+                self._array_taken(t, insn, a_take, w_take)
+            else:
+                self._lut_taken(t, insn, a_take, w_take)
+        if a_take:
+            self.a.level -= 1
+            self.a.popped += 1
+        if w_take:
+            self.w.level -= 1
+            self.w.popped += 1
+        if out_now:
+            self.outs.popleft()
+            self.out_count += 1
+        self.wb_row = self.out_count - int(out_now)
+        self.wb_valid = out_now
+        del g, c_finish
+
+    def _array_taken(self, t, insn, a_take, w_take):
+        g = self.g
+        self.flight_until = t + 2 * g.rows + g.cols + 3
+        if _f(insn, "dataflow"):
+            if self.a.popped == self.a.count - 1:  # the tile's last step
+                self.os_gap_until = t + g.rows - 1
+                base = t + g.rows + g.cols + 1
+                self.outs.extend(base + r for r in range(g.rows))
+            return
+        if w_take:
+            if self.ws_count == g.rows - 1:
+                self.ws_count = 0
+                self.ws_full[self.ws_load_bank] = True
+                self.ws_load_bank ^= 1
+            else:
+                self.ws_count += 1
+        if a_take:
+            self.outs.append(t + g.rows + g.cols)
+            if self.a.popped == self.a.count - 1:
+                self.ws_full[self.ws_use_bank] = False
+                self.ws_drain_until[self.ws_use_bank] = t + g.rows - 2
+                self.ws_use_bank ^= 1
+
+    def _lut_taken(self, t, insn, a_take, w_take):
+        g = self.g
+        planes = g.lut_planes(_f(insn, "mode"))
+        last_plane = self.lut_plane == planes - 1
+        if w_take:
+            if last_plane and self.lut_last:
+                self.outs.extend(t + 1 + r for r in range(g.lut_tile_m))
+            self.lut_plane = 0 if last_plane else self.lut_plane + 1
+        if a_take:
+            self.lut_full = True
+            self.lut_last = self.a.popped == self.a.count - 1
+        elif w_take and last_plane:
+            self.lut_full = False
+
+
+def run_cycles(program: Program, *, max_cycles: int = 100_000_000) -> Timing:
+    """Step ``program`` cycle by cycle from START to DONE; return its timing."""
+    m = _Machine(program)
+    while True:
+        if m.t >= max_cycles:
+            raise RuntimeError(f"no DONE within {max_cycles} cycles")
+        if m.step():
+            break
+    return Timing(m.counters, m.insns, m.sram, m.dram_read_bytes, m.dram_write_bytes)
