@@ -12,6 +12,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,9 @@ __all__ = [
     "ArrayConfig",
     "ConfigError",
     "DramConfig",
+    "EnergyConfig",
     "FormatPair",
+    "FrozenTable",
     "LutCoreConfig",
     "MemoryConfig",
     "config_from_dict",
@@ -33,6 +36,11 @@ __all__ = [
 DATAFLOWS = ("ws", "os", "both")
 LUT_ACTIVATIONS = ("int8", "uint8")
 MAX_ARRAY_SIDE = 256
+# Per-byte energies (pJ) from M. Horowitz, "Computing's energy problem (and what we can do about
+# it)", ISSCC 2014, 45 nm: a 64-bit read of a 32 KB SRAM costs 20 pJ (8 KB: 10 pJ, 1 MB: 100 pJ),
+# a 64-bit DRAM access 1.3-2.6 nJ (the low end here).
+SRAM_BYTE_PJ = 20.0 / 8
+DRAM_BYTE_PJ = 1300.0 / 8
 
 
 class ConfigError(ValueError):
@@ -55,6 +63,34 @@ def _check_int(key: str, value: int, lo: int, hi: int | None = None) -> None:
 def _check_power_of_two(key: str, value: int) -> None:
     if value < 1 or value & (value - 1):
         raise ConfigError(key, f"must be a power of two, not {value}")
+
+
+def _check_pj(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(key, f"must be a finite number of picojoules >= 0, not {value}")
+
+
+class FrozenTable(Mapping[str, float]):
+    """A read-only, hashable table of names to numbers (a TOML table inside a frozen config),
+    keys sorted so that equal tables dump to the same TOML."""
+
+    def __init__(self, items: Mapping[str, float] | None = None):
+        self._items = dict(sorted((items or {}).items()))
+
+    def __getitem__(self, key: str) -> float:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenTable({self._items!r})"
 
 
 @dataclass(frozen=True)
@@ -223,6 +259,36 @@ class DramConfig:
 
 
 @dataclass(frozen=True)
+class EnergyConfig:
+    """Energy per operation in picojoules, for the simulator's energy report (``qaccel.energy``).
+
+    ``mac``: pJ per multiply-accumulate of a (weight, activation) pair of the array, keyed like
+    ``"int4*int8"``; ``lut_lookup``: pJ per LUT-core table lookup and accumulate (one cell, one
+    weight bit plane). Pairs ``mac`` leaves out, and ``lut_lookup`` left unset, take the
+    defaults ``qaccel.energy`` derives from operand and accumulator widths (M. Horowitz, ISSCC
+    2014, 45 nm: 8-bit multiply 0.2 pJ, 32-bit add 0.1 pJ). ``sram_read_byte`` and
+    ``sram_write_byte`` (scratchpad and accumulator memory) default to a 64-bit read of a 32 KB
+    SRAM, 20 pJ / 8; ``dram_byte`` to a 64-bit DRAM access, 1.3 nJ / 8 (same source).
+    """
+
+    mac: Mapping[str, float] = field(default_factory=FrozenTable)
+    lut_lookup: float | None = None
+    sram_read_byte: float = SRAM_BYTE_PJ
+    sram_write_byte: float = SRAM_BYTE_PJ
+    dram_byte: float = DRAM_BYTE_PJ
+
+    def __post_init__(self):
+        # Keys as "weight*activation" strings, whether given as such or as FormatPairs.
+        object.__setattr__(self, "mac", FrozenTable({str(k): v for k, v in self.mac.items()}))
+        for pair, pj in self.mac.items():
+            _check_pj(f'mac."{pair}"', pj)
+        if self.lut_lookup is not None:
+            _check_pj("lut_lookup", self.lut_lookup)
+        for key in ("sram_read_byte", "sram_write_byte", "dram_byte"):
+            _check_pj(key, getattr(self, key))
+
+
+@dataclass(frozen=True)
 class AcceleratorConfig:
     """The whole accelerator; at least one of ``array`` and ``lut`` is present."""
 
@@ -232,6 +298,7 @@ class AcceleratorConfig:
     lut: LutCoreConfig | None = None
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     dram: DramConfig = field(default_factory=DramConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -260,6 +327,19 @@ class AcceleratorConfig:
                     f"{kib * 1024 // banks} bytes a bank, less than one "
                     f"{need}-byte row",
                 )
+        # Energy figures for hardware the configuration lacks would be silently unused.
+        known = [str(m) for m in self.array.modes] if self.array is not None else []
+        for pair in self.energy.mac:
+            if pair not in known:
+                raise ConfigError(
+                    f'energy.mac."{pair}"',
+                    f"{pair} is not a mode of this configuration "
+                    f"(its modes: {', '.join(known) or 'none, it has no [array]'})",
+                )
+        if self.energy.lut_lookup is not None and self.lut is None:
+            raise ConfigError(
+                "energy.lut_lookup", "is set, but the configuration has no [lut] core"
+            )
 
 
 # --- TOML in --------------------------------------------------------------------------------
@@ -277,6 +357,11 @@ def _convert(tp, value, key: str):
     if origin in (typing.Union, types.UnionType):  # X | None: None means absent
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(inner, value, key)
+    if origin is Mapping:  # a TOML table of names to values
+        inner = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {type(value).__name__} {value!r}")
+        return {k: _convert(inner, v, f'{key}."{k}"') for k, v in value.items()}
     if origin is tuple:
         inner = typing.get_args(tp)[0]
         if not isinstance(value, list):
@@ -347,6 +432,11 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        items = ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }"
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if dataclasses.is_dataclass(value):
@@ -375,6 +465,7 @@ def dump_toml(config: AcceleratorConfig) -> str:
             body = [
                 f"{g.name} = {_toml_field(getattr(value, g.name))}"
                 for g in dataclasses.fields(value)
+                if getattr(value, g.name) is not None  # None: absent, the default applies
             ]
             sections.append(f"[{f.name}]\n" + "\n".join(body) + "\n")
         else:

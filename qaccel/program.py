@@ -18,6 +18,7 @@ a region that no element covers keep the image's value.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -270,11 +271,13 @@ def load_program(directory: str | Path, config: qconfig.AcceleratorConfig | None
         cfg = qconfig.config_from_dict(__import__("tomllib").loads(toml))
     except (qconfig.ConfigError, ValueError) as e:
         raise ProgramError(f"{directory}/config.toml: {e}") from None
-    if config is not None and qconfig.dump_toml(config) != toml:
-        raise ProgramError(
-            f"{directory} was built for configuration {cfg.name!r}, "
-            f"not for {config.name!r} (they differ)"
-        )
+    if config is not None:
+        if _hardware(config) != _hardware(cfg):
+            raise ProgramError(
+                f"{directory} was built for configuration {cfg.name!r}, "
+                f"not for {config.name!r} (they differ)"
+            )
+        cfg = config  # the same hardware; the caller's energy figures apply
     try:
         segments = [
             (int(s["address"]), blob[int(s["offset"]) : int(s["offset"]) + int(s["length"])])
@@ -309,6 +312,11 @@ def load_program(directory: str | Path, config: qconfig.AcceleratorConfig | None
     )
     check_program(program)
     return program
+
+
+def _hardware(cfg: qconfig.AcceleratorConfig) -> str:
+    """The configuration as far as a program depends on it: everything but the energy table."""
+    return qconfig.dump_toml(dataclasses.replace(cfg, energy=qconfig.EnergyConfig()))
 
 
 def _image_of(segments) -> tuple[int, bytes]:

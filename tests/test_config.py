@@ -9,6 +9,7 @@ import pytest
 from qaccel.config import (
     AcceleratorConfig,
     ConfigError,
+    EnergyConfig,
     FormatPair,
     config_from_dict,
     dump_toml,
@@ -194,3 +195,69 @@ def test_mx_modes_in_a_config():
     data["array"]["dataflow"] = "ws"
     with pytest.raises(ConfigError, match=r"array\.modes\[0\]: .*need the output-stationary"):
         config_from_dict(data)
+
+
+ENERGY_BAD = [
+    # (key in [energy], value, expected message)
+    (
+        "static_mw",
+        3.0,
+        "energy.static_mw: unknown key (expected one of mac, lut_lookup, sram_read_byte, "
+        "sram_write_byte, dram_byte)",
+    ),
+    ("dram_byte", -1, "energy.dram_byte: must be a finite number of picojoules >= 0, not -1.0"),
+    ("sram_read_byte", float("inf"), "energy.sram_read_byte: must be a finite number"),
+    ("sram_write_byte", "cheap", "energy.sram_write_byte: expected a number, got str 'cheap'"),
+    ("lut_lookup", -0.5, "energy.lut_lookup: must be a finite number of picojoules >= 0"),
+    ("mac", 0.3, "energy.mac: expected a table, got float 0.3"),
+    ("mac", {"int8*int8": "x"}, 'energy.mac."int8*int8": expected a number, got str'),
+    (
+        "mac",
+        {"int8*int8": -0.1},
+        'energy.mac."int8*int8": must be a finite number of picojoules >= 0, not -0.1',
+    ),
+    (
+        "mac",
+        {"int4*int8": 0.2},
+        'energy.mac."int4*int8": int4*int8 is not a mode of this configuration '
+        "(its modes: int8*int8)",
+    ),
+    ("mac", {"int8": 0.2}, 'energy.mac."int8": int8 is not a mode of this configuration'),
+]
+
+
+@pytest.mark.parametrize("key, value, message", ENERGY_BAD, ids=[b[2][:40] for b in ENERGY_BAD])
+def test_bad_energy_tables_name_the_key(key, value, message):
+    data = base()
+    data["energy"] = {key: value}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert str(info.value).startswith(message)
+
+
+def test_energy_figures_need_their_hardware():
+    data = base()
+    del data["array"]
+    data["energy"] = {"mac": {"int8*int8": 0.3}}
+    with pytest.raises(ConfigError, match=r"its modes: none, it has no \[array\]"):
+        config_from_dict(data)
+    data = base()
+    del data["lut"]
+    data["energy"] = {"lut_lookup": 0.1}
+    with pytest.raises(
+        ConfigError, match=r"energy\.lut_lookup: is set, but the configuration has no \[lut\] core"
+    ):
+        config_from_dict(data)
+
+
+def test_the_energy_table_is_optional_frozen_and_round_trips():
+    cfg = config_from_dict(base())
+    assert cfg.energy == EnergyConfig() and not cfg.energy.mac and cfg.energy.lut_lookup is None
+    data = base()
+    data["energy"] = {"mac": {"int8*int8": 0.25}, "lut_lookup": 0.125, "dram_byte": 100}
+    cfg = config_from_dict(data)
+    assert cfg.energy.mac == {"int8*int8": 0.25} and cfg.energy.dram_byte == 100.0
+    with pytest.raises(TypeError):
+        cfg.energy.mac["int8*int8"] = 1.0
+    assert config_from_dict(tomllib.loads(dump_toml(cfg))) == cfg
+    assert copy.deepcopy(cfg) == cfg and hash(copy.deepcopy(cfg)) == hash(cfg)

@@ -154,6 +154,15 @@ def test_load_rejects_another_configuration(saved):
         load_program(saved, config.load_config("configs/edge.toml"))
 
 
+def test_load_accepts_the_same_hardware_with_other_energy_figures(saved):
+    import dataclasses
+
+    cheaper = dataclasses.replace(TINY, energy=config.EnergyConfig(dram_byte=1.0))
+    loaded = load_program(saved, cheaper)
+    assert loaded.config.energy.dram_byte == 1.0
+    assert loaded.instructions == load_program(saved, TINY).instructions
+
+
 def test_load_rejects_an_edited_configuration(saved):
     path = saved / "config.toml"
     path.write_text(path.read_text().replace("rows = 4", "rows = 5", 1))
