@@ -1,0 +1,613 @@
+"""The fast engine: the same cycle counts as ``sim.cycle``, computed per instruction, per DRAM
+row and per DMA burst instead of per cycle.
+
+Units are coroutines in a discrete-event simulation. Each one computes when its next step
+happens from closed forms (``hw.dma``'s burst rule against ``sim.dram``'s timing, the units'
+state sequences of ``hw.accel.TIMING``) and waits only where another unit decides:
+
+- **tokens and queues**: a take happens in the first cycle in which the unit is idle, its queue
+  head has arrived and its tokens have been pushed (each a cycle after the event);
+- **the DMA read port**: fetch and LOAD ask for bursts; in the first idle cycle the lowest port
+  asking wins (LOAD);
+- **memory banks**: the compute unit is first on every bank port, so its instructions never
+  wait for LOAD or STORE. Its activity in an instruction (which bank each port asks for, cycle
+  by cycle) depends only on the instruction, so it is worked out once per distinct shape and
+  reused; LOAD's row writes and STORE's row reads find their first free cycle in it.
+
+Programs must pass ``check_program``; the result is a ``sim.cycle.Timing``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass
+
+from qaccel.isa import AccElement, Instruction, Opcode
+from qaccel.program import Program, check_program
+from sim.cycle import POPS, PUSHES, TIMED_COUNTERS, UNITS, InsnTiming, Timing
+from sim.dram import DramTiming, split_bursts
+
+__all__ = ["run_fast"]
+
+FIFO_DEPTH = 4
+POST_LATENCY = 4
+QUEUE_DEPTH = 4
+PORTS = ("sp_read", "sp_write", "acc_read", "acc_write")
+
+
+def _f(insn: Instruction, name: str) -> int:
+    return insn.fields.get(name, 0)
+
+
+# --- the compute unit's activity in one instruction ----------------------------------------
+
+
+@dataclass
+class Activity:
+    """What the compute unit does in one instruction, in cycles from its first active cycle
+    (GEMM/LUT_GEMM: the first RUN cycle; POST: the first PARAMS cycle): the cycle it finishes,
+    the last cycle the array took a beat (-1: none) and, per bank port, the runs of cycles in
+    which it asks for each bank ({port: {bank: ([run starts], [run ends])}})."""
+
+    finish: int
+    last_take: int
+    busy: dict
+    accesses: dict  # {port: [accesses per bank]}
+
+
+def _runs(cycles_by_bank: dict[int, list[int]]) -> dict[int, tuple[list[int], list[int]]]:
+    out = {}
+    for bank, cycles in cycles_by_bank.items():
+        starts, ends = [], []
+        for c in sorted(set(cycles)):
+            if ends and c == ends[-1] + 1:
+                ends[-1] = c
+            else:
+                starts.append(c)
+                ends.append(c)
+        out[bank] = (starts, ends)
+    return out
+
+
+class _Streams:
+    """Both operand streams of hw.accel (row FIFOs of 4, activations first on a bank)."""
+
+    def __init__(self, count, addr, mx, scale_addr):
+        self.count, self.addr, self.mx, self.scale_addr = count, addr, mx, scale_addr
+        self.issued = self.level = self.popped = self.have = 0
+        self.pending = False
+
+    def ask(self):
+        if self.issued >= self.count:
+            return None
+        block = self.issued >> 5
+        if self.mx and self.have != block + 1:
+            return self.scale_addr(block), True
+        if self.level + self.pending < FIFO_DEPTH:
+            return self.addr(self.issued), False
+        return None
+
+
+def _block_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
+    """GEMM or LUT_GEMM from its first RUN cycle: streams, the block's stream contract and the
+    result rows into the accumulator memory, stepped until the instruction finishes."""
+    lut = insn.opcode == Opcode.LUT_GEMM
+    m, k = _f(insn, "m"), _f(insn, "k")
+    a0, w0, s0 = _f(insn, "a_addr"), _f(insn, "w_addr"), _f(insn, "scale_addr")
+    acc0 = _f(insn, "acc_addr")
+    rows, cols = g.rows, g.cols
+    if lut:
+        planes = g.lut_planes(_f(insn, "mode"))
+        a = _Streams(k, lambda i: a0 + i, False, None)
+        w = _Streams(k * planes, lambda i: w0 + i, False, None)
+        expected = g.lut_tile_m
+        os = ws = False
+    else:
+        os = bool(_f(insn, "dataflow"))
+        ws = not os
+        mx = bool(g.array_modes[_f(insn, "mode")].block)
+        nb = (k + 31) >> 5
+        a = _Streams(m if ws else k, lambda i: a0 + i, mx, lambda b: s0 + b)
+        if ws:
+            w = _Streams(rows, lambda i: w0 + rows - 1 - i, mx, lambda b: s0 + nb + b)
+        else:
+            w = _Streams(k, lambda i: w0 + i, mx, lambda b: s0 + nb + b)
+        expected = m if ws else rows
+    sp_r, acc_r, acc_w = defaultdict(list), defaultdict(list), defaultdict(list)
+    counts = {p: [0] * (sp_banks if p.startswith("sp") else acc_banks) for p in PORTS}
+    outs: list[int] = []  # cycles in which result rows leave the block
+    out_i = out_count = 0
+    wb = None  # the row written this cycle (read last cycle)
+    last_take = -1
+    ws_count, ws_full = 0, False  # one instruction: the weights fill one bank, then stream
+    lut_full, lut_plane, lut_last = False, 0, False
+    t = 0
+    while True:
+        # asks on the scratchpad read ports
+        ra, rw = a.ask(), w.ask()
+        bank_a = ra[0] % sp_banks if ra else None
+        a_go = a_sc = w_go = w_sc = False
+        if ra:
+            sp_r[bank_a].append(t)
+            a_go, a_sc = not ra[1], ra[1]
+        if rw:
+            bank_w = rw[0] % sp_banks
+            sp_r[bank_w].append(t)
+            if bank_w != bank_a:
+                w_go, w_sc = not rw[1], rw[1]
+        # the block takes its stream heads
+        a_rdy, w_rdy = a.level > 0, w.level > 0
+        if lut:
+            last_plane = lut_plane == planes - 1
+            w_take = w_rdy and lut_full
+            a_take = a_rdy and (not lut_full or (w_take and last_plane))
+        elif os:
+            a_take = w_take = a_rdy and w_rdy  # one tile: its last step never waits
+        else:
+            w_take = w_rdy  # the bank loading is free: the last instruction's has drained
+            a_take = a_rdy and ws_full
+        # results
+        out_now = out_i < len(outs) and outs[out_i] == t
+        if out_now:
+            acc_r[(acc0 + out_count) % acc_banks].append(t)
+        if wb is not None and wb < m:
+            acc_w[(acc0 + wb) % acc_banks].append(t)
+        if out_count == expected and wb is None:
+            break
+        # updates
+        for s, go, sc in ((a, a_go, a_sc), (w, w_go, w_sc)):
+            if sc:
+                s.have = (s.issued >> 5) + 1
+                counts["sp_read"][s.scale_addr(s.issued >> 5) % sp_banks] += 1
+            if s.pending:
+                s.level += 1
+            s.pending = go
+            if go:
+                counts["sp_read"][s.addr(s.issued) % sp_banks] += 1
+                s.issued += 1
+        if lut:
+            if w_take:
+                if last_plane and lut_last:
+                    outs.extend(t + 1 + r for r in range(g.lut_tile_m))
+                lut_plane = 0 if last_plane else lut_plane + 1
+            if a_take:
+                lut_full, lut_last = True, a.popped == a.count - 1
+            elif w_take and last_plane:
+                lut_full = False
+        else:
+            if a_take or w_take:
+                last_take = t
+            if os and a_take and a.popped == a.count - 1:
+                outs.extend(t + rows + cols + 1 + r for r in range(rows))
+            if ws:
+                if w_take:
+                    ws_count += 1
+                    if ws_count == rows:
+                        ws_full = True
+                if a_take:
+                    outs.append(t + rows + cols)
+        if a_take:
+            a.level -= 1
+            a.popped += 1
+        if w_take:
+            w.level -= 1
+            w.popped += 1
+        wb = None
+        if out_now:
+            wb = out_count
+            out_i += 1
+            out_count += 1
+        t += 1
+    busy = {"sp_read": _runs(sp_r), "acc_read": _runs(acc_r), "acc_write": _runs(acc_w)}
+    busy["sp_write"] = {}
+    for port, per_bank in (("acc_read", acc_r), ("acc_write", acc_w)):
+        for bank, cycles in per_bank.items():
+            counts[port][bank] += len(cycles)
+    return Activity(t, last_take, busy, counts)
+
+
+def _post_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
+    """POST from its first PARAMS cycle: three parameter rows (and a fourth read), then one
+    accumulator (and residual) row per cycle, each written POST_LATENCY + 1 cycles later."""
+    rows = _f(insn, "rows")
+    p0, acc0 = _f(insn, "param_addr"), _f(insn, "acc_addr")
+    out0, res0 = _f(insn, "out_addr"), _f(insn, "res_addr")
+    run = 4  # the first RUN cycle
+    acc_r = {}
+    for s in range(4):
+        acc_r.setdefault((p0 + s) % acc_banks, []).append(s)
+    sp_r, sp_w = {}, {}
+    for i in range(rows):
+        acc_r.setdefault((acc0 + i) % acc_banks, []).append(run + i)
+        if _f(insn, "residual"):
+            sp_r.setdefault((res0 + i) % sp_banks, []).append(run + i)
+        sp_w.setdefault((out0 + i) % sp_banks, []).append(run + i + 1 + POST_LATENCY)
+    counts = {p: [0] * (sp_banks if p.startswith("sp") else acc_banks) for p in PORTS}
+    for port, per_bank in (("acc_read", acc_r), ("sp_read", sp_r), ("sp_write", sp_w)):
+        for bank, cycles in per_bank.items():
+            counts[port][bank] += len(cycles)
+    busy = {"sp_read": _runs(sp_r), "acc_read": _runs(acc_r), "sp_write": _runs(sp_w)}
+    busy["acc_write"] = {}
+    return Activity(run + rows + 1 + POST_LATENCY, -1, busy, counts)
+
+
+# --- the discrete-event simulation ---------------------------------------------------------
+
+
+class _Wait:
+    """A coroutine waits for ``key`` to be announced."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+
+class _Engine:
+    def __init__(self, program: Program):
+        check_program(program)
+        self.program = program
+        cfg = program.config
+        self.g = g = program.geometry
+        self.body = program.body
+        self.delay = DramTiming.of(cfg).first_beat_delay  # AR to first beat, last W to B
+        self.d = g.data_bytes
+        self.sp_banks = cfg.memory.scratchpad_banks
+        self.acc_banks = cfg.memory.accumulator_banks
+        self.acc32 = g.acc_dram_row_bytes(AccElement.INT32)
+        self.in_flight = 2 * g.rows + g.cols + 3
+        self.memo: dict = {}
+        self.now = 0
+        self.heap: list = []
+        self.seq = 0
+        self.waiting: dict = defaultdict(list)
+        self.values: dict = {}
+        # the queues: each unit's instructions in fetch order; push and take cycles
+        self.queue_of = {u: [] for u in UNITS}
+        self.pushed = {u: [] for u in UNITS}
+        self.taken = {u: [] for u in UNITS}
+        self.token_pushes = [[] for _ in range(4)]
+        self.token_pops = [0, 0, 0, 0]
+        self.records: list[InsnTiming] = []
+        self.ends = {u: 0 for u in UNITS}
+        self.halt_cycle = 0
+        # the DMA read port: bursts numbered by epoch; ("read_idle", e) is announced when the
+        # cycle from which the engine is idle after burst e - 1 is known
+        self.read_epoch = 0
+        self.values[("read_idle", 0)] = 1
+        self.read_asks: dict[int, int] = {}  # port -> cycle from which it asks for a burst
+        # the compute unit's current instruction: (first active cycle, last cycle, Activity)
+        self.compute_recent: list[tuple[int, int, Activity]] = []  # the last two
+        self.flight_until = -1
+        self.dataflow = 0
+        self.stalls = {u: 0 for u in UNITS}
+        self.sram = {
+            "sp_read": [0] * self.sp_banks,
+            "sp_write": [0] * self.sp_banks,
+            "acc_read": [0] * self.acc_banks,
+            "acc_write": [0] * self.acc_banks,
+        }
+        self.dram_read = self.dram_write = 0
+
+    # --- the scheduler ----------------------------------------------------------------------
+
+    def _at(self, t, co):
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, co))
+
+    def _announce(self, key, value):
+        self.values[key] = value
+        for co in self.waiting.pop(key, ()):
+            self._at(self.now, co)
+
+    def _get(self, key):
+        """(yield from) the value announced for ``key``."""
+        while key not in self.values:
+            yield _Wait(key)
+        return self.values[key]
+
+    def _until(self, t):
+        """(yield from) resume in cycle ``t`` (at once if it has come)."""
+        if t > self.now:
+            yield t
+
+    def run(self) -> Timing:
+        for co in (self._fetch(), self._load(), self._store(), self._compute()):
+            self._at(1, co)
+        while self.heap:
+            t, _, co = heapq.heappop(self.heap)
+            self.now = max(self.now, t)
+            try:
+                what = co.send(None)
+            except StopIteration:
+                continue
+            if isinstance(what, _Wait):
+                self.waiting[what.key].append(co)
+            else:
+                self._at(what, co)
+        # every unit ends waiting for an instruction that never comes; anything else is a bug
+        stuck = [k for k in self.waiting if k[0] != "queued" or k[2] < len(self.pushed[k[1]])]
+        if stuck:
+            raise RuntimeError(f"the fast engine stalled waiting for {stuck}")
+        end = max(self.halt_cycle, *self.ends.values()) + 1
+        counters = dict.fromkeys(TIMED_COUNTERS, 0)
+        counters["CYCLES"] = end
+        for rec in self.records:
+            counters[f"{rec.unit.upper()}_BUSY"] += rec.end - rec.take
+        for u in UNITS:
+            counters[f"{u.upper()}_STALL"] = self.stalls[u]
+        records = sorted(self.records, key=lambda r: (r.take, UNITS.index(r.unit)))
+        return Timing(counters, records, self.sram, self.dram_read, self.dram_write)
+
+    # --- queues and tokens ----------------------------------------------------------------
+
+    def _take(self, unit, idle):
+        """(yield from) take the unit's next instruction in the first cycle >= ``idle`` in
+        which its head is there and its tokens too; returns (index, take cycle)."""
+        n = len(self.taken[unit])
+        index = yield from self._get(("queued", unit, n))
+        insn = self.body[index]
+        head = self.pushed[unit][n] + 1
+        if n:
+            head = max(head, self.taken[unit][n - 1] + 1)
+        ready = head
+        for flag, ch in POPS[unit]:
+            if getattr(insn, flag):
+                k = self.token_pops[ch]
+                self.token_pops[ch] += 1
+                pushed = yield from self._get(("token", ch, k))
+                ready = max(ready, pushed + 1)
+        self.stalls[unit] += max(0, ready - head)
+        take = max(ready, idle)
+        self.taken[unit].append(take)
+        self._announce(("taken", unit, n), take)
+        return index, take
+
+    def _finish(self, unit, index, take, end):
+        insn = self.body[index]
+        for flag, ch in PUSHES[unit]:
+            if getattr(insn, flag):
+                self._announce(("token", ch, len(self.token_pushes[ch])), end)
+                self.token_pushes[ch].append(end)
+        self.records.append(InsnTiming(index, unit, insn.opcode.name, take, end))
+        self.ends[unit] = end
+
+    # --- the DMA read port ------------------------------------------------------------------
+
+    def _burst(self, port, ask):
+        """(yield from) the cycle in which ``port``, asking from cycle ``ask``, gets the AR
+        channel: the first idle cycle in which it is the lowest port asking."""
+        self.read_asks[port] = ask
+        while True:
+            epoch = self.read_epoch
+            idle = yield from self._get(("read_idle", epoch))
+            grant = max(idle, min(self.read_asks.values()))
+            if self.now < grant:
+                yield grant  # asks may still come for earlier cycles; look again then
+                continue
+            if epoch != self.read_epoch:
+                continue  # another port took it
+            winner = min(p for p, a in self.read_asks.items() if a <= self.now)
+            if winner != port:
+                yield from self._get(("read_idle", epoch + 1))
+                continue
+            del self.read_asks[port]
+            self.read_epoch += 1
+            return self.now
+
+    def _release(self, idle):
+        """The burst in flight ends: the engine is idle from cycle ``idle``."""
+        self._announce(("read_idle", self.read_epoch), idle)
+
+    # --- memory banks -----------------------------------------------------------------------
+
+    def _free(self, port, bank, c):
+        """The first cycle >= ``c`` in which the compute unit does not ask for ``bank`` on
+        ``port`` (a cycle that has come: its instruction is known)."""
+        active = [r for r in self.compute_recent if r[0] <= c <= r[1]]
+        if not active:
+            return c
+        start, _, act = active[0]
+        runs = act.busy[port].get(bank)
+        if not runs:
+            return c
+        starts, ends = runs
+        i = bisect_right(starts, c - start) - 1
+        if i >= 0 and c - start <= ends[i]:
+            return start + ends[i] + 1
+        return c
+
+    # --- the units ------------------------------------------------------------------------
+
+    def _fetch(self):
+        g, d, program = self.g, self.d, self.program
+        beats = max(1, g.insn_bytes // d)
+        t = 1  # REQUEST
+        for pc, insn in enumerate(program.instructions):
+            addr = program.prog_addr + pc * g.insn_bytes
+            last = None
+            for _, n in split_bursts(addr, beats, d):
+                grant = yield from self._burst(1, t + 1 if last is None else last + 1)
+                last = grant + self.delay + n - 1
+                self._release(last + 1)
+                self.dram_read += n * d
+            decode = last + 2  # done the cycle after the last beat, DECODE the next
+            if insn.opcode == Opcode.HALT:
+                self.halt_cycle = decode
+                return
+            unit = insn.unit
+            n = len(self.queue_of[unit])
+            if n >= QUEUE_DEPTH:  # room once the entry four back has been taken
+                taken = yield from self._get(("taken", unit, n - QUEUE_DEPTH))
+                decode = max(decode, taken + 1)
+            yield from self._until(decode)
+            self.queue_of[unit].append(pc)
+            self.pushed[unit].append(decode)
+            self._announce(("queued", unit, n), pc)
+            t = decode + 1
+        raise AssertionError("a checked program has a HALT")
+
+    def _row_beats(self, insn):
+        if not insn.mem:
+            return self.g.sp_row_bytes // self.d
+        return (self.acc32 if insn.elem else self.g.acc_row_bytes) // self.d
+
+    def _load(self):
+        d = self.d
+        idle = 1
+        while True:
+            index, take = yield from self._take("load", idle)
+            insn = self.body[index]
+            rb = self._row_beats(insn)
+            port = "acc_write" if insn.mem else "sp_write"
+            banks = self.acc_banks if insn.mem else self.sp_banks
+            row = insn.sram_addr
+            beat = 0  # of the memory row being received
+            pending = None  # a received row's first write cycle
+            written = 0  # the last row write's cycle
+            issue = take + 2
+            for y in range(insn.y_size):
+                last = None
+                for _, n in split_bursts(
+                    insn.dram_addr + y * insn.dram_stride, insn.x_size * rb, d
+                ):
+                    grant = yield from self._burst(0, issue + 1 if last is None else last + 1)
+                    avail = max(grant + self.delay, written)  # the burst's first beat
+                    left = n
+                    while left:
+                        if pending is not None:
+                            yield from self._until(pending)
+                            written = self._free(port, row % banks, pending)
+                            self.sram[port][row % banks] += 1
+                            row += 1
+                            avail = max(avail, written)
+                            pending = None
+                        take_n = min(left, rb - beat)
+                        last = avail + take_n - 1
+                        left -= take_n
+                        beat += take_n
+                        avail = last + 1
+                        if beat == rb:
+                            beat, pending = 0, last + 1
+                    self._release(last + 1)
+                    self.dram_read += n * d
+                issue = last + 2  # done, then ISSUE (or FINISH)
+                # the row's write, found in its own cycle
+                yield from self._until(pending)
+                written = self._free(port, row % banks, pending)
+                self.sram[port][row % banks] += 1
+                row += 1
+                pending = None
+            end = max(issue, written)  # FINISH: until the last row is written
+            yield from self._until(end)
+            self._finish("load", index, take, end)
+            idle = end + 1
+
+    def _store(self):
+        d, delay = self.d, self.delay
+        idle = 1
+        while True:
+            index, take = yield from self._take("store", idle)
+            insn = self.body[index]
+            rb = self._row_beats(insn)
+            port = "acc_read" if insn.mem else "sp_read"
+            banks = self.acc_banks if insn.mem else self.sp_banks
+            row = insn.sram_addr
+            issue = take + 2
+            for y in range(insn.y_size):
+                bursts = split_bursts(insn.dram_addr + y * insn.dram_stride, insn.x_size * rb, d)
+                firsts, k = set(), 0
+                for _, n in bursts:
+                    firsts.add(k)
+                    k += n
+                engine = issue + 2  # the first burst's AW the cycle after the command
+                ask = issue + 1  # READ
+                j = 0  # beat of the command
+                last = None
+                for _ in range(insn.x_size):
+                    yield from self._until(ask)
+                    granted = self._free(port, row % banks, ask)
+                    self.sram[port][row % banks] += 1
+                    row += 1
+                    c = granted + 2  # LATCH, then SEND
+                    for _ in range(rb):
+                        if j in firsts and j:
+                            engine = last + 2  # ADDR (AW) after the burst's last beat
+                        c = max(c, engine)
+                        last = c
+                        c += 1
+                        j += 1
+                    ask = last + 1
+                self.dram_write += insn.x_size * rb * d
+                issue = last + delay + 2  # B, then done, then ISSUE or FINISH
+            end = issue
+            yield from self._until(end)
+            self._finish("store", index, take, end)
+            idle = end + 1
+
+    def _compute(self):
+        idle = 1
+        while True:
+            index, take = yield from self._take("compute", idle)
+            insn = self.body[index]
+            if insn.opcode == Opcode.POST:
+                start = take + 2
+            elif insn.opcode == Opcode.LUT_GEMM:
+                start = take + 3
+            else:
+                setup = take + 2
+                df = _f(insn, "dataflow")
+                busy = setup <= self.flight_until
+                if df != self.dataflow and busy:
+                    setup = self.flight_until + 1
+                self.dataflow = df
+                start = setup + 1
+            act = self._activity(insn)
+            end = start + act.finish
+            if act.last_take >= 0:
+                self.flight_until = start + act.last_take + self.in_flight
+            self.compute_recent = [*self.compute_recent[-1:], (start, end, act)]
+            for port, counts in act.accesses.items():
+                for bank, n in enumerate(counts):
+                    self.sram[port][bank] += n
+            yield from self._until(end)
+            self._finish("compute", index, take, end)
+            idle = end + 1
+
+    def _activity(self, insn: Instruction) -> Activity:
+        sp, acc = self.sp_banks, self.acc_banks
+        if insn.opcode == Opcode.POST:
+            key = (
+                "post",
+                _f(insn, "rows"),
+                _f(insn, "residual"),
+                _f(insn, "param_addr") % acc,
+                _f(insn, "acc_addr") % acc,
+                _f(insn, "out_addr") % sp,
+                _f(insn, "res_addr") % sp,
+            )
+            build = _post_activity
+        else:
+            key = (
+                insn.opcode,
+                _f(insn, "dataflow"),
+                _f(insn, "mode"),
+                _f(insn, "m"),
+                _f(insn, "k"),
+                _f(insn, "a_addr") % sp,
+                _f(insn, "w_addr") % sp,
+                _f(insn, "scale_addr") % sp,
+                _f(insn, "acc_addr") % acc,
+            )
+            build = _block_activity
+        act = self.memo.get(key)
+        if act is None:
+            act = self.memo[key] = build(self.g, sp, acc, insn)
+        return act
+
+
+def run_fast(program: Program) -> Timing:
+    """``program``'s timing (``sim.cycle.Timing``), the same as ``sim.cycle.run_cycles``'s."""
+    return _Engine(program).run()
