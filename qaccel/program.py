@@ -536,28 +536,60 @@ def _check_hazards(g: Geometry, body: list[Instruction], order: list[int], strea
             if getattr(insn, flag):
                 pushes.setdefault(channel, []).append(index)
 
-    def before(x: int, y: int) -> bool:
-        return clock[y][units[body[x].unit]] >= position[x]
+    unit_of = [units[insn.unit] for insn in body]
 
-    accesses = [(i, *a) for i in range(len(body)) for a in _footprint(g, body[i])]
-    for space in ("sp", "acc", "dram"):
-        items = [a for a in accesses if a[1] == space and a[3] > a[2]]
-        items.sort(key=lambda a: a[2])
-        for n, (x, _, lo, hi, wx) in enumerate(items):
-            for y, _, lo2, hi2, wy in items[n + 1 :]:
-                if lo2 >= hi:
-                    break
-                if x == y or not (wx or wy) or body[x].unit == body[y].unit or hi2 <= lo:
-                    continue
-                if not (before(x, y) or before(y, x)):
-                    a, b = sorted((x, y))
-                    raise ProgramError(
-                        f"{body[b].opcode.name} and instruction {a} ({body[a].opcode.name}) "
-                        f"touch the same {_SPACES[space]} {max(lo, lo2)}..{min(hi, hi2) - 1} with "
-                        "no token between them",
-                        ErrorCode.HAZARD,
-                        b,
-                    )
+    def before(x: int, y: int) -> bool:
+        return clock[y][unit_of[x]] >= position[x]
+
+    # FastTrack-style: in token order, each elementary range remembers its last writer and its
+    # last reader per unit; a later access needs happens-before with those alone (earlier
+    # ones are ordered before them, or were reported), so the check is linear, not pairwise.
+    footprints = {i: _footprint(g, body[i]) for i in order}
+    points = {space: set() for space in _SPACES}
+    for fp in footprints.values():
+        for space, lo, hi, _ in fp:
+            if hi > lo:
+                points[space].update((lo, hi))
+    edges = {space: np.array(sorted(p), dtype=np.int64) for space, p in points.items()}
+    last_write = {space: np.full(max(len(e) - 1, 0), -1, np.int64) for space, e in edges.items()}
+    last_read = {space: np.full((3, len(w)), -1, np.int64) for space, w in last_write.items()}
+
+    def conflict(space, lo, hi, seg, owners, y):
+        for x in np.unique(owners):
+            x = int(x)
+            if x < 0 or x == y or unit_of[x] == unit_of[y] or before(x, y):
+                continue
+            where = np.flatnonzero(owners == x) + seg.start
+            lo2, hi2 = int(edges[space][where[0]]), int(edges[space][where[-1] + 1])
+            a, b = sorted((x, y))
+            raise ProgramError(
+                f"{body[b].opcode.name} and instruction {a} ({body[a].opcode.name}) "
+                f"touch the same {_SPACES[space]} {max(lo, lo2)}..{min(hi, hi2) - 1} with "
+                "no token between them",
+                ErrorCode.HAZARD,
+                b,
+            )
+
+    for y in order:
+        spans = []
+        for space, lo, hi, is_write in footprints[y]:
+            if hi <= lo:
+                continue
+            e = edges[space]
+            seg = slice(int(np.searchsorted(e, lo)), int(np.searchsorted(e, hi)))
+            spans.append((space, seg, is_write))
+            conflict(space, lo, hi, seg, last_write[space][seg], y)
+            if is_write:
+                for u in range(3):
+                    if u != unit_of[y]:
+                        conflict(space, lo, hi, seg, last_read[space][u][seg], y)
+        for space, seg, is_write in spans:
+            if is_write:
+                last_write[space][seg] = y
+                last_read[space][:, seg] = -1
+        for space, seg, is_write in spans:
+            if not is_write:
+                last_read[space][unit_of[y]][seg] = y
     # reads of rows no instruction wrote before (in token order; the host fills DRAM)
     written = {"sp": np.zeros(g.sp_rows, bool), "acc": np.zeros(g.acc_rows, bool)}
     first_prog, end_prog = stream
