@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from compiler.gemm import lower_gemm
-from hw.accel_bench import compare, run_on_rtl
+from hw.accel_bench import compare, predict_timing, run_on_rtl
 from hw.selftest import run_selftest
 from qaccel import config, formats, isa
 from qaccel.isa import ErrorCode, Geometry
 from qaccel.program import ProgramBuilder, ProgramError
+from sim.cycle import run_cycles
 from sim.executor import run_program
+from sim.fast import run_fast
+from sim.random_programs import random_program
 
 TINY = config.load_config("configs/tiny.toml")
 
@@ -101,13 +104,47 @@ def test_float_accumulators_are_exact_beyond_rows(tmp_path):
     want = run_program(program, {"x": x})
     assert np.array_equal(want.outputs["y"], np.zeros((4, 4)))
     (got,) = run_on_rtl(TINY, [(program, {"x": x})], build_dir=tmp_path)
-    compare(want, got)
+    compare(want, got, predict_timing(program))
     g = Geometry.of(TINY)
     b = ProgramBuilder(TINY)
     b.gemm(mode=8, dataflow=1, a_addr=0, w_addr=16, acc_addr=0, m=4, k=16)
     with pytest.raises(ProgramError, match=r"fp4_e2m1\*int8 accumulators hold 4 steps"):
         b.build()
     assert g.max_steps(8) == 4
+
+
+def random_programs_on_rtl(cfg, seeds, tmp_path, simulator="icarus"):
+    """Random valid programs (``sim.random_programs``) on the RTL: outputs equal to the
+    executor's, CYCLES and every busy and stall counter equal to the cycle engine's, which
+    equal the fast engine's."""
+    drawn = [random_program(cfg, seed) for seed in seeds]
+    runs = run_on_rtl(cfg, drawn, simulator=simulator, build_dir=tmp_path)
+    for seed, (program, inputs), got in zip(seeds, drawn, runs, strict=True):
+        timing = run_cycles(program)
+        assert run_fast(program).counters == timing.counters, f"seed {seed}"
+        try:
+            compare(run_program(program, inputs), got, timing.counters)
+        except AssertionError as e:
+            raise AssertionError(f"{cfg.name} random program {seed}: {e}") from None
+
+
+def test_random_programs_icarus(tmp_path):
+    random_programs_on_rtl(TINY, [11, 12, 13], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "cfg, seeds",
+    [(TINY, range(100, 108)), (ODD, range(4)), (LUT_ONLY, range(4)), (WS_ONLY, range(4))],
+    ids=lambda v: getattr(v, "name", ""),
+)
+def test_more_random_programs_icarus(cfg, seeds, tmp_path):
+    random_programs_on_rtl(cfg, list(seeds), tmp_path)
+
+
+@pytest.mark.slow
+def test_random_programs_verilator(tmp_path):
+    random_programs_on_rtl(TINY, [200, 201, 202], tmp_path, simulator="verilator")
 
 
 @pytest.mark.slow
