@@ -157,17 +157,31 @@ def cmd_run(args: argparse.Namespace) -> None:
     import numpy as np
 
     from qaccel.program import load_program
-    from sim.executor import run_program
+    from sim.report import run_and_report, summary
 
     program = load_program(args.program)
-    result = run_program(program, _named_arrays(args.input))
+    inputs = None if args.timing_only else _named_arrays(args.input)
+    with _Progress() as progress:
+        outputs, stats, trace = run_and_report(
+            program,
+            inputs,
+            engine=args.engine,
+            trace=args.trace,
+            timing_only=args.timing_only,
+            status=progress,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, values in result.outputs.items():
+    for name, values in outputs.items():
         np.save(out / f"{name}.npy", values.astype(np.int64) if values.dtype != object else values)
         print(f"wrote {out / (name + '.npy')} ({values.shape[0]}x{values.shape[1]})")
-    (out / "counters.json").write_text(json.dumps(result.counters, indent=1) + "\n")
-    print(_table(["counter", "value"], [[k, str(v)] for k, v in result.counters.items()]))
+    files = {"counters.json": stats["counters"], "stats.json": stats, "trace.json": trace}
+    for name, data in files.items():
+        if data is not None:
+            (out / name).write_text(json.dumps(data, indent=1) + "\n")
+            print(f"wrote {out / name}")
+    print(_table(["figure", "value"], [list(row) for row in summary(stats)]))
+    print(f"\n{args.engine} engine: {stats['engine']['wall_s']:.3g} s")
 
 
 class _Progress:
@@ -316,12 +330,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--res-shift", type=int, default=0, help="the residual's left shift")
     p.add_argument("-o", "--output", required=True, help="the Program's folder")
     p.set_defaults(func=cmd_gemm)
-    p = sub.add_parser("run", help="run a Program on the functional executor")
+    p = sub.add_parser(
+        "run", help="run a Program on the simulator: outputs, counters, statistics, trace"
+    )
     p.add_argument("program", help="a Program's folder")
     p.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input tensor"
     )
-    p.add_argument("--out", required=True, help="folder for <output>.npy and counters.json")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for <output>.npy, counters.json, stats.json and trace.json",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["fast", "cycle"],
+        default="fast",
+        help="the timing engine: fast (default, event-driven) or cycle (stepped); same results",
+    )
+    p.add_argument("--trace", action="store_true", help="also write a Perfetto trace.json")
+    p.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="timing and statistics only: no executor, no inputs, no outputs",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("verify", help="run a Program on the accelerator's RTL and the executor")
     p.add_argument("program", help="a Program's folder")

@@ -363,3 +363,62 @@ def test_gemm_with_mx_weight_scales(tmp_path, capsys):
 
     frac = Geometry.of(load_config(cfg)).array_modes[0].frac_bits
     assert np.array_equal(np.load(out / "y.npy"), np.full((2, 3), 40 * 2 ** (frac - 12)))
+
+
+def _gemm_program(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "w.npy", np.arange(-20, 20).reshape(8, 5))
+    np.save(tmp_path / "x.npy", np.arange(24).reshape(3, 8) - 10)
+    prog = tmp_path / "prog"
+    args = ["gemm", "--config", str(CONFIGS / "tiny.toml"), "--weights", str(tmp_path / "w.npy")]
+    assert main([*args, "--m", "3", "--mode", "int8*int8", "-o", str(prog)]) == 0
+    capsys.readouterr()
+    return prog, ["--input", f"x={tmp_path / 'x.npy'}"]
+
+
+def test_run_engines_write_identical_stats(tmp_path, capsys):
+    import numpy as np
+
+    prog, inputs = _gemm_program(tmp_path, capsys)
+    stats = {}
+    for engine in ("cycle", "fast"):
+        out = tmp_path / engine
+        assert main(["run", str(prog), *inputs, "--engine", engine, "--out", str(out)]) == 0
+        text = capsys.readouterr().out
+        assert "MAC utilization" in text and "µJ" in text and f"{engine} engine:" in text
+        stats[engine] = json.loads((out / "stats.json").read_text())
+        assert stats[engine].pop("engine")["name"] == engine
+        counters = json.loads((out / "counters.json").read_text())
+        assert counters == stats[engine]["counters"]
+        assert counters["CYCLES"] > 0 and counters["SATURATIONS"] == 0
+        assert not (out / "trace.json").exists()
+    assert stats["cycle"] == stats["fast"]
+    assert np.array_equal(
+        np.load(tmp_path / "cycle" / "y.npy"), np.load(tmp_path / "fast" / "y.npy")
+    )
+
+
+def test_run_trace_and_timing_only(tmp_path, capsys):
+    prog, inputs = _gemm_program(tmp_path, capsys)
+    full, timing = tmp_path / "full", tmp_path / "timing"
+    assert main(["run", str(prog), *inputs, "--trace", "--out", str(full)]) == 0
+    trace = json.loads((full / "trace.json").read_text())
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(slices) == json.loads((full / "stats.json").read_text())["counters"]["INSNS"]
+    assert main(["run", str(prog), "--timing-only", "--out", str(timing)]) == 0
+    assert "CYCLES" in capsys.readouterr().out
+    assert not (timing / "y.npy").exists() and not (timing / "trace.json").exists()
+    a, b = (json.loads((d / "stats.json").read_text()) for d in (full, timing))
+    for s in (a, b):
+        del s["engine"]
+    assert "SATURATIONS" not in b.pop("counters")
+    del a["counters"]
+    assert a == b
+
+
+def test_run_rejects_an_unknown_engine(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(tmp_path), "--engine", "rtl", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "invalid choice: 'rtl'" in capsys.readouterr().err
