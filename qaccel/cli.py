@@ -280,6 +280,27 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from compiler.simulate import format_table, simulate_topology, write_layers_csv
+    from compiler.topology import read_topology
+
+    cfg = config.load_config(args.config)
+    layers = read_topology(args.topology, args.kind)
+    out = Path(args.out)
+    with _Progress() as progress:
+        results = simulate_topology(
+            cfg,
+            layers,
+            dataflow=args.dataflow,
+            mode=args.mode,
+            progress=lambda done, total, name: progress(f"layer {done}/{total}: {name}"),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_layers_csv(results, out / "layers.csv")
+    print(format_table(results))
+    print(f"wrote {out / 'layers.csv'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qaccel",
@@ -355,6 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="timing and statistics only: no executor, no inputs, no outputs",
     )
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser(
+        "simulate",
+        help="time every layer of a SCALE-Sim topology file on a configuration (fast engine)",
+    )
+    p.add_argument("--config", required=True, help="a TOML configuration")
+    p.add_argument(
+        "--topology", required=True, help="a SCALE-Sim topology CSV (conv or GEMM format)"
+    )
+    p.add_argument("-o", "--out", required=True, help="folder for layers.csv")
+    p.add_argument("--kind", choices=["auto", "conv", "gemm"], default="auto")
+    p.add_argument("--dataflow", choices=["ws", "os"], help="default: the configuration's")
+    p.add_argument("--mode", help="weight*activation, e.g. int8*int8 (default: the first mode)")
+    p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("verify", help="run a Program on the accelerator's RTL and the executor")
     p.add_argument("program", help="a Program's folder")
     p.add_argument(

@@ -422,3 +422,27 @@ def test_run_rejects_an_unknown_engine(tmp_path, capsys):
         main(["run", str(tmp_path), "--engine", "rtl", "--out", str(tmp_path)])
     assert info.value.code == 2
     assert "invalid choice: 'rtl'" in capsys.readouterr().err
+
+
+def test_simulate_a_scalesim_topology(tmp_path, capsys):
+    topology = tmp_path / "layers.csv"
+    topology.write_text(
+        "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, "
+        "Num Filter, Strides,\nconv, 6, 6, 3, 3, 2, 5, 1,\n"
+    )
+    out = tmp_path / "out"
+    args = ["simulate", "--config", str(CONFIGS / "tiny.toml"), "--topology", str(topology)]
+    assert main([*args, "-o", str(out)]) == 0
+    rows = (out / "layers.csv").read_text().splitlines()
+    assert rows[0].startswith("layer,M,K,N,MACs,cycles,ideal_cycles,utilization")
+    fields = rows[1].split(",")
+    assert fields[:5] == ["conv", "16", "18", "5", str(16 * 18 * 5)]  # im2col: 4x4 outputs
+    assert "total" in capsys.readouterr().out
+
+
+def test_simulate_names_the_bad_line(tmp_path, capsys):
+    topology = tmp_path / "gemm.csv"
+    topology.write_text("Layer, M, N, K,\nfc, 4, four, 8,\n")
+    args = ["simulate", "--config", str(CONFIGS / "tiny.toml"), "--topology", str(topology)]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 1
+    assert "gemm.csv:2: column 3 (N): 'four' is not a positive integer" in capsys.readouterr().err
