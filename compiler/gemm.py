@@ -592,9 +592,13 @@ def _lower_array(
 
 
 def _row(words, width: int, row_bytes: int) -> bytes:
+    """``words`` of ``width`` bits packed from bit 0 up into ``row_bytes`` bytes."""
+    words = np.asarray(words, dtype=np.int64)
+    if width == 8:  # the common case, and a fast one
+        return (words & 0xFF).astype(np.uint8).tobytes().ljust(row_bytes, b"\0")
     value = 0
-    for i, w in enumerate(words):
-        value |= (int(w) & ((1 << width) - 1)) << (i * width)
+    for i, w in enumerate(words.tolist()):
+        value |= (w & ((1 << width) - 1)) << (i * width)
     return value.to_bytes(row_bytes, "little")
 
 

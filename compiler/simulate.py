@@ -195,7 +195,7 @@ def simulate_topology(
             except ProgramError as e:
                 where = f"layer {layer.name!r} (M={m}, K={k}, N={n}): "
                 raise ProgramError(where + str(e), e.code) from e
-            cache[m, k, n] = program.notes["gemm"]["unit"], run_fast(program)
+            cache[m, k, n] = program.notes["gemm"]["unit"], run_fast(program, check=False)
         unit, timing = cache[m, k, n]
         cycles = timing.counters["CYCLES"]
         results.append(

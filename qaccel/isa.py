@@ -323,6 +323,15 @@ class Geometry:
 
     # --- the instruction word -------------------------------------------------------------
 
+    def field_table(self, op: Opcode) -> dict[str, tuple[int, int]]:
+        """``layout(op)``'s fields as {name: (bit offset, width)}, in layout order."""
+        key = ("table", Opcode(op))
+        if key not in self._layouts:
+            self._layouts[key] = {
+                name: (member.offset, member.width) for name, member in self.layout(op)
+            }
+        return self._layouts[key]
+
     def layout(self, op: Opcode) -> data.StructLayout:
         """The fields of ``op`` as a StructLayout: the header (opcode, tokens) then its own."""
         op = Opcode(op)
@@ -424,24 +433,22 @@ class Instruction:
 
 def encode(geometry: Geometry, insn: Instruction) -> int:
     """The instruction word as an integer (``insn_bytes`` little-endian bytes in DRAM)."""
-    layout = geometry.layout(insn.opcode)
-    names = {name for name, _ in layout}
-    unknown = set(insn.fields) - names
+    table = geometry.field_table(insn.opcode)
+    unknown = set(insn.fields) - table.keys()
     if unknown:
         raise ValueError(f"{insn.opcode.name} has no field {sorted(unknown)[0]!r}")
     word = 0
     values = {"opcode": insn.opcode.value, **{f: int(getattr(insn, f)) for f in TOKEN_FLAGS}}
-    values |= {k: v for k, v in insn.fields.items()}
-    for name, member in layout:
+    values |= insn.fields
+    for name, (offset, width) in table.items():
         value = int(values.get(name, 0))
-        width = member.width
         if name in SIGNED_FIELDS:
             if not -(1 << (width - 1)) <= value < 1 << (width - 1):
                 raise ValueError(f"{insn.opcode.name}.{name} = {value} does not fit {width} bits")
             value &= (1 << width) - 1
         elif not 0 <= value < 1 << width:
             raise ValueError(f"{insn.opcode.name}.{name} = {value} does not fit {width} bits")
-        word |= value << member.offset
+        word |= value << offset
     return word
 
 
@@ -452,14 +459,15 @@ def decode(geometry: Geometry, word: int) -> Instruction:
         op = Opcode(code)
     except ValueError:
         raise ValueError(f"illegal opcode {code}") from None
-    layout = geometry.layout(op)
-    if word >> layout.size:
-        raise ValueError(f"{op.name} has bits set above its {layout.size} used bits")
+    table = geometry.field_table(op)
+    size = geometry.layout(op).size
+    if word >> size:
+        raise ValueError(f"{op.name} has bits set above its {size} used bits")
     values = {}
-    for name, member in layout:
-        value = (word >> member.offset) & ((1 << member.width) - 1)
-        if name in SIGNED_FIELDS and value >> (member.width - 1):
-            value -= 1 << member.width
+    for name, (offset, width) in table.items():
+        value = (word >> offset) & ((1 << width) - 1)
+        if name in SIGNED_FIELDS and value >> (width - 1):
+            value -= 1 << width
         values[name] = value
     del values["opcode"]
     flags = {f: bool(values.pop(f)) for f in TOKEN_FLAGS}
