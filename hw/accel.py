@@ -8,11 +8,12 @@ instruction set, ``qaccel.csr`` the register map, ``sim.executor`` the results i
 12-bit addresses (``hw.csr``; ``AxiLiteBus.from_prefix(dut, "s_axil_")``). ``clk``, ``rst``
 (synchronous, active high).
 
-**A run.** The host writes PROG_ADDR and PROG_LEN and sets CTRL.START. Fetch reads one
-instruction word at a time (read port 1 of the DMA; LOAD has port 0 and priority) and hands it
-to its unit's queue (four entries each). A unit takes the instruction at the head of its queue
-when the tokens it pops are there, executes it, then pushes its tokens. HALT stops fetch; the run
-ends when the queues are empty and the units idle: STATUS.DONE, with ERROR_CODE 0, or
+**A run.** The host writes PROG_ADDR and PROG_LEN and sets CTRL.START. Fetch reads blocks of
+``isa.FETCH_WORDS`` instruction words in one DMA read each (read port 1; LOAD has port 0 and
+priority) and hands them one per cycle, in order, to their units' queues (four entries
+each). A unit takes the instruction at the head of its queue when the tokens it pops are
+there, executes it, then pushes its tokens. HALT stops fetch; the run ends when the queues
+are empty and the units idle: STATUS.DONE, with ERROR_CODE 0, or
 ``isa.ErrorCode.TOKEN`` if a channel still holds tokens.
 
 **Units.**
@@ -60,7 +61,7 @@ from hw.dma import Dma
 from hw.post import PostProcessor
 from qaccel import config as qconfig
 from qaccel import csr as qcsr
-from qaccel.isa import QUEUE_DEPTH, TOKEN_BITS, AccElement, ErrorCode, Geometry, Opcode
+from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, TOKEN_BITS, AccElement, ErrorCode, Geometry, Opcode
 
 __all__ = ["TIMING", "Accelerator"]
 
@@ -72,11 +73,12 @@ TIMING = (
     "instruction; a token pushed in cycle t can be popped in cycle t + 1.",
     "Queues: a word fetch writes in cycle t is at its unit's queue head from cycle t + 1; a "
     "queue holds 4 words.",
-    "Fetch: START -> next cycle REQUEST. REQUEST: a DMA read of one instruction word on read "
+    "Fetch: START -> next cycle REQUEST. REQUEST: a DMA read of the next block of instruction "
+    "words (FETCH_WORDS, or those left before PROG_LEN; the beats that cover them) on read "
     "port 1 (LOAD has port 0 and priority per burst; hw.dma's contract gives the beats and "
-    "'done'); the cycle after 'done' is DECODE: the word goes to its queue in that cycle if the "
-    "queue has room (else DECODE repeats), and the next REQUEST follows in the next cycle. HALT "
-    "ends fetching; PROG_LEN words without HALT: NO_HALT in REQUEST.",
+    "'done'); from the cycle after 'done', DECODE hands one word per cycle to its queue if the "
+    "queue has room (else DECODE repeats); the cycle after the block's last word is REQUEST. "
+    "HALT ends fetching; PROG_LEN words without HALT: NO_HALT in REQUEST.",
     "Every unit: the cycle after the take is CHECK (one cycle; a fault ends the instruction "
     "there).",
     "LOAD: per DRAM row y: ISSUE (a command of x_size * row_bytes / bus bytes beats on DMA "
@@ -259,16 +261,29 @@ class Accelerator(wiring.Component):
     def _fetch(self, m):
         g, regs = self._g, self._regs
         port = self._dma.read[1]
-        d = g.data_bytes
-        beats = max(1, g.insn_bytes // d)
-        pc = Signal(32)
-        word = Signal(self.insn_bits)
-        beat = Signal(range(beats + 1))
+        d, ib = g.data_bytes, g.insn_bytes
+        words = Array(Signal(self.insn_bits, name=f"fetched{i}") for i in range(FETCH_WORDS))
+        pc = Signal(32)  # the next word to decode
+        count = Signal(range(FETCH_WORDS + 1))  # words in the block
+        index = Signal(range(FETCH_WORDS + 1))  # the block's next word to decode
+        beat = Signal(16)
         self.fetch_halted = Signal()
         self.fetch_blocked = Signal()
         self.halt_index = Signal(32)
         addr = Signal(32)
-        m.d.comb += addr.eq(regs.prog_addr + pc * g.insn_bytes)
+        left = Signal(32)
+        m.d.comb += [addr.eq(regs.prog_addr + pc * ib), left.eq(regs.prog_len - pc)]
+        # a block: the next FETCH_WORDS words, or those left before PROG_LEN
+        block = Signal(range(FETCH_WORDS + 1))
+        m.d.comb += block.eq(Mux(left < FETCH_WORDS, left, FETCH_WORDS))
+        if ib >= d:
+            beats = block * (ib // d)
+        else:  # narrow words: the beats that cover them (the first may start mid-beat)
+            lanes = d // ib
+            first_lane = addr[ib.bit_length() - 1 : d.bit_length() - 1]
+            beats = (first_lane + block + lanes - 1) >> (lanes.bit_length() - 1)
+        lane0 = Signal(signed(17))  # the block word in lane 0 of the current beat
+        word = words[index]
         opcode = word[:4]
         sizes = Array(Const(g.layout(op).size, 16) for op in Opcode)
         target = Signal(2)  # 0 load, 1 compute, 2 store
@@ -298,19 +313,27 @@ class Accelerator(wiring.Component):
                         port.cmd.payload.beats.eq(beats),
                     ]
                     with m.If(port.cmd.ready):
-                        m.d.sync += beat.eq(0)
+                        m.d.sync += [beat.eq(0), count.eq(block), index.eq(0)]
+                        if ib < d:
+                            m.d.sync += lane0.eq(-first_lane)
                         m.next = "RECEIVE"
             with m.State("RECEIVE"):
                 m.d.comb += port.data.ready.eq(1)
                 with m.If(port.data.valid):
-                    if g.insn_bytes >= d:
-                        m.d.sync += word.word_select(beat, 8 * d).eq(port.data.payload)
+                    if ib >= d:
+                        per = ib // d
+                        part = beat[: (per.bit_length() - 1)] if per > 1 else 0
+                        slot = beat >> (per.bit_length() - 1)
+                        for i in range(FETCH_WORDS):
+                            with m.If(slot == i):
+                                m.d.sync += words[i].word_select(part, 8 * d).eq(port.data.payload)
                     else:
-                        lo = (g.insn_bytes).bit_length() - 1
-                        hi = d.bit_length() - 1
-                        m.d.sync += word.eq(
-                            port.data.payload.word_select(addr[lo:hi], self.insn_bits)
-                        )
+                        for k in range(lanes):
+                            lane = port.data.payload[8 * ib * k : 8 * ib * (k + 1)]
+                            for i in range(FETCH_WORDS):
+                                with m.If(lane0 + k == i):
+                                    m.d.sync += words[i].eq(lane)
+                        m.d.sync += lane0.eq(lane0 + lanes)
                     m.d.sync += beat.eq(beat + 1)
                 with m.If(port.done):
                     with m.If(port.error):
@@ -335,8 +358,9 @@ class Accelerator(wiring.Component):
                     with m.If(w_rdy[target]):
                         for i, f in enumerate(fifos):
                             m.d.comb += f.w_en.eq(target == i)
-                        m.d.sync += pc.eq(pc + 1)
-                        m.next = "REQUEST"
+                        m.d.sync += [pc.eq(pc + 1), index.eq(index + 1)]
+                        with m.If(index + 1 == count):
+                            m.next = "REQUEST"
         self.fetch_active = Signal()
         m.d.comb += self.fetch_active.eq(~fsm.ongoing("IDLE"))
 

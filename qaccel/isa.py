@@ -72,6 +72,7 @@ from qaccel import config as qconfig
 from qaccel import formats, modes
 
 __all__ = [
+    "FETCH_WORDS",
     "ISA_VERSION",
     "QUEUE_DEPTH",
     "TOKEN_BITS",
@@ -88,6 +89,7 @@ __all__ = [
 ISA_VERSION = 1
 TOKEN_BITS = 32  # a token channel's counter: as wide as PROG_LEN, so it cannot overflow
 QUEUE_DEPTH = 4  # fetched instructions a unit's queue holds before fetch waits
+FETCH_WORDS = 8  # instruction words fetch reads in one DMA read (one DRAM latency per block)
 DRAM_ADDR_BITS = 32
 SIZE_BITS = 16  # y_size, x_size, m, k, rows
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from qaccel.isa import AccElement, Instruction, Opcode
+from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim.dram import DramTiming, split_bursts
 
-__all__ = ["TIMED_COUNTERS", "InsnTiming", "Timing", "run_cycles"]
+__all__ = ["TIMED_COUNTERS", "InsnTiming", "Timing", "fetch_block", "run_cycles"]
 
 # the counters whose values depend on timing (the others are sim.executor's)
 TIMED_COUNTERS = (
@@ -63,6 +63,18 @@ class Timing:
     sram: dict[str, list[int]] = field(default_factory=dict)  # accesses per bank
     dram_read_bytes: int = 0
     dram_write_bytes: int = 0
+
+
+def fetch_block(g, program: Program, pc: int) -> tuple[int, int, int]:
+    """Fetch's DMA read for the block of words from ``pc``: (byte address, beats, words)."""
+    count = min(FETCH_WORDS, len(program.instructions) - pc)
+    addr = program.prog_addr + pc * g.insn_bytes
+    d, ib = g.data_bytes, g.insn_bytes
+    if ib >= d:
+        return addr, count * (ib // d), count
+    lanes = d // ib
+    first = (addr % d) // ib  # a narrow word may start mid-beat
+    return addr, (first + count + lanes - 1) // lanes, count
 
 
 def _f(insn: Instruction, name: str) -> int:
@@ -124,7 +136,7 @@ class _Machine:
         self.record: dict[int, InsnTiming] = {}
         # fetch
         self.f_state, self.pc, self.halted = "REQUEST", 0, False
-        self.insn_beats = max(1, g.insn_bytes // d)
+        self.f_count = self.f_index = 0  # the block's words, and the next one to decode
         # DMA read engine: port 0 LOAD, port 1 fetch
         self.rp_busy = [False, False]
         self.rp_left = [0, 0]
@@ -380,8 +392,10 @@ class _Machine:
                 f_next = "IDLE"
             else:
                 unit = insn.unit
-                if len(self.queues[unit]) < 4:
-                    f_push, f_next = unit, "REQUEST"
+                if len(self.queues[unit]) < QUEUE_DEPTH:
+                    f_push = unit
+                    if self.f_index + 1 == self.f_count:
+                        f_next = "REQUEST"
 
         # --- tokens, counters, the end --------------------------------------------------------
         for unit, finishing, ins in (
@@ -441,12 +455,15 @@ class _Machine:
 
         # fetch
         if f_cmd:
-            self._read_cmd(1, self.program.prog_addr + self.pc * g.insn_bytes, self.insn_beats)
+            addr, beats, self.f_count = fetch_block(g, self.program, self.pc)
+            self._read_cmd(1, addr, beats)
+            self.f_index = 0
         if f_next == "IDLE" and self.f_state == "DECODE":
             self.halted = True
         if f_push:
             self.queues[f_push].append(self.pc)
             self.pc += 1
+            self.f_index += 1
         self.f_state = f_next
 
         # load unit

@@ -24,16 +24,15 @@ from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 
-from qaccel.isa import AccElement, Instruction, Opcode
+from qaccel.isa import QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
-from sim.cycle import POPS, PUSHES, TIMED_COUNTERS, UNITS, InsnTiming, Timing
+from sim.cycle import POPS, PUSHES, TIMED_COUNTERS, UNITS, InsnTiming, Timing, fetch_block
 from sim.dram import DramTiming, split_bursts
 
 __all__ = ["run_fast"]
 
 FIFO_DEPTH = 4
 POST_LATENCY = 4
-QUEUE_DEPTH = 4
 PORTS = ("sp_read", "sp_write", "acc_read", "acc_write")
 
 
@@ -454,10 +453,10 @@ class _Engine:
 
     def _fetch(self):
         g, d, program = self.g, self.d, self.program
-        beats = max(1, g.insn_bytes // d)
         t = 1  # REQUEST
-        for pc, insn in enumerate(program.instructions):
-            addr = program.prog_addr + pc * g.insn_bytes
+        pc = 0
+        while True:
+            addr, beats, count = fetch_block(g, program, pc)
             last = None
             for _, n in split_bursts(addr, beats, d):
                 grant = yield from self._burst(1, t + 1 if last is None else last + 1)
@@ -465,20 +464,23 @@ class _Engine:
                 self._release(last + 1)
                 self.dram_read += n * d
             decode = last + 2  # done the cycle after the last beat, DECODE the next
-            if insn.opcode == Opcode.HALT:
-                self.halt_cycle = decode
-                return
-            unit = insn.unit
-            n = len(self.queue_of[unit])
-            if n >= QUEUE_DEPTH:  # room once the entry four back has been taken
-                taken = yield from self._get(("taken", unit, n - QUEUE_DEPTH))
-                decode = max(decode, taken + 1)
-            yield from self._until(decode)
-            self.queue_of[unit].append(pc)
-            self.pushed[unit].append(decode)
-            self._announce(("queued", unit, n), pc)
-            t = decode + 1
-        raise AssertionError("a checked program has a HALT")
+            for _ in range(count):
+                insn = program.instructions[pc]
+                if insn.opcode == Opcode.HALT:
+                    self.halt_cycle = decode
+                    return
+                unit = insn.unit
+                n = len(self.queue_of[unit])
+                if n >= QUEUE_DEPTH:  # room once the entry four back has been taken
+                    taken = yield from self._get(("taken", unit, n - QUEUE_DEPTH))
+                    decode = max(decode, taken + 1)
+                yield from self._until(decode)
+                self.queue_of[unit].append(pc)
+                self.pushed[unit].append(decode)
+                self._announce(("queued", unit, n), pc)
+                pc += 1
+                decode += 1
+            t = decode  # REQUEST the cycle after the block's last word
 
     def _row_beats(self, insn):
         if not insn.mem:
