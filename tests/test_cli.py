@@ -332,6 +332,9 @@ def test_verify_and_selftest_on_the_rtl(tmp_path, capsys):
     assert main(verify) == 0
     out = capsys.readouterr().out
     assert "y       2x3    equal" in out and "outputs bit for bit" in out
+    assert "every busy and stall counter equal to the simulator's" in out
+    cycles = re.search(r"CYCLES\s+(\d+)\s+(\d+)", out)
+    assert cycles and cycles.group(1) == cycles.group(2)  # RTL, simulator
     assert main(["selftest", "--config", str(cfg), "--build", str(build)]) == 0
     out = capsys.readouterr().out
     assert "bad: token deadlock" in out and " 0 failed" in out
