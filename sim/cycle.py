@@ -20,7 +20,7 @@ from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim.dram import DramTiming, split_bursts
 
-__all__ = ["TIMED_COUNTERS", "InsnTiming", "Timing", "fetch_block", "run_cycles"]
+__all__ = ["TIMED_COUNTERS", "InsnTiming", "Timing", "fetch_block", "new_causes", "run_cycles"]
 
 # the counters whose values depend on timing (the others are sim.executor's)
 TIMED_COUNTERS = (
@@ -63,6 +63,13 @@ class Timing:
     sram: dict[str, list[int]] = field(default_factory=dict)  # accesses per bank
     dram_read_bytes: int = 0
     dram_write_bytes: int = 0
+    # cycles lost per unit and cause besides tokens: "fetch" (idle, its next instruction not
+    # fetched yet) and "bank" (LOAD/STORE waiting for a bank port the compute unit holds)
+    causes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def new_causes() -> dict[str, dict[str, int]]:
+    return {unit: {"fetch": 0, "bank": 0} for unit in UNITS}
 
 
 def fetch_block(g, program: Program, pc: int) -> tuple[int, int, int]:
@@ -133,6 +140,9 @@ class _Machine:
         self.dram_read_bytes = self.dram_write_bytes = 0
         self.tokens = [0, 0, 0, 0]
         self.queues = {u: deque() for u in UNITS}
+        self.causes = new_causes()
+        self.total = {u: sum(i.unit == u for i in self.body) for u in UNITS}
+        self.pushed = dict.fromkeys(UNITS, 0)
         self.record: dict[int, InsnTiming] = {}
         # fetch
         self.f_state, self.pc, self.halted = "REQUEST", 0, False
@@ -413,6 +423,13 @@ class _Machine:
             if finishing:
                 for flag, ch in PUSHES[unit]:
                     inc[ch] += getattr(ins, flag)
+        for unit, state in (("load", self.l_state), ("compute", st), ("store", self.s_state)):
+            if state == "IDLE" and not self.queues[unit] and self.pushed[unit] < self.total[unit]:
+                self.causes[unit]["fetch"] += 1
+        if self.l_pending and not l_written:
+            self.causes["load"]["bank"] += 1
+        if self.s_state == "READ" and not s_read_granted:
+            self.causes["store"]["bank"] += 1
         self.counters["CYCLES"] += 1
         self.counters["LOAD_BUSY"] += l_busy
         self.counters["COMPUTE_BUSY"] += c_busy
@@ -461,6 +478,7 @@ class _Machine:
         if f_next == "IDLE" and self.f_state == "DECODE":
             self.halted = True
         if f_push:
+            self.pushed[f_push] += 1
             self.queues[f_push].append(self.pc)
             self.pc += 1
             self.f_index += 1
@@ -709,4 +727,4 @@ def run_cycles(program: Program, *, max_cycles: int = 100_000_000) -> Timing:
             raise RuntimeError(f"no DONE within {max_cycles} cycles")
         if m.step():
             break
-    return Timing(m.counters, m.insns, m.sram, m.dram_read_bytes, m.dram_write_bytes)
+    return Timing(m.counters, m.insns, m.sram, m.dram_read_bytes, m.dram_write_bytes, m.causes)

@@ -26,7 +26,16 @@ from dataclasses import dataclass
 
 from qaccel.isa import QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
-from sim.cycle import POPS, PUSHES, TIMED_COUNTERS, UNITS, InsnTiming, Timing, fetch_block
+from sim.cycle import (
+    POPS,
+    PUSHES,
+    TIMED_COUNTERS,
+    UNITS,
+    InsnTiming,
+    Timing,
+    fetch_block,
+    new_causes,
+)
 from sim.dram import DramTiming, split_bursts
 
 __all__ = ["run_fast"]
@@ -283,6 +292,7 @@ class _Engine:
         self.flight_until = -1
         self.dataflow = 0
         self.stalls = {u: 0 for u in UNITS}
+        self.causes = new_causes()
         self.sram = {
             "sp_read": [0] * self.sp_banks,
             "sp_write": [0] * self.sp_banks,
@@ -369,7 +379,7 @@ class _Engine:
         for u in UNITS:
             counters[f"{u.upper()}_STALL"] = self.stalls[u]
         records = sorted(self.records, key=lambda r: (r.take, UNITS.index(r.unit)))
-        return Timing(counters, records, self.sram, self.dram_read, self.dram_write)
+        return Timing(counters, records, self.sram, self.dram_read, self.dram_write, self.causes)
 
     # --- queues and tokens ----------------------------------------------------------------
 
@@ -390,6 +400,8 @@ class _Engine:
                 pushed = yield from self._get(("token", ch, k))
                 ready = max(ready, pushed + 1)
         self.stalls[unit] += max(0, ready - head)
+        # idle with an empty queue: the instruction had not been fetched yet
+        self.causes[unit]["fetch"] += max(0, self.pushed[unit][n] + 1 - idle)
         take = max(ready, idle)
         self.taken[unit].append(take)
         self._announce(("taken", unit, n), take)
@@ -513,6 +525,7 @@ class _Engine:
                         if pending is not None:
                             yield from self._until(pending)
                             written = self._free(port, row % banks, pending)
+                            self.causes["load"]["bank"] += written - pending
                             self.sram[port][row % banks] += 1
                             row += 1
                             avail = max(avail, written)
@@ -539,6 +552,7 @@ class _Engine:
                 # the row's write, found in its own cycle
                 yield from self._until(pending)
                 written = self._free(port, row % banks, pending)
+                self.causes["load"]["bank"] += written - pending
                 self.sram[port][row % banks] += 1
                 row += 1
                 pending = None
@@ -571,6 +585,7 @@ class _Engine:
                 for _ in range(insn.x_size):
                     yield from self._until(ask)
                     granted = self._free(port, row % banks, ask)
+                    self.causes["store"]["bank"] += granted - ask
                     self.sram[port][row % banks] += 1
                     row += 1
                     c = granted + 2  # LATCH, then SEND

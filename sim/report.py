@@ -6,10 +6,12 @@ Definitions, stated once:
 - **Cycles** count from START (cycle 1) to the run's end. A unit is *busy* from the cycle after
   it takes an instruction from its queue through the instruction's last cycle (``take + 1`` ..
   ``end`` of ``InsnTiming``), *idle* otherwise.
-- **Stalls** are the hardware's ``*_STALL`` counters: cycles in which the unit's queue head waits
-  for a token. The head may wait while the unit is still busy with the instruction before it, so
-  these cycles are not a subset of the idle ones. Waiting for fetch (an empty queue) is not
-  reported: a ``Timing`` does not record when fetch delivered each instruction.
+- **Stalls**, by cause: ``token``, the hardware's ``*_STALL`` counters (cycles in which the
+  unit's queue head waits for a token; the head may wait while the unit is still busy with the
+  instruction before it, so these cycles are not a subset of the idle ones); ``fetch``, idle
+  cycles with an empty queue while the unit's next instruction is still to be fetched; ``bank``,
+  cycles LOAD's row write or STORE's row read waits for a bank port the compute unit holds
+  (``Timing.causes``, the same from both engines).
 - **Useful MACs**: a GEMM multiplies an ``m`` x K block by a K x ``cols`` one, with K = ``k *
   lanes`` elements output-stationary and ``rows * lanes`` weight-stationary (``lanes``: the
   mode's sub-word lanes per PE); a LUT_GEMM, ``m`` x (``k * group``) by (``k * group``) x
@@ -96,7 +98,10 @@ def _units(timing: Timing, cycles: int) -> dict:
             "busy": busy,
             "idle": cycles - busy,
             "busy_fraction": busy / cycles,
-            "stall": {"token": timing.counters[f"{unit.upper()}_STALL"]},
+            "stall": {
+                "token": timing.counters[f"{unit.upper()}_STALL"],
+                **timing.causes.get(unit, {}),
+            },
             "idle_split": {"before_first": before, "between": between, "after_last": after},
         }
     return out

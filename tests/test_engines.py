@@ -37,6 +37,7 @@ def assert_same_timing(program) -> None:
     assert len(fast.insns) == len(cycle.insns)
     assert fast.counters == cycle.counters
     assert fast.sram == cycle.sram
+    assert fast.causes == cycle.causes
     assert (fast.dram_read_bytes, fast.dram_write_bytes) == (
         cycle.dram_read_bytes,
         cycle.dram_write_bytes,

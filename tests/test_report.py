@@ -194,7 +194,7 @@ def test_units_busy_idle_and_stalls_match_the_counters():
         assert u["busy"] == c[f"{unit.upper()}_BUSY"]
         assert u["idle"] == c["CYCLES"] - u["busy"]
         assert sum(u["idle_split"].values()) == u["idle"]
-        assert u["stall"] == {"token": c[f"{unit.upper()}_STALL"]}
+        assert u["stall"] == {"token": c[f"{unit.upper()}_STALL"], **timing.causes[unit]}
     assert s["units"]["compute"]["instructions"] == s["instructions"]["GEMM"]
 
 
