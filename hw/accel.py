@@ -108,6 +108,11 @@ TIMING = (
     "writes: the compute unit, then STORE (reads) and LOAD (writes).",
     "The run ends (DONE) in the first cycle in which fetch has stopped and every queue and unit "
     "is idle.",
+    "DRAM: the cycle counts `qaccel run` predicts (sim.cycle, sim.fast) assume the memory of "
+    "sim.dram: arready, awready and wready always high, a burst's first R beat 1 + "
+    "dram.latency_cycles cycles after its AR handshake and one beat per cycle after it, a B "
+    "response 1 + dram.latency_cycles cycles after a burst's last W beat. Another memory (or "
+    "back-pressure) changes the cycle counts, never the results.",
 )
 
 # Token channels: (producer, consumer)

@@ -1,14 +1,18 @@
 """Programs on the accelerator's Verilog under cocotb, driven as a host would, and compared with
 the functional executor (``qaccel verify``, ``qaccel selftest``).
 
-The bench puts cocotbext-axi's ``AxiRam`` on ``m_axi`` as DRAM (optionally with random pauses
-on all five channels) and an ``AxiLiteMaster`` on ``s_axil``; for each job it loads the DRAM
-image, writes PROG_ADDR and PROG_LEN, sets CTRL.START, polls STATUS until DONE (a cycle bound
-turns a hang into a failure), reads ERROR_CODE, ERROR_INSN and every counter, and dumps DRAM.
+The bench puts a DRAM on ``m_axi`` and an ``AxiLiteMaster`` on ``s_axil``; for each job it
+loads the DRAM image, writes PROG_ADDR and PROG_LEN, sets CTRL.START, polls STATUS until DONE
+(a cycle bound turns a hang into a failure), reads ERROR_CODE, ERROR_INSN and every counter,
+and dumps DRAM. The DRAM is ``hw.dram_slave.TimedDram``, which answers with the timing of
+``sim.dram`` so that the cycle counters can be compared with the simulator's exactly; with
+random pauses (``pause``) it is cocotbext-axi's ``AxiRam`` with pause generators on all five
+channels, and then only the outputs and the timing-free counters must match.
 
 ``run_on_rtl`` builds the Verilog once per configuration and runs a list of jobs in one
 simulation; ``verify_program`` compares outputs (bit for bit) and the timing-free counters
-with ``sim.executor``.
+with ``sim.executor``, and the timed counters (CYCLES, busy and stall per unit) with
+``sim.cycle``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +56,7 @@ class RtlRun:
     dram: bytes
     polls: int = 0
     outputs: dict = field(default_factory=dict)
+    seconds: float = 0.0  # wall time the RTL simulator took from START to DONE
 
 
 def _job(program, inputs, *, pause: float = 0.0, seed: int = 1, max_cycles: int | None = None):
@@ -124,6 +130,7 @@ def run_on_rtl(
             raw["error_code"], raw["error_insn"], raw["counters"], bytes.fromhex(raw["dram"])
         )
         run.polls = raw["polls"]
+        run.seconds = raw.get("seconds", 0.0)
         if run.error_code == 0:
             program = job[0]
             machine = Machine(program.geometry, len(run.dram))
@@ -250,6 +257,7 @@ async def run_jobs(dut):
         await _write(master, "PROG_ADDR", job["prog_addr"])
         await _write(master, "PROG_LEN", job["prog_len"])
         await _write(master, "CTRL", csr.insert("CTRL", "START", 0, 1))
+        started = time.perf_counter()
         polls, status = 0, 0
         for _ in range(job["max_cycles"] // 16):
             for _ in range(16):
@@ -274,6 +282,7 @@ async def run_jobs(dut):
                 "counters": counters,
                 "dram": ram.read(0, len(image)).hex(),
                 "polls": polls,
+                "seconds": time.perf_counter() - started,  # the simulator's wall time for the run
             }
         )
     Path(os.environ[_RESULTS_ENV]).write_text(json.dumps(results))
