@@ -497,8 +497,12 @@ def _lower_array(
     w_rows = []
     for j in range(tiles_n):
         words = pack_lanes(wp[:, j * tn : (j + 1) * tn].T, lanes, spec.w_code_bits).T  # steps x tn
-        for wrow in words:
-            w_rows.append(_row(wrow, bus.w_word_bits, r))
+        if bus.w_word_bits == 8:  # byte words: every row at once
+            block = np.zeros((len(words), r), dtype=np.uint8)
+            block[:, : words.shape[1]] = words & 0xFF
+            w_rows.append(block.tobytes())
+        else:
+            w_rows.extend(_row(wrow, bus.w_word_bits, r) for wrow in words)
     w_base = builder.constant(b"".join(w_rows))
     w_steps = len(wp) // lanes  # rows per n tile
     scale_base = None

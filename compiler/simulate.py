@@ -28,8 +28,10 @@ Layers with the same (M, K, N) are lowered and timed once and share one ``Timing
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,6 +156,19 @@ def _bound(g: Geometry, t: Timing) -> str:
     return unit if busy[unit] >= BOUND_SHARE * cycles else "other"
 
 
+def _time_shape(job) -> tuple[str, Timing]:
+    """Lower one layer shape and time it: (the unit it runs on, its Timing)."""
+    cfg, (m, k, n), name, mode, dataflow, block = job
+    weights, scales = _weights(k, n, block)
+    try:
+        program = lower_gemm(
+            cfg, weights, m=m, mode=mode, dataflow=dataflow, w_scales=scales, name=name
+        )
+    except ProgramError as e:
+        raise ProgramError(f"layer {name!r} (M={m}, K={k}, N={n}): {e}", e.code) from e
+    return program.notes["gemm"]["unit"], run_fast(program, check=False)
+
+
 def simulate_topology(
     cfg: AcceleratorConfig,
     layers: Iterable[Layer],
@@ -161,14 +176,17 @@ def simulate_topology(
     dataflow: str | None = None,
     mode: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    workers: int | None = None,
 ) -> list[LayerResult]:
     """Each layer of ``layers`` (``compiler.topology``) lowered and timed on ``cfg``.
 
     ``mode``: ``"weight*activation"``, default the array's first mode (the LUT core's first
     weight format when there is no array). ``dataflow``: ``"ws"`` or ``"os"``, default the
     array's; an array that runs both runs weight-stationary, SCALE-Sim's usual choice (MX modes,
-    output-stationary only, run ``"os"``). ``progress(done, total, layer_name)`` is called after
-    each layer. A layer that cannot be lowered raises ``ProgramError`` naming it.
+    output-stationary only, run ``"os"``). ``progress(done, total, layer_name)`` is called as
+    each distinct layer shape is timed (``layer_name``: the first layer of that shape). A layer
+    that cannot be lowered raises ``ProgramError`` naming it. Distinct shapes are timed in
+    ``workers`` processes (default: one per CPU; 1: in this one).
     """
     layers = list(layers)
     g = Geometry.of(cfg)
@@ -177,25 +195,30 @@ def simulate_topology(
     if dataflow is None and g.has_array:
         dataflow = "os" if g.dataflow == "os" or (g.dataflow == "both" and block) else "ws"
     cache: dict[tuple[int, int, int], tuple[str, Timing]] = {}
+    shapes = {}  # each distinct shape, with the first layer that has it
+    for layer in layers:
+        shapes.setdefault((layer.m, layer.k, layer.n), layer.name)
+    jobs = [(cfg, shape, name, mode, dataflow, block) for shape, name in shapes.items()]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers > 1:
+        # the biggest shapes first, so that no worker is left with a long one at the end
+        jobs.sort(key=lambda job: -job[1][0] * job[1][1] * job[1][2])
+        context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {pool.submit(_time_shape, job): job for job in jobs}
+            for done, future in enumerate(as_completed(futures), 1):
+                job = futures[future]
+                cache[job[1]] = future.result()
+                if progress is not None:
+                    progress(done, len(jobs), job[2])
+    else:
+        for done, job in enumerate(jobs, 1):
+            cache[job[1]] = _time_shape(job)
+            if progress is not None:
+                progress(done, len(jobs), job[2])
     results = []
-    for done, layer in enumerate(layers, 1):
+    for layer in layers:
         m, k, n = layer.m, layer.k, layer.n
-        if (m, k, n) not in cache:
-            weights, scales = _weights(k, n, block)
-            try:
-                program = lower_gemm(
-                    cfg,
-                    weights,
-                    m=m,
-                    mode=mode,
-                    dataflow=dataflow,
-                    w_scales=scales,
-                    name=layer.name,
-                )
-            except ProgramError as e:
-                where = f"layer {layer.name!r} (M={m}, K={k}, N={n}): "
-                raise ProgramError(where + str(e), e.code) from e
-            cache[m, k, n] = program.notes["gemm"]["unit"], run_fast(program, check=False)
         unit, timing = cache[m, k, n]
         cycles = timing.counters["CYCLES"]
         results.append(
@@ -217,8 +240,6 @@ def simulate_topology(
                 timing=timing,
             )
         )
-        if progress is not None:
-            progress(done, len(layers), layer.name)
     return results
 
 

@@ -555,7 +555,11 @@ def _check_hazards(g: Geometry, body: list[Instruction], order: list[int], strea
     last_read = {space: np.full((3, len(w)), -1, np.int64) for space, w in last_write.items()}
 
     def conflict(space, lo, hi, seg, owners, y):
-        for x in np.unique(owners):
+        if not len(owners):
+            return
+        first = owners[0]
+        candidates = (first,) if (owners == first).all() else np.unique(owners)
+        for x in candidates:
             x = int(x)
             if x < 0 or x == y or unit_of[x] == unit_of[y] or before(x, y):
                 continue
@@ -594,7 +598,7 @@ def _check_hazards(g: Geometry, body: list[Instruction], order: list[int], strea
     written = {"sp": np.zeros(g.sp_rows, bool), "acc": np.zeros(g.acc_rows, bool)}
     first_prog, end_prog = stream
     for index in order:
-        for space, lo, hi, is_write in _footprint(g, body[index]):
+        for space, lo, hi, is_write in footprints[index]:
             if space == "dram":
                 if is_write and lo < end_prog and first_prog < hi:
                     raise ProgramError(
@@ -611,7 +615,7 @@ def _check_hazards(g: Geometry, body: list[Instruction], order: list[int], strea
                     ErrorCode.HAZARD,
                     index,
                 )
-        for space, lo, hi, is_write in _footprint(g, body[index]):
+        for space, lo, hi, is_write in footprints[index]:
             if is_write and space != "dram":
                 written[space][lo:hi] = True
 
@@ -817,12 +821,13 @@ class ProgramBuilder:
         if not self._insns or self._insns[-1].opcode != Opcode.HALT:
             self.emit(Opcode.HALT)
         g = self.geometry
+        words = []
         for i, insn in enumerate(self._insns):
             try:
-                encode(g, insn)
+                words.append(encode(g, insn).to_bytes(g.insn_bytes, "little"))
             except ValueError as e:
                 raise ProgramError(str(e), ErrorCode.ILLEGAL_FIELD, i) from None
-        stream = b"".join(encode(g, insn).to_bytes(g.insn_bytes, "little") for insn in self._insns)
+        stream = b"".join(words)
         prog_addr = self.constant(stream, align=g.insn_bytes)
         program = Program(
             self.config,

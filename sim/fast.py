@@ -289,6 +289,8 @@ class _Engine:
         self.read_asks: dict[int, int] = {}  # port -> cycle from which it asks for a burst
         # the compute unit's current instruction: (first active cycle, last cycle, Activity)
         self.compute_recent: list[tuple[int, int, Activity]] = []  # the last two
+        self.compute_busy_until: int | None = None  # the current instruction's last cycle
+        self.compute_idle = 1  # while it waits for an instruction: idle since
         self.flight_until = -1
         self.dataflow = 0
         self.stalls = {u: 0 for u in UNITS}
@@ -327,10 +329,16 @@ class _Engine:
             else:
                 self.now = t
 
-    def _quiet_until(self, t) -> bool:
-        """True when no coroutine acts before cycle ``t`` (so nothing can start in the
-        compute unit before then)."""
-        return not self.heap or self.heap[0][0] > t
+    def _compute_horizon(self) -> int | None:
+        """The first cycle in which a compute instruction that is not known yet could ask
+        for a bank port (None: no bound): its take comes after the current one's end, or,
+        while the unit waits for an instruction, after the next event that could bring it;
+        its first request comes two cycles after its take."""
+        if self.compute_busy_until is not None:
+            return self.compute_busy_until + 3
+        if not self.heap:
+            return None
+        return max(self.compute_idle, self.heap[0][0] + 1) + 2
 
     def _port_idle(self, port, lo, hi) -> bool:
         """True when no known compute instruction asks for any bank of ``port`` in cycles
@@ -532,9 +540,12 @@ class _Engine:
                             pending = None
                         # whole rows at once while nothing can claim their banks
                         rows_now = left // rb - 1 if beat == 0 and pending is None else 0
+                        horizon = self._compute_horizon()
+                        if horizon is not None:  # row i is written in cycle avail + (i+1) rb
+                            rows_now = min(rows_now, (horizon - 1 - avail) // rb)
                         if rows_now > 0:
                             lo, hi = avail + rb, avail + rows_now * rb
-                            if self._quiet_until(hi) and self._port_idle(port, lo, hi):
+                            if self._port_idle(port, lo, hi):
                                 self._count_rows(port, banks, row, rows_now)
                                 row += rows_now
                                 left -= rows_now * rb
@@ -607,6 +618,7 @@ class _Engine:
     def _compute(self):
         idle = 1
         while True:
+            self.compute_busy_until, self.compute_idle = None, idle
             index, take = yield from self._take("compute", idle)
             insn = self.body[index]
             if insn.opcode == Opcode.POST:
@@ -626,6 +638,7 @@ class _Engine:
             if act.last_take >= 0:
                 self.flight_until = start + act.last_take + self.in_flight
             self.compute_recent = [*self.compute_recent[-1:], (start, end, act)]
+            self.compute_busy_until = end
             for port, counts in act.accesses.items():
                 for bank, n in enumerate(counts):
                     self.sram[port][bank] += n

@@ -150,16 +150,24 @@ def test_same_shape_is_timed_once(monkeypatch):
     monkeypatch.setattr(simulate, "run_fast", counting)
     layers = [Layer.from_gemm(name, 8, 40, 40) for name in ("a", "b")]
     layers.append(Layer.from_gemm("c", 8, 40, 41))
-    a, b, c = simulate_topology(ws32(), layers)
+    a, b, c = simulate_topology(ws32(), layers, workers=1)  # counted in this process
     assert len(runs) == 2
     assert a.timing is b.timing and a.timing is not c.timing
     assert (a.name, b.name, a.cycles) == ("a", "b", b.cycles)
 
 
-def test_progress_is_called_after_each_layer(layers):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_is_called_after_each_shape(layers, workers):
     calls = []
-    simulate_topology(ws32(), layers, progress=lambda *a: calls.append(a))
-    assert calls == [(1, 2, "conv"), (2, 2, "fc")]
+    simulate_topology(ws32(), layers, progress=lambda *a: calls.append(a), workers=workers)
+    assert [c[:2] for c in calls] == [(1, 2), (2, 2)]
+    assert sorted(c[2] for c in calls) == ["conv", "fc"]
+
+
+def test_workers_give_the_same_results(layers):
+    one = simulate_topology(ws32(), layers, workers=1)
+    two = simulate_topology(ws32(), layers, workers=2)
+    assert [r.timing.counters for r in one] == [r.timing.counters for r in two]
 
 
 def test_a_layer_that_does_not_fit_is_named():
