@@ -14,10 +14,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import array_synth  # noqa: E402
+import engine_speed  # noqa: E402
 import format_speed  # noqa: E402
 import lut_vs_mac  # noqa: E402
+import scalesim_compare  # noqa: E402
+import utilization  # noqa: E402
 
-SECTIONS = {m.__name__: m for m in (format_speed, array_synth, lut_vs_mac)}
+SECTIONS = {
+    m.__name__: m
+    for m in (format_speed, array_synth, lut_vs_mac, engine_speed, scalesim_compare, utilization)
+}
 
 
 def previous_sections(text: str) -> dict[str, str]:

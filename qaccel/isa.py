@@ -291,6 +291,12 @@ class Geometry:
         """The longest output-stationary GEMM (in steps) of array mode ``mode`` whose
         accumulators cannot saturate: float and MX modes by ``max_k`` (MX also by the guard
         bits), integer modes by ``acc_bits`` against the largest product; at most 65535."""
+        key = ("max_steps", mode)
+        if key not in self._layouts:  # decoding every code to find the extremes is slow
+            self._layouts[key] = self._max_steps(mode)
+        return self._layouts[key]
+
+    def _max_steps(self, mode: int) -> int:
         spec = self.array_modes[mode]
         if not spec.integer:
             steps = self.max_k
@@ -306,10 +312,14 @@ class Geometry:
 
     def lut_max_groups(self, mode: int) -> int:
         """The longest LUT_GEMM (in groups) whose accumulators cannot saturate."""
+        key = ("lut_max_groups", mode)
+        if key in self._layouts:
+            return self._layouts[key]
         largest = max(abs(v) for v in _extremes(formats.get_format(self.lut_modes[mode])))
         act = 128 if self.lut_activation == "int8" else 255
         bound = ((1 << (self.lut_acc_bits - 1)) - 1) // (self.lut_group * act * largest)
-        return min(bound, (1 << SIZE_BITS) - 1)
+        self._layouts[key] = min(bound, (1 << SIZE_BITS) - 1)
+        return self._layouts[key]
 
     def lut_planes(self, mode: int) -> int:
         """Bit planes of LUT mode ``mode``: one per weight bit."""

@@ -550,21 +550,18 @@ def _check_hazards(g: Geometry, body: list[Instruction], order: list[int], strea
         for space, lo, hi, _ in fp:
             if hi > lo:
                 points[space].update((lo, hi))
-    edges = {space: np.array(sorted(p), dtype=np.int64) for space, p in points.items()}
-    last_write = {space: np.full(max(len(e) - 1, 0), -1, np.int64) for space, e in edges.items()}
-    last_read = {space: np.full((3, len(w)), -1, np.int64) for space, w in last_write.items()}
+    edges = {space: sorted(p) for space, p in points.items()}
+    index_of = {space: {x: i for i, x in enumerate(e)} for space, e in edges.items()}
+    # plain lists: most ranges span one or two elementary ranges, where numpy only costs
+    last_write = {space: [-1] * max(len(e) - 1, 0) for space, e in edges.items()}
+    last_read = {space: [[-1] * len(w) for _ in range(3)] for space, w in last_write.items()}
 
-    def conflict(space, lo, hi, seg, owners, y):
-        if not len(owners):
-            return
-        first = owners[0]
-        candidates = (first,) if (owners == first).all() else np.unique(owners)
-        for x in candidates:
-            x = int(x)
+    def conflict(space, lo, hi, i0, owners, y):
+        for x in set(owners) if len(owners) > 1 else owners:
             if x < 0 or x == y or unit_of[x] == unit_of[y] or before(x, y):
                 continue
-            where = np.flatnonzero(owners == x) + seg.start
-            lo2, hi2 = int(edges[space][where[0]]), int(edges[space][where[-1] + 1])
+            where = [i for i, o in enumerate(owners) if o == x]
+            lo2, hi2 = edges[space][i0 + where[0]], edges[space][i0 + where[-1] + 1]
             a, b = sorted((x, y))
             raise ProgramError(
                 f"{body[b].opcode.name} and instruction {a} ({body[a].opcode.name}) "
@@ -576,24 +573,25 @@ def _check_hazards(g: Geometry, body: list[Instruction], order: list[int], strea
 
     for y in order:
         spans = []
+        uy = unit_of[y]
         for space, lo, hi, is_write in footprints[y]:
             if hi <= lo:
                 continue
-            e = edges[space]
-            seg = slice(int(np.searchsorted(e, lo)), int(np.searchsorted(e, hi)))
-            spans.append((space, seg, is_write))
-            conflict(space, lo, hi, seg, last_write[space][seg], y)
+            i0, i1 = index_of[space][lo], index_of[space][hi]
+            spans.append((space, i0, i1, is_write))
+            conflict(space, lo, hi, i0, last_write[space][i0:i1], y)
             if is_write:
                 for u in range(3):
-                    if u != unit_of[y]:
-                        conflict(space, lo, hi, seg, last_read[space][u][seg], y)
-        for space, seg, is_write in spans:
+                    if u != uy:
+                        conflict(space, lo, hi, i0, last_read[space][u][i0:i1], y)
+        for space, i0, i1, is_write in spans:
             if is_write:
-                last_write[space][seg] = y
-                last_read[space][:, seg] = -1
-        for space, seg, is_write in spans:
+                last_write[space][i0:i1] = [y] * (i1 - i0)
+                for u in range(3):
+                    last_read[space][u][i0:i1] = [-1] * (i1 - i0)
+        for space, i0, i1, is_write in spans:
             if not is_write:
-                last_read[space][unit_of[y]][seg] = y
+                last_read[space][uy][i0:i1] = [y] * (i1 - i0)
     # reads of rows no instruction wrote before (in token order; the host fills DRAM)
     written = {"sp": np.zeros(g.sp_rows, bool), "acc": np.zeros(g.acc_rows, bool)}
     first_prog, end_prog = stream
