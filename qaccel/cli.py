@@ -208,6 +208,36 @@ class _Progress:
             self.status.__exit__(*exc)
 
 
+class _ProgressBar:
+    """A rich progress bar on a terminal; nothing in a pipe. Call it with (done, total, what)."""
+
+    def __init__(self, description: str):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.description = description
+        self.bar = self.task = None
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            from rich.progress import Progress
+
+            self.bar = Progress(console=self.console, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.description, total=None)
+        return self
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if self.bar is not None:
+            self.bar.update(
+                self.task, completed=done, total=total, description=f"{self.description}: {what}"
+            )
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
 def _build_dir(path: str | None, what: str) -> Path:
     import tempfile
 
@@ -289,13 +319,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     cfg = config.load_config(args.config)
     layers = read_topology(args.topology, args.kind)
     out = Path(args.out)
-    with _Progress() as progress:
+    with _ProgressBar("layer shapes timed") as progress:
         results = simulate_topology(
-            cfg,
-            layers,
-            dataflow=args.dataflow,
-            mode=args.mode,
-            progress=lambda done, total, name: progress(f"layer {done}/{total}: {name}"),
+            cfg, layers, dataflow=args.dataflow, mode=args.mode, progress=progress
         )
     out.mkdir(parents=True, exist_ok=True)
     write_layers_csv(results, out / "layers.csv")
