@@ -87,15 +87,16 @@ def run() -> str:
         )
     lines += [
         "",
-        "The goal, cycles within 5% of the ideal, is not met. With edge.toml's DRAM both "
-        "dataflows are DRAM-bound: the lowering reloads the activation tile for every 16-column "
-        "tile of W (and W for every row tile), and an int8 activation takes 4 of a scratchpad "
-        "row's bytes because the row is as wide as the widest mode (4-lane int2) needs, so the "
-        "bytes read are 18x (ws) and 32x (os) the matrices' size. With the wide DRAM the "
-        "weight-stationary run keeps the array's control busy but each GEMM instruction still "
-        "fills and drains the array (16 weight beats, rows + cols cycles of latency) before the "
-        "next starts; output-stationary waits for LOAD, which writes one scratchpad row per "
-        "cycle while the array consumes two. What closes the gap: overlapping consecutive GEMM "
+        "The goal, cycles within 5% of the ideal, is not met, and every run here is DRAM-bound "
+        "by the bytes it reads: 294 MB to 2 GB for 2 MB of operands. The lowering reloads the "
+        "activation tile for every 16-column tile of W (and W for every row tile), and the "
+        "unit LOAD moves, a scratchpad row, is as wide as the widest mode needs rounded up to "
+        "whole bus beats: an int8 activation row takes 64 bytes (16 used) on the 16-byte bus "
+        "and 256 on the 256-byte one. With the wide bus the weight-stationary compute unit is "
+        "busy 99% of the time, yet each GEMM instruction fills and drains the array (16 "
+        "weight beats, rows + cols cycles of latency) before the next starts; "
+        "output-stationary waits for LOAD, which writes one scratchpad row per cycle while "
+        "the array consumes two. What closes the gap: overlapping consecutive GEMM "
         "instructions in the compute unit, more than one DMA read burst in flight, rows sized "
         "per mode, and a lowering that keeps operand panels resident.",
     ]
