@@ -204,13 +204,19 @@ def simulate_topology(
         # the biggest shapes first, so that no worker is left with a long one at the end
         jobs.sort(key=lambda job: -job[1][0] * job[1][1] * job[1][2])
         context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        failed: dict[tuple, ProgramError] = {}
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = {pool.submit(_time_shape, job): job for job in jobs}
             for done, future in enumerate(as_completed(futures), 1):
                 job = futures[future]
-                cache[job[1]] = future.result()
+                try:
+                    cache[job[1]] = future.result()
+                except ProgramError as e:
+                    failed[job[1]] = e
                 if progress is not None:
                     progress(done, len(jobs), job[2])
+        if failed:  # the first layer in order that cannot be lowered, as without workers
+            raise next(failed[s] for s in shapes if s in failed)
     else:
         for done, job in enumerate(jobs, 1):
             cache[job[1]] = _time_shape(job)

@@ -61,6 +61,10 @@ class ProgramError(ValueError):
         where = f"instruction {index}: " if index is not None else ""
         super().__init__(where + message)
         self.code, self.index = code, index
+        self._message = message
+
+    def __reduce__(self):  # across processes (parallel layer timing) with its code and index
+        return type(self), (self._message, self.code, self.index)
 
 
 # --- tensors -------------------------------------------------------------------------------

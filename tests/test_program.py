@@ -415,3 +415,10 @@ def test_load_names_bits_above_the_fields_an_illegal_field(saved):
     with pytest.raises(ProgramError, match="instruction 0: LOAD has bits set above") as info:
         load_program(saved)
     assert info.value.code == ErrorCode.ILLEGAL_FIELD
+
+
+def test_program_error_survives_pickling():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ProgramError("bad rows", ErrorCode.SCRATCHPAD_RANGE, 3)))
+    assert (str(e), e.code, e.index) == ("instruction 3: bad rows", ErrorCode.SCRATCHPAD_RANGE, 3)

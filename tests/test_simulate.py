@@ -17,7 +17,7 @@ from compiler.simulate import (
 from compiler.topology import Layer, parse_topology
 from qaccel import config
 from qaccel.energy import mac_pj
-from qaccel.isa import Geometry
+from qaccel.isa import ErrorCode, Geometry
 from qaccel.program import ProgramError
 from sim.cycle import Timing
 from sim.fast import run_fast
@@ -177,9 +177,18 @@ def test_a_layer_that_does_not_fit_is_named():
         simulate_topology(ws32(size_mib=1), layers)
 
 
-def test_a_mode_the_configuration_lacks_is_named(layers):
-    with pytest.raises(ProgramError, match=r"layer 'conv' .*no unit for int4\*int8"):
-        simulate_topology(ws32(), layers, mode="int4*int8")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_mode_the_configuration_lacks_is_named(layers, workers):
+    with pytest.raises(ProgramError, match=r"layer 'conv' .*no unit for int4\*int8") as e:
+        simulate_topology(ws32(), layers, mode="int4*int8", workers=workers)
+    assert e.value.code == ErrorCode.ILLEGAL_FIELD
+
+
+def test_a_worker_keeps_the_error_code():
+    layers = [Layer.from_gemm("small", 8, 32, 32), Layer.from_gemm("big", 4096, 64, 256)]
+    with pytest.raises(ProgramError, match=r"layer 'big'") as e:
+        simulate_topology(ws32(size_mib=1), layers, workers=2)
+    assert e.value.code == ErrorCode.DRAM_RANGE
 
 
 def test_edge_runs_weight_stationary_by_default(layers):
