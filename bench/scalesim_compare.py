@@ -248,26 +248,39 @@ def run() -> str:
 
         layers = ours.result["layers"]
         cycles, ideal = sum(x["cycles"] for x in layers), sum(x["ideal"] for x in layers)
-        their_cells, speedup, ideal_cell = ["n/a"] * 3, "n/a", _n(ideal)
+        their_cells, speedup, ideal_cell = ["n/a"] * 4, "n/a", _n(ideal)
+        sim_speedup = "n/a"
         if theirs is not None:
             their_cycles = sum(x["cycles"] for x in theirs.result["layers"])
-            their_cells = [f"{theirs.wall_s:.1f}", f"{theirs.peak_mb:,.0f}", _n(their_cycles)]
+            their_cells = [
+                f"{theirs.wall_s:.1f}",
+                f"{theirs.result['sim_s']:.2f}",
+                f"{theirs.peak_mb:,.0f}",
+                _n(their_cycles),
+            ]
             speedup = f"{theirs.wall_s / ours.wall_s:,.0f}x"
+            sim_speedup = f"{theirs.result['sim_s'] / ours.result['sim_s']:,.0f}x"
             # the same ideal from SCALE-Sim's own MAC counts, shown only where it differs
             their_ideal = sum(-(-x["macs"] // case.size**2) for x in theirs.result["layers"])
             if their_ideal != ideal:
                 ideal_cell += f" (SCALE-Sim's MACs: {_n(their_ideal)})"
-        ours_cells = [f"{ours.wall_s:.2f}", f"{ours.peak_mb:,.0f}", _n(cycles)]
+        ours_cells = [
+            f"{ours.wall_s:.2f}",
+            f"{ours.result['sim_s']:.3f}",
+            f"{ours.peak_mb:,.0f}",
+            _n(cycles),
+        ]
         rows.append(
             f"| {case.workload} | {array} | "
-            + " | ".join([*their_cells, *ours_cells, ideal_cell, speedup])
+            + " | ".join([*their_cells, *ours_cells, ideal_cell, speedup, sim_speedup])
             + " |"
         )
 
     text = [
         *head,
         "The same topology files on both simulators, one after the other in one run, each in a",
-        "child process: wall time of the whole child (interpreter start and imports included),",
+        "child process: wall time of the whole child (interpreter start and imports included;",
+        "in-process: the simulation call alone, from the child's own clock),",
         "peak resident memory of that child and its workers (sampled from /proc every 10 ms; "
         "forked workers' shared pages count once per worker). One run each. Command:",
         "`python bench/run.py scalesim_compare` (or `python bench/scalesim_compare.py`).",
@@ -281,9 +294,10 @@ def run() -> str:
         "(1 MiB, 512 KiB). Ideal cycles: per layer ⌈MACs / PEs⌉, summed (SCALE-Sim's own MAC",
         "counts give the same; where not, theirs is shown beside it).",
         "",
-        "| workload | array | SCALE-Sim wall (s) | SCALE-Sim peak RSS (MB) | SCALE-Sim cycles "
-        "| ours wall (s) | ours peak RSS (MB) | ours cycles | ideal cycles | speedup |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | array | SCALE-Sim wall (s) | SCALE-Sim in-process (s) | SCALE-Sim peak RSS "
+        "(MB) | SCALE-Sim cycles | ours wall (s) | ours in-process (s) | ours peak RSS (MB) | "
+        "ours cycles | ideal cycles | speedup (wall) | speedup (in-process) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
     ]
