@@ -340,6 +340,18 @@ class _Engine:
             return None
         return max(self.compute_idle, self.heap[0][0] + 1) + 2
 
+    def _grant(self, port, bank, c):
+        """(yield from) the first cycle >= ``c`` in which the compute unit leaves ``bank`` of
+        ``port`` free: found at once when it lies before the compute unit's horizon (only
+        known instructions can ask before it), else in cycle ``c`` itself."""
+        horizon = self._compute_horizon()
+        if horizon is not None and c < horizon:
+            free = self._free(port, bank, c)
+            if free < horizon:
+                return free
+        yield from self._until(c)
+        return self._free(port, bank, c)
+
     def _port_idle(self, port, lo, hi) -> bool:
         """True when no known compute instruction asks for any bank of ``port`` in cycles
         lo..hi."""
@@ -531,8 +543,7 @@ class _Engine:
                     left = n
                     while left:
                         if pending is not None:
-                            yield from self._until(pending)
-                            written = self._free(port, row % banks, pending)
+                            written = yield from self._grant(port, row % banks, pending)
                             self.causes["load"]["bank"] += written - pending
                             self.sram[port][row % banks] += 1
                             row += 1
@@ -560,9 +571,8 @@ class _Engine:
                     self._release(last + 1)
                     self.dram_read += n * d
                 issue = last + 2  # done, then ISSUE (or FINISH)
-                # the row's write, found in its own cycle
-                yield from self._until(pending)
-                written = self._free(port, row % banks, pending)
+                # the row's write
+                written = yield from self._grant(port, row % banks, pending)
                 self.causes["load"]["bank"] += written - pending
                 self.sram[port][row % banks] += 1
                 row += 1
@@ -585,28 +595,32 @@ class _Engine:
             issue = take + 2
             for y in range(insn.y_size):
                 bursts = split_bursts(insn.dram_addr + y * insn.dram_stride, insn.x_size * rb, d)
-                firsts, k = set(), 0
+                starts, k = [], 0  # the beat each later burst starts with
                 for _, n in bursts:
-                    firsts.add(k)
+                    starts.append(k)
                     k += n
+                starts = [*starts[1:], k]
+                nxt = 0  # the next burst start ahead
                 engine = issue + 2  # the first burst's AW the cycle after the command
                 ask = issue + 1  # READ
                 j = 0  # beat of the command
                 last = None
                 for _ in range(insn.x_size):
-                    yield from self._until(ask)
-                    granted = self._free(port, row % banks, ask)
+                    granted = yield from self._grant(port, row % banks, ask)
                     self.causes["store"]["bank"] += granted - ask
                     self.sram[port][row % banks] += 1
                     row += 1
                     c = granted + 2  # LATCH, then SEND
-                    for _ in range(rb):
-                        if j in firsts and j:
+                    end_j = j + rb
+                    while j < end_j:  # beats run back to back up to the next burst's start
+                        if j == starts[nxt]:
                             engine = last + 2  # ADDR (AW) after the burst's last beat
+                            nxt += 1
                         c = max(c, engine)
-                        last = c
-                        c += 1
-                        j += 1
+                        run = min(end_j, starts[nxt]) - j
+                        last = c + run - 1
+                        c = last + 1
+                        j += run
                     ask = last + 1
                 self.dram_write += insn.x_size * rb * d
                 issue = last + delay + 2  # B, then done, then ISSUE or FINISH
