@@ -16,21 +16,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from qaccel import csr
 from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
+from sim import post_model
 from sim.dram import DramTiming, split_bursts
 
 __all__ = ["TIMED_COUNTERS", "InsnTiming", "Timing", "fetch_block", "new_causes", "run_cycles"]
 
-# the counters whose values depend on timing (the others are sim.executor's)
-TIMED_COUNTERS = (
-    "CYCLES",
-    "LOAD_BUSY",
-    "COMPUTE_BUSY",
-    "STORE_BUSY",
-    "LOAD_STALL",
-    "COMPUTE_STALL",
-    "STORE_STALL",
+# the counters (qaccel.csr) whose values depend on timing; the others are sim.executor's
+TIMED_COUNTERS = tuple(
+    c.name for c in csr.COUNTERS if c.name == "CYCLES" or c.name.endswith(("_BUSY", "_STALL"))
 )
 UNITS = ("load", "compute", "store")
 LC, CL, CS, SC = range(4)  # token channels: (producer, consumer)
@@ -39,7 +35,7 @@ POPS["store"] = (("pop_prev", CS),)
 PUSHES = {"load": (("push_next", LC),), "compute": (("push_prev", CL), ("push_next", CS))}
 PUSHES["store"] = (("push_prev", SC),)
 FIFO_DEPTH = 4  # each operand stream's row FIFO
-POST_LATENCY = 4  # hw.post: a row accepted in cycle t leaves in cycle t + 4
+POST_LATENCY = post_model.LATENCY  # hw.post: a row accepted in cycle t leaves t + LATENCY
 MX_BLOCK_ROWS = 32
 
 
@@ -551,7 +547,7 @@ class _Machine:
 
         # compute unit
         self._compute_update(t, st, c_next, take["compute"], a_go, w_go, a_scale, w_scale)
-        self._compute_results(t, out_now, a_take, w_take, c_finish)
+        self._compute_results(t, out_now, a_take, w_take)
         if sp_write_bank is not None:
             self.sram["sp_write"][sp_write_bank] += 1
             self.post_writes.popleft()
@@ -660,8 +656,7 @@ class _Machine:
             if scale:
                 self.sram["sp_read"][s.scale_addr(s.issued >> 5) % self.sp_banks] += 1
 
-    def _compute_results(self, t, out_now, a_take, w_take, c_finish):
-        g = self.g
+    def _compute_results(self, t, out_now, a_take, w_take):
         insn = self.c_insn
         if a_take or w_take:
             if insn.opcode == Opcode.GEMM:
@@ -679,7 +674,6 @@ class _Machine:
             self.out_count += 1
         self.wb_row = self.out_count - int(out_now)
         self.wb_valid = out_now
-        del g, c_finish
 
     def _array_taken(self, t, insn, a_take, w_take):
         g = self.g

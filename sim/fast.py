@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 from qaccel.isa import QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
+from sim import post_model
 from sim.cycle import (
+    FIFO_DEPTH,
     POPS,
     PUSHES,
     TIMED_COUNTERS,
@@ -40,8 +42,7 @@ from sim.dram import DramTiming, split_bursts
 
 __all__ = ["run_fast"]
 
-FIFO_DEPTH = 4
-POST_LATENCY = 4
+POST_LATENCY = post_model.LATENCY
 PORTS = ("sp_read", "sp_write", "acc_read", "acc_write")
 
 
