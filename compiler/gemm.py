@@ -293,11 +293,14 @@ class _Memory:
     def __init__(self, g: Geometry, banks: int = 1):
         self.g, self.sp, self.acc, self.banks = g, 0, 0, banks
 
-    def sp_rows(self, n: int, beside: int | None = None) -> int:
+    def sp_rows(self, n: int, beside: int | None = None, bank: int | None = None) -> int:
         """``n`` rows; with ``beside``, starting one bank after it, so that row i of both
-        buffers sits in different banks and the two can be read in the same cycle."""
+        buffers sits in different banks and the two can be read in the same cycle; with
+        ``bank``, starting in that bank."""
         if beside is not None:
             self.sp += (beside + 1 - self.sp) % self.banks
+        if bank is not None:
+            self.sp += (bank - self.sp) % self.banks
         start, self.sp = self.sp, self.sp + n
         if self.sp > self.g.sp_rows:
             raise ProgramError(f"the scratchpad ({self.g.sp_rows} rows) cannot hold the buffers")
@@ -313,9 +316,20 @@ class _Memory:
 
 
 def _outputs(
-    builder, g: Geometry, ep, mem: _Memory, m: int, n: int, tm: int, tn: int, tiles_n: int, elem
+    builder,
+    g: Geometry,
+    ep,
+    mem: _Memory,
+    m: int,
+    n: int,
+    tm: int,
+    tn: int,
+    tiles_n: int,
+    elem,
+    nb: int = 1,
 ):
-    """Declare y (and residual), reserve output/parameter buffers; return what the tiles need."""
+    """Declare y (and residual), reserve output/parameter buffers for ``nb`` tiles of ``tm``
+    rows at a time; return what the tiles need."""
     mp = -(-m // tm) * tm
     if ep is None:
         ar = g.acc_dram_row_bytes(elem)
@@ -330,7 +344,7 @@ def _outputs(
             ((1, tn, 0, mp * ar * 8), (0, 1, 0, ar * 8), (1, 1, tn, bits)),
         )
         builder.tensor(spec, output=True)
-        acc = [mem.acc_rows(tm), mem.acc_rows(tm)]
+        acc = [mem.acc_rows(nb * tm), mem.acc_rows(nb * tm)]
         return {"y": y, "acc": acc, "mp": mp, "elem": elem}
     _check_epilogue(ep, n)
     r = g.sp_row_bytes
@@ -342,9 +356,9 @@ def _outputs(
         ),
         output=True,
     )
-    out = {"y": y, "mp": mp, "acc": [mem.acc_rows(tm)] * 2}
+    out = {"y": y, "mp": mp, "acc": [mem.acc_rows(nb * tm)] * 2}
     out["out"] = [mem.sp_rows(tm), mem.sp_rows(tm)]
-    out["params"] = [mem.acc_rows(3), mem.acc_rows(3)]
+    out["params"] = [mem.acc_rows(3 * nb), mem.acc_rows(3 * nb)]
     out["param_addr"] = [
         builder.constant(_epilogue_params(g, ep, j * tn, min(tn, n - j * tn)))
         for j in range(tiles_n)
@@ -362,7 +376,7 @@ def _outputs(
             )
         )
         out["res"] = res
-        out["res_buf"] = [mem.sp_rows(tm), mem.sp_rows(tm)]
+        out["res_buf"] = [mem.sp_rows(nb * tm), mem.sp_rows(nb * tm)]
     return out
 
 
@@ -458,41 +472,23 @@ def _lower_array(
     k, n = weights.shape
     lanes, rows, cols, r = spec.lanes, g.rows, g.cols, g.sp_row_bytes
     bus = g.bus
+    os = dataflow == "os"
+    banks = builder.config.memory.scratchpad_banks
     steps = -(-k // lanes)
-    mem = _Memory(g, builder.config.memory.scratchpad_banks)
+    if not os:
+        steps = -(-steps // rows) * rows  # whole weight tiles
     tn = cols
     tiles_n = -(-n // tn)
-    if dataflow == "os":
-        tm = rows
-        fixed = 4 * tm + 2 * mem.banks  # outputs, residuals, bank alignment
-        budget = (g.sp_rows - fixed) // 2
-        per_step = 2 + (2 / spec.block if spec.block else 0)
-        ks = int(budget // per_step) if budget > 0 else 0
-        cap = max(max_chunk, spec.block) if max_chunk else ks  # MX chunks hold whole blocks
-        ks = min(ks, g.max_steps(mode), cap)
-        if spec.block:
-            ks = ks // spec.block * spec.block
-        ks = min(ks, steps if not spec.block else -(-steps // spec.block) * spec.block)
-        if ks < 1:
-            raise ProgramError(
-                f"the scratchpad ({g.sp_rows} rows) cannot hold two chunks of one step"
-            )
-    else:
-        tm = max(1, min(m, (g.sp_rows - 2 * rows - 2 * mem.banks) // 6, (g.acc_rows - 6) // 2, 256))
-        ks = rows  # one weight tile of rows * lanes K values
-        if 2 * rows + 6 * tm + 2 * mem.banks > g.sp_rows:
-            raise ProgramError(f"the scratchpad ({g.sp_rows} rows) cannot hold two weight tiles")
-    tiles_m = -(-m // tm)
-    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n, elem)
+    blk = _array_blocking(g, builder.config, spec, mode, os, m, steps, tiles_n, ep, max_chunk)
+    tm, nb, ks = blk.tm, blk.nb, blk.ks
+    mem = _Memory(g, banks)
+    o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n, elem, nb)
     mp = o["mp"]
     chunks = _split(steps, ks)
-    kp = steps * lanes  # K padded to whole lane words
 
-    # Weights: one scratchpad row per step (os) or per PE row of a k tile (ws), per n tile.
-    wp = np.zeros(
-        (-(-kp // (lanes * ks)) * lanes * ks if dataflow == "ws" else kp, tiles_n * tn),
-        dtype=np.int64,
-    )
+    # Weights: one scratchpad row per step, per n tile (weight-stationary: a weight tile's PE
+    # rows in order, so a chunk of tiles is contiguous).
+    wp = np.zeros((steps * lanes, tiles_n * tn), dtype=np.int64)
     wp[:k, :n] = weights
     w_rows = []
     for j in range(tiles_n):
@@ -504,20 +500,24 @@ def _lower_array(
         else:
             w_rows.extend(_row(wrow, bus.w_word_bits, r) for wrow in words)
     w_base = builder.constant(b"".join(w_rows))
-    w_steps = len(wp) // lanes  # rows per n tile
     scale_base = None
     if spec.block:
         scale_base = _mx_scales(builder, g, w_scales, k, n, spec.block, tiles_n, tn, mp)
 
-    # The input: os: per m tile, one row per step (the words of the tile's rows);
-    # ws: per k tile, one row per row of A (its words for each PE row).
+    # The input: os: per tile of ``rows`` rows of A, one row per step (the words of its rows);
+    # ws: per weight tile, one row per row of A (its words for each PE row).
     ab, cb = bus.a_word_bits, spec.a_code_bits
-    if dataflow == "os":
-        x = builder.constant(bytes(-(-m // tm) * steps * r))  # padding must read as zero
-        terms = ((0, tm, 0, steps * r * 8), (0, 1, tm, ab), (1, lanes, 0, r * 8), (1, 1, lanes, cb))
+    if os:
+        row_tiles = -(-m // rows)
+        x = builder.constant(bytes(row_tiles * steps * r))  # padding must read as zero
+        terms = (
+            (0, rows, 0, steps * r * 8),
+            (0, 1, rows, ab),
+            (1, lanes, 0, r * 8),
+            (1, 1, lanes, cb),
+        )
     else:
-        ktiles = -(-steps // rows)
-        x = builder.constant(bytes(ktiles * mp * r))
+        x = builder.constant(bytes(steps // rows * mp * r))
         terms = (
             (1, rows * lanes, 0, mp * r * 8),
             (0, 1, 0, r * 8),
@@ -529,70 +529,258 @@ def _lower_array(
     if spec.block:
         builder.tensor(scale_base["x_spec"](m))
 
-    bufs = []
-    for _ in range(2):
-        a_buf = mem.sp_rows(ks if dataflow == "os" else tm)
-        w_buf = mem.sp_rows(ks, beside=a_buf)
-        bufs.append((a_buf, w_buf, mem.sp_rows(2 * -(-ks // spec.block) if spec.block else 0)))
-    sched = _Schedule(builder, [len(chunks)] * (tiles_m * tiles_n), ep is None)
-    t = 0
-    for i in range(tiles_m):
+    # Buffers: two of each, A (an m block's rows of a chunk, shared by the block's n tiles),
+    # W (one n tile's chunk) and MX scales; every A buffer in another bank than every W
+    # buffer, so the streams of an output-stationary step read both in one cycle.
+    a_bufs = [mem.sp_rows(blk.a_rows, bank=0) for _ in range(2)]
+    w_bufs = [mem.sp_rows(ks, bank=1 % banks) for _ in range(2)]
+    s_bufs = [mem.sp_rows(blk.scale_rows) for _ in range(2)] if spec.block else [0, 0]
+
+    blocks = [(i, jb) for i in range(-(-m // tm)) for jb in range(-(-tiles_n // nb))]
+    gemms_total = -(-m // tm) * tiles_n * len(chunks)
+    outs_total = -(-m // tm) * tiles_n
+    emitted = {"gemm": 0, "a": 0, "out": 0}
+
+    def gemm_group(loads: list[dict], gemm: dict, *, pop_store, defer, finishes, ahead=()):
+        """One GEMM with the loads only it needs: the first pops a freed buffer set, the last
+        says the data is there; the GEMM frees its buffers unless ``defer``. ``ahead``: loads
+        for later GEMMs, queued after these."""
+        n_ = emitted["gemm"]
+        for li, kw in enumerate(loads):
+            builder.load(**kw, pop_next=li == 0 and n_ >= 2, push_next=li == len(loads) - 1)
+        for kw in ahead:
+            builder.load(**kw)
+        builder.gemm(
+            **gemm,
+            pop_prev=True,
+            pop_next=pop_store,
+            push_prev=not defer and n_ + 2 < gemms_total,
+            push_next=finishes,
+        )
+        emitted["gemm"] += 1
+
+    # A blocks in order: (m block, chunk); the A rows of the next block are loaded
+    # while the second GEMM of this one runs (its buffer is free once the first has begun:
+    # every GEMM of the block before has ended), so a block's loads spread over its GEMMs.
+    a_blocks = [(i, ci) for i, _ in blocks for ci in range(len(chunks))]
+
+    def a_load(a: int) -> dict:
+        i, ci = a_blocks[a]
+        s0, ns = chunks[ci]
         rows_i = min(tm, m - i * tm)
-        for j in range(tiles_n):
-            for ci, (s0, ns) in enumerate(chunks):
-                a_buf, w_buf, s_buf = bufs[sched.chunk % 2]
-                loads = _tile_loads(g, ep, o, t, i, j, rows_i, tm) if ci == 0 else []
-                w_addr = w_base + (j * w_steps + s0) * r
-                if dataflow == "os":
-                    a_addr = x + (i * steps + s0) * r
-                    loads += [
-                        _block(a_buf, a_addr, ns),
-                        _block(w_buf, w_addr, ns),
-                    ]
-                    if spec.block:
-                        nb, b0 = -(-ns // spec.block), s0 // spec.block
-                        loads += [
-                            _block(s_buf, scale_base["a"](i, b0), nb),
-                            _block(s_buf + nb, scale_base["w"](j, b0), nb),
-                        ]
-                    gemm = dict(
+        if os:
+            src, y_size, x_size = x + (i * (tm // rows) * steps + s0) * r, -(-rows_i // rows), ns
+            stride = steps * r
+        else:
+            src, y_size, x_size = x + (s0 // rows * mp + i * tm) * r, ns // rows, rows_i
+            stride = mp * r
+        return dict(
+            mem=0,
+            sram_addr=a_bufs[a % 2],
+            dram_addr=src,
+            dram_stride=stride,
+            y_size=y_size,
+            x_size=x_size,
+        )
+
+    loaded_ahead = set()
+    for b_index, (i, jb) in enumerate(blocks):
+        rows_i = min(tm, m - i * tm)
+        tiles_i = -(-rows_i // rows)  # output-stationary row tiles
+        js = list(range(jb * nb, min(tiles_n, (jb + 1) * nb)))
+        slot = b_index % 2
+        acc_of = lambda jj: o["acc"][slot] + jj * tm  # noqa: E731, B023
+        for ci, (s0, ns) in enumerate(chunks):
+            a = emitted["a"]
+            a_buf = a_bufs[a % 2]
+            emitted["a"] += 1
+            for jj, j in enumerate(js):
+                w_slot = emitted["gemm"] % 2
+                loads = []
+                if jj == 0 and a not in loaded_ahead:
+                    loads.append(a_load(a))
+                if ci == 0 and ep is not None:
+                    loads.append(
+                        dict(
+                            mem=1,
+                            elem=AccElement.INT32,
+                            sram_addr=o["params"][slot] + 3 * jj,
+                            dram_addr=o["param_addr"][j],
+                            dram_stride=0,
+                            y_size=1,
+                            x_size=3,
+                        )
+                    )
+                    if ep.residual:
+                        addr = o["res"] + (j * mp + i * tm) * r
+                        loads.append(_block(o["res_buf"][slot] + jj * tm, addr, rows_i))
+                loads.append(_block(w_bufs[w_slot], w_base + (j * steps + s0) * r, ns))
+                s_buf = s_bufs[w_slot]
+                if spec.block:
+                    nbk, b0 = -(-ns // spec.block), s0 // spec.block
+                    blocks_k = -(-k // spec.block)
+                    loads.append(
+                        dict(
+                            mem=0,
+                            sram_addr=s_buf,
+                            dram_addr=scale_base["a"](i * (tm // rows), b0),
+                            dram_stride=blocks_k * r,
+                            y_size=tiles_i,
+                            x_size=nbk,
+                        )
+                    )
+                    loads.append(_block(s_buf + tiles_i * nbk, scale_base["w"](j, b0), nbk))
+                ahead = []
+                if jj == 1 and a + 1 < len(a_blocks):
+                    ahead.append(a_load(a + 1))
+                    loaded_ahead.add(a + 1)
+                last_of_block = ci == len(chunks) - 1 and jj == len(js) - 1
+                gemm_group(
+                    loads,
+                    dict(
                         mode=mode,
-                        dataflow=1,
+                        dataflow=int(os),
                         accumulate=int(ci > 0),
                         a_addr=a_buf,
-                        w_addr=w_buf,
+                        w_addr=w_bufs[w_slot],
                         scale_addr=s_buf,
-                        acc_addr=o["acc"][t % 2],
+                        acc_addr=acc_of(jj),
                         m=rows_i,
                         k=ns,
-                    )
-                else:
-                    a_addr = x + (ci * mp + i * tm) * r
-                    loads += [
-                        _block(a_buf, a_addr, rows_i),
-                        _block(w_buf, w_addr, rows),
-                    ]
-                    gemm = dict(
-                        mode=mode,
-                        dataflow=0,
-                        accumulate=int(ci > 0),
-                        a_addr=a_buf,
-                        w_addr=w_buf,
-                        scale_addr=0,
-                        acc_addr=o["acc"][t % 2],
-                        m=rows_i,
-                        k=rows,
-                    )
-                sched.load_chunk(loads)
-                sched.compute_chunk(
-                    [(builder.gemm, gemm)],
-                    first_of_tile=ci == 0,
-                    last_of_tile=ci == len(chunks) - 1,
-                    tile=t,
+                    ),
+                    pop_store=ep is None and ci == 0 and jj == 0 and b_index >= 2,
+                    defer=ep is not None and last_of_block,
+                    finishes=ep is None and ci == len(chunks) - 1,
+                    ahead=ahead,
                 )
-            _finish_tile(sched, g, ep, o, t, i, j, rows_i, tm)
-            t += 1
-    return GemmPlan("array", key, dataflow, tm, tn, ks, t, sched.chunk)
+        last_gemm = emitted["gemm"] - 1
+        for jj, j in enumerate(js):
+            p_ = emitted["out"]
+            emitted["out"] += 1
+            if ep is None:
+                ar = g.acc_dram_row_bytes(o["elem"])
+                builder.store(
+                    mem=1,
+                    elem=o["elem"],
+                    sram_addr=acc_of(jj),
+                    dram_addr=o["y"] + (j * mp + i * tm) * ar,
+                    dram_stride=0,
+                    y_size=1,
+                    x_size=rows_i,
+                    pop_prev=True,
+                    push_prev=jj == len(js) - 1 and b_index + 2 < len(blocks),
+                )
+                continue
+            out_buf = o["out"][p_ % 2]
+            builder.post(
+                acc_addr=acc_of(jj),
+                out_addr=out_buf,
+                param_addr=o["params"][slot] + 3 * jj,
+                res_addr=o["res_buf"][slot] + jj * tm if ep.residual else 0,
+                rows=rows_i,
+                residual=int(ep.residual),
+                res_shift=ep.res_shift,
+                out_signed=int(ep.out_signed),
+                zero_point=ep.zero_point,
+                lo=ep.lo,
+                hi=ep.hi,
+                pop_next=p_ >= 2,
+                push_prev=jj == len(js) - 1 and last_gemm + 2 < gemms_total,
+                push_next=True,
+            )
+            builder.store(
+                mem=0,
+                sram_addr=out_buf,
+                dram_addr=o["y"] + (j * mp + i * tm) * r,
+                dram_stride=0,
+                y_size=1,
+                x_size=rows_i,
+                pop_prev=True,
+                push_prev=p_ + 2 < outs_total,
+            )
+    return GemmPlan("array", key, dataflow, tm, tn, ks, -(-m // tm) * tiles_n, emitted["gemm"])
+
+
+@dataclass(frozen=True)
+class _Blocking:
+    """An array GEMM's blocking: ``tm`` rows of A per m block (its A rows stay in the
+    scratchpad for ``nb`` n tiles of ``cols`` columns) and ``ks`` steps per K chunk."""
+
+    tm: int
+    nb: int
+    ks: int
+    a_rows: int  # scratchpad rows of one A buffer
+    scale_rows: int
+    cycles: float  # the estimate it was chosen by
+
+
+def _array_blocking(g, config, spec, mode, os, m, steps, tiles_n, ep, max_chunk) -> _Blocking:
+    """The blocking with the fewest estimated cycles that fits the memories: per GEMM the
+    larger of its array time (fill and drain included) and its loads' DRAM time, plus POST."""
+    rows, cols, banks = g.rows, g.cols, config.memory.scratchpad_banks
+    d, latency = config.dram.bytes_per_cycle, config.dram.latency_cycles
+    row_beats = g.sp_row_bytes / d
+    gran = rows if not os else (spec.block or 1)
+    cap = steps
+    if os:
+        cap = min(cap, g.max_steps(mode) // gran * gran if spec.block else g.max_steps(mode))
+    if max_chunk:
+        cap = min(cap, max(gran, max_chunk // gran * gran))
+    if cap < 1:
+        raise ProgramError(f"{spec.name}: no chunk of whole {gran}-step blocks fits")
+    ks_options = set()
+    for c in range(1, 65):
+        ks = -(-steps // c)
+        ks = -(-ks // gran) * gran
+        if ks <= cap:
+            ks_options.add(ks)
+    ks_options.add(cap)
+    if os:  # whole bank rounds keep the two streams on different banks
+        ks_options |= {ks // banks * banks for ks in list(ks_options) if ks > banks}
+    if os:
+        tm_options = {min(m, t * rows) for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)}
+        tm_options.add(min(m, -(-m // rows) * rows))
+    else:
+        tm_options = {
+            min(m, t) for t in (rows, 2 * rows, 4 * rows, 8 * rows, 16, 32, 64, 128, 256, 512, 1024)
+        }
+        tm_options.add(m)
+    nb_options = {min(tiles_n, v) for v in (1, 2, 3, 4, 6, 8, 16, 32, 64)}
+    best = None
+    for tm in sorted(tm_options):
+        tiles_i = -(-tm // rows)
+        tm_acc = tiles_i * rows if os else tm
+        for ks in sorted(ks_options):
+            if ks < 1:
+                continue
+            a_rows = tiles_i * ks if os else tm * (ks // rows)
+            scale_rows = (tiles_i + 1) * -(-ks // spec.block) if spec.block else 0
+            sp = 2 * (a_rows + ks + scale_rows) + 3 * banks
+            if ep is not None:
+                sp += 2 * tm_acc
+            for nb in sorted(nb_options):
+                need_sp = sp + (2 * nb * tm_acc if ep is not None and ep.residual else 0)
+                need_acc = nb * tm_acc * (2 if ep is None else 1) + (6 * nb if ep else 0)
+                if need_sp > g.sp_rows or need_acc > g.acc_rows:
+                    continue
+                gemms = -(-m // tm) * tiles_n * -(-steps // ks)
+                if os:
+                    array = tiles_i * max(ks, rows) + 2 * rows + cols + 6
+                else:
+                    array = (ks // rows) * max(tm, rows) + 2 * rows + cols + 6
+                loads = (ks + a_rows / nb + scale_rows) * row_beats + 2 * (latency + 3)
+                cycles = gemms * max(array, loads)
+                if ep is not None:
+                    cycles += -(-m // tm) * tiles_n * (tm + 12)
+                choice = (cycles, gemms, -tm)
+                if best is None or choice < best[0]:
+                    best = (choice, _Blocking(tm, nb, ks, a_rows, scale_rows, cycles))
+    if best is None:
+        raise ProgramError(
+            f"the scratchpad ({g.sp_rows} rows) and accumulator memory ({g.acc_rows} rows) "
+            f"cannot hold two chunks of {spec.name}"
+        )
+    return best[1]
 
 
 def _row(words, width: int, row_bytes: int) -> bytes:
@@ -619,7 +807,7 @@ def _mx_scales(builder, g: Geometry, w_scales, k, n, block, tiles_n, tn, mp):
         for b in range(blocks):
             w_rows.append(bytes(int(v) for v in w_scales[b, j * tn : (j + 1) * tn]).ljust(r, b"\0"))
     w_addr = builder.constant(b"".join(w_rows))
-    a_addr = builder.constant(bytes((mp // rows) * blocks * r))
+    a_addr = builder.constant(bytes(-(-mp // rows) * blocks * r))
     terms = ((0, rows, 0, blocks * r * 8), (0, 1, rows, 8), (1, 1, 0, r * 8))
     return {
         "a": lambda i, b0: a_addr + (i * blocks + b0) * r,

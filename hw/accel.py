@@ -61,7 +61,16 @@ from hw.dma import Dma
 from hw.post import PostProcessor
 from qaccel import config as qconfig
 from qaccel import csr as qcsr
-from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, TOKEN_BITS, AccElement, ErrorCode, Geometry, Opcode
+from qaccel.isa import (
+    FETCH_WORDS,
+    QUEUE_DEPTH,
+    STREAM_DEPTH,
+    TOKEN_BITS,
+    AccElement,
+    ErrorCode,
+    Geometry,
+    Opcode,
+)
 
 __all__ = ["TIMING", "Accelerator"]
 
@@ -93,10 +102,12 @@ TIMING = (
     "GEMM: SETUP (one cycle, repeated while the array is busy if the dataflow changes), then "
     "RUN: the activation and weight streams each read one scratchpad row per cycle in which "
     "their bank grants it and their 4-entry FIFO (rows in flight counted) has room; the array "
-    "takes the FIFO heads by its stream contract (hw.array); MX streams spend one read on the "
-    "block's scale row before the first row of each 32-row block. Each result row leaving the "
-    "array in cycle t reads its accumulator row in cycle t and writes it in cycle t + 1; the "
-    "instruction ends (pushes) in the first cycle after the last result row's write.",
+    "takes the FIFO heads by its stream contract (hw.array), tile after tile (each tile's last "
+    "row carries 'last'); MX streams spend one read on the block's scale row before the first "
+    "row of each 32-row block of a tile. Each result row leaving the array in cycle t reads its "
+    "accumulator row in cycle t and writes it in cycle t + 1 (a row written in the cycle it is "
+    "read is forwarded); the instruction ends (pushes) in the first cycle after the last "
+    "result row's write.",
     "LUT_GEMM: as GEMM with the LUT core (activation groups on the activation stream, weight "
     "planes on the weight stream, hw.lut_core's contract), tile_m result rows.",
     "POST: PARAMS (four cycles: the bias, b and c rows are read in the first three), then RUN: "
@@ -117,6 +128,15 @@ TIMING = (
 
 # Token channels: (producer, consumer)
 LC, CL, CS, SC = range(4)
+
+
+def _divide(x, divisor: int, bits: int):
+    """floor(x / divisor) for a ``bits``-bit unsigned x: a shift, or a multiply by the rounded-up
+    reciprocal (exact for every x below 2**bits with this many fraction bits)."""
+    if divisor & (divisor - 1) == 0:
+        return x >> (divisor.bit_length() - 1)
+    shift = bits + divisor.bit_length()
+    return (x * Const(-(-(1 << shift) // divisor))) >> shift
 
 
 def _popcount(bits) -> object:
@@ -612,35 +632,43 @@ class Accelerator(wiring.Component):
 
     # --- the compute unit -----------------------------------------------------------------
 
-    def _row_stream(self, m, name: str, port, addr, count, scale=None, depth: int = 4):
-        """Read ``count`` rows (row i at ``addr(i)``) through the banked read ``port`` into a
-        FIFO, one per granted cycle while there is room; an entry is the row and a ``last``
-        bit. With ``scale`` = (enable, address of block b, bits): before the first row of each
-        32-row block, one read fetches the block's scale row, whose low ``bits`` ride in every
-        entry of the block (between the row and ``last``). Returns (start strobe, FIFO)."""
+    def _row_stream(self, m, name: str, port, base, tiles, tile, stride, reverse, scale=None):
+        """Read ``tiles`` tiles of ``tile`` rows through the banked read ``port`` into a FIFO,
+        one row per granted cycle while there is room: row p of tile t is ``base + t * stride +
+        p`` (``reverse``: ``tile - 1 - p``). An entry is the row and ``last`` (a tile's last row).
+        With ``scale`` = (enable, address of tile t's block b, bits): before the first row of
+        each 32-row block of a tile, one read fetches the block's scale row, whose low ``bits``
+        ride in every entry of the block (between the row and ``last``). Returns (start strobe,
+        FIFO)."""
+        depth = STREAM_DEPTH
         row_bits = len(port.data)
         scale_bits = scale[2] if scale else 0
         fifo = SyncFIFO(width=row_bits + scale_bits + 1, depth=depth)
         m.submodules[f"{name}_fifo"] = fifo
         start = Signal(name=f"{name}_start")
-        issued = Signal(33, name=f"{name}_issued")
+        pos = Signal(20, name=f"{name}_pos")  # the row within the tile
+        tile_index = Signal(17, name=f"{name}_tile")
+        offset = Signal(32, name=f"{name}_offset")  # tile_index * stride
         pending = Signal(name=f"{name}_pending")
         pending_last = Signal(name=f"{name}_pending_last")
         room = Signal(name=f"{name}_room")
         go = Signal(name=f"{name}_go")
-        left = ~start & (issued < count)
+        tile_end = pos == tile - 1
+        left = ~start & (tile_index < tiles)
         m.d.comb += room.eq(fifo.level + pending < depth)
+        row_addr = base + offset + Mux(reverse, tile - 1 - pos, pos)
         scale_reg = Signal(max(scale_bits, 1), name=f"{name}_scale")
+        have = None
         if scale:
             enable, scale_addr, bits = scale
-            block = issued >> 5
-            have = Signal(33, name=f"{name}_scale_block")  # block + 1 whose scales are held
+            block = pos >> 5
+            have = Signal(17, name=f"{name}_scale_block")  # block + 1 whose scales are held
             need = Signal(name=f"{name}_need_scale")
             fetch = Signal(name=f"{name}_fetch_scale")
             fetched = Signal(name=f"{name}_scale_pending")
             m.d.comb += [
                 need.eq(enable & (have != block + 1)),
-                port.addr.eq(Mux(need, scale_addr(block), addr(issued))),
+                port.addr.eq(Mux(need, scale_addr(tile_index, block), row_addr)),
                 port.req.eq(left & (need | room)),
                 fetch.eq(left & need & port.grant),
                 go.eq(left & ~need & room & port.grant),
@@ -649,20 +677,24 @@ class Accelerator(wiring.Component):
                 m.d.sync += have.eq(0)
             with m.Elif(fetch):
                 m.d.sync += have.eq(block + 1)
+            with m.Elif(go & tile_end):  # the next tile fetches its own scales
+                m.d.sync += have.eq(0)
             m.d.sync += fetched.eq(fetch)
             with m.If(fetched):
                 m.d.sync += scale_reg.eq(port.data[:bits])
         else:
             m.d.comb += [
-                port.addr.eq(addr(issued)),
+                port.addr.eq(row_addr),
                 port.req.eq(left & room),
                 go.eq(left & room & port.grant),
             ]
-        m.d.sync += [pending.eq(go), pending_last.eq(go & (issued == count - 1))]
+        m.d.sync += [pending.eq(go), pending_last.eq(go & tile_end)]
         with m.If(start):
-            m.d.sync += issued.eq(0)
+            m.d.sync += [pos.eq(0), tile_index.eq(0), offset.eq(0)]
+        with m.Elif(go & tile_end):
+            m.d.sync += [pos.eq(0), tile_index.eq(tile_index + 1), offset.eq(offset + stride)]
         with m.Elif(go):
-            m.d.sync += issued.eq(issued + 1)
+            m.d.sync += pos.eq(pos + 1)
         parts = [port.data, scale_reg[:scale_bits]] if scale else [port.data]
         m.d.comb += [fifo.w_en.eq(pending), fifo.w_data.eq(Cat(*parts, pending_last))]
         return start, fifo
@@ -699,22 +731,29 @@ class Accelerator(wiring.Component):
             block_mode = Array(Const(int(bool(s.block))) for s in modes)[gemm.mode]
             nb = (gemm.k + 31) >> 5
             df_ok = {"both": Const(1), "os": os, "ws": ~os}[g.dataflow]
+            # tiles (Geometry.gemm_tiles): row tiles output-stationary, weight tiles otherwise
+            os_tiles = _divide(gemm.m + (g.rows - 1), g.rows, 17)
+            ws_tiles = _divide(gemm.k, g.rows, 16)
             checks += [
                 (is_gemm & ((gemm.m == 0) | (gemm.k == 0)), ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & (gemm.mode >= n), ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & ~df_ok, ErrorCode.ILLEGAL_FIELD),
-                (is_gemm & os & (gemm.m > g.rows), ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & os & (gemm.k > max_steps[gemm.mode]), ErrorCode.ILLEGAL_FIELD),
                 (is_gemm & ~os & block_mode, ErrorCode.ILLEGAL_FIELD),
-                (is_gemm & ~os & (gemm.k != g.rows), ErrorCode.ILLEGAL_FIELD),
-                (is_gemm & os & sp_over(gemm.a_addr, gemm.k), ErrorCode.SCRATCHPAD_RANGE),
-                (is_gemm & os & sp_over(gemm.w_addr, gemm.k), ErrorCode.SCRATCHPAD_RANGE),
+                (is_gemm & ~os & (ws_tiles * g.rows != gemm.k), ErrorCode.ILLEGAL_FIELD),
                 (
-                    is_gemm & os & block_mode & sp_over(gemm.scale_addr, 2 * nb),
+                    is_gemm & os & sp_over(gemm.a_addr, os_tiles * gemm.k),
                     ErrorCode.SCRATCHPAD_RANGE,
                 ),
-                (is_gemm & ~os & sp_over(gemm.w_addr, g.rows), ErrorCode.SCRATCHPAD_RANGE),
-                (is_gemm & ~os & sp_over(gemm.a_addr, gemm.m), ErrorCode.SCRATCHPAD_RANGE),
+                (is_gemm & sp_over(gemm.w_addr, gemm.k), ErrorCode.SCRATCHPAD_RANGE),
+                (
+                    is_gemm & os & block_mode & sp_over(gemm.scale_addr, (os_tiles + 1) * nb),
+                    ErrorCode.SCRATCHPAD_RANGE,
+                ),
+                (
+                    is_gemm & ~os & sp_over(gemm.a_addr, ws_tiles * gemm.m),
+                    ErrorCode.SCRATCHPAD_RANGE,
+                ),
                 (is_gemm & acc_over(gemm.acc_addr, gemm.m), ErrorCode.ACCUMULATOR_RANGE),
             ]
         else:
@@ -758,64 +797,82 @@ class Accelerator(wiring.Component):
             bad = bad_next
 
         # --- operand streams ---------------------------------------------------------------
-        a_count, w_count = Signal(33), Signal(33)
-        a_base, w_base, s_base, nb_sig = Signal(32), Signal(32), Signal(32), Signal(33)
+        a_base, w_base, s_base, nb_sig = Signal(32), Signal(32), Signal(32), Signal(17)
+        tiles = Signal(17)
+        a_tile, w_tile, w_stride = Signal(20), Signal(20), Signal(16)
         w_reverse = Signal()
         mx_on = Signal()
         a_scale = w_scale = None
         if self._mx:
-            a_scale = (mx_on, lambda b: s_base + b, 8 * g.rows)
-            w_scale = (mx_on, lambda b: s_base + nb_sig + b, 8 * g.cols)
+            a_scale = (mx_on, lambda t, b: s_base + t * nb_sig + b, 8 * g.rows)
+            w_scale = (mx_on, lambda t, b: s_base + tiles * nb_sig + b, 8 * g.cols)
         a_start, a_fifo = self._row_stream(
-            m, "a", self.sp_a, lambda i: a_base + i, a_count, a_scale
+            m, "a", self.sp_a, a_base, tiles, a_tile, a_tile, Const(0), a_scale
         )
         w_start, w_fifo = self._row_stream(
-            m,
-            "w",
-            self.sp_w,
-            lambda i: Mux(w_reverse, w_base + w_count - 1 - i, w_base + i),
-            w_count,
-            w_scale,
+            m, "w", self.sp_w, w_base, tiles, w_tile, w_stride, w_reverse, w_scale
         )
         sp_bits = 8 * g.sp_row_bytes
 
         # --- results into the accumulator memory -------------------------------------------
+        # Result beats come in tiles of ``out_tile_len``; weight-stationary tiles all go to the
+        # same rows (adding after the first), the others to consecutive rows (kept below m).
         out_valid = Signal()
         out_data = Signal(data.ArrayLayout(signed(g.acc_elem_bits), g.acc_cols))
         out_invalid = Signal(g.acc_cols)
-        out_count = Signal(33)
-        expected = Signal(33)
+        out_pos, out_row, out_tiles = Signal(20), Signal(33), Signal(17)
+        out_tile_len = Signal(20)
+        same_rows = Signal()  # weight-stationary: every tile adds into rows acc_base + pos
         keep_rows = Signal(33)
         acc_base = Signal(32)
         accumulate = Signal()
         # accumulating saturates at the memory's element width (wider than any mode's)
         sat_lo = Const(-(1 << (g.acc_elem_bits - 1)), signed(g.acc_elem_bits + 1))
         sat_hi = Const((1 << (g.acc_elem_bits - 1)) - 1, signed(g.acc_elem_bits + 1))
-        wb_valid, wb_row = Signal(), Signal(33)
+        wb_valid, wb_keep, wb_add = Signal(), Signal(), Signal()
+        wb_addr = Signal(32)
         wb_data = Signal.like(out_data)
         wb_invalid = Signal(g.acc_cols)
         collecting = Signal()
+        beat = out_valid & collecting
+        read_addr = acc_base + Mux(same_rows, out_pos, out_row)
         m.d.comb += [
-            self.acc_comp_r.addr.eq(acc_base + out_count),
-            self.acc_comp_r.req.eq(out_valid & collecting),  # first in priority: always granted
+            self.acc_comp_r.addr.eq(read_addr),
+            self.acc_comp_r.req.eq(beat),  # first in priority: always granted
         ]
-        with m.If(out_valid & collecting):
-            m.d.sync += out_count.eq(out_count + 1)
+        with m.If(beat):
+            m.d.sync += out_row.eq(out_row + 1)
+            with m.If(out_pos == out_tile_len - 1):
+                m.d.sync += [out_pos.eq(0), out_tiles.eq(out_tiles + 1)]
+            with m.Else():
+                m.d.sync += out_pos.eq(out_pos + 1)
         m.d.sync += [
-            wb_valid.eq(out_valid & collecting),
-            wb_row.eq(out_count),
+            wb_valid.eq(beat),
+            wb_addr.eq(read_addr),
+            wb_keep.eq(same_rows | (out_row < keep_rows)),
+            wb_add.eq(accumulate | (same_rows & (out_tiles != 0))),
             wb_data.eq(out_data),
             wb_invalid.eq(out_invalid),
         ]
-        old = data.View(self._acc_layout, self.acc_comp_r.data)
+        # a row read in the cycle it is written (a one-row tile after another) reads the
+        # memory's old value: forward the written one
+        read = data.View(self._acc_layout, self.acc_comp_r.data)
+        written = Signal(self._acc_layout)
+        forward = Signal()
+        old = Signal(self._acc_layout)
         new = Signal(self._acc_layout)
+        m.d.sync += [
+            forward.eq(beat & self.acc_comp_w.req & (self.acc_comp_w.addr == read_addr)),
+            written.eq(new),
+        ]
+        m.d.comb += old.eq(Mux(forward, written, read))
         sats = []
         # the block's columns: the array's or the LUT core's; the row's others keep their values
         widths = [w for w in (g.cols, g.lut_tile_n) if w]
         narrow = Signal(name="result_from_array")
         for j in range(g.acc_cols):
             total = Signal(signed(g.acc_elem_bits + 2), name=f"acc_sum{j}")
-            m.d.comb += total.eq(Mux(accumulate, old.data[j], 0) + wb_data[j])
+            m.d.comb += total.eq(Mux(wb_add, old.data[j], 0) + wb_data[j])
             over, under = total > sat_hi, total < sat_lo
             keep = Const(0)
             if j >= min(widths):  # only one of the two blocks reaches this column
@@ -828,17 +885,17 @@ class Accelerator(wiring.Component):
                     Mux(keep, old.data[j], Mux(over, sat_hi, Mux(under, sat_lo, total)))
                 ),
                 new.invalid[j].eq(
-                    Mux(keep, old.invalid[j], wb_invalid[j] | (accumulate & old.invalid[j]))
+                    Mux(keep, old.invalid[j], wb_invalid[j] | (wb_add & old.invalid[j]))
                 ),
             ]
-        write_result = wb_valid & (wb_row < keep_rows)
+        write_result = wb_valid & wb_keep
         m.d.comb += [
-            self.acc_comp_w.addr.eq(acc_base + wb_row),
+            self.acc_comp_w.addr.eq(wb_addr),
             self.acc_comp_w.data.eq(new),
             self.acc_comp_w.req.eq(write_result),
         ]
         self._count("SATURATIONS", Mux(write_result, _popcount(Cat(*sats)), 0))
-        results_done = (out_count == expected) & ~wb_valid
+        results_done = (out_tiles == tiles) & ~wb_valid
 
         # --- the systolic array ------------------------------------------------------------
         if g.has_array:
@@ -977,16 +1034,21 @@ class Accelerator(wiring.Component):
                             a_base.eq(gemm.a_addr),
                             w_base.eq(gemm.w_addr),
                             s_base.eq(gemm.scale_addr),
-                            nb_sig.eq((gemm.k + 31) >> 5),
+                            nb_sig.eq(nb),
                             mx_on.eq(block_mode),
-                            a_count.eq(Mux(ws, gemm.m, gemm.k)),
-                            w_count.eq(Mux(ws, g.rows, gemm.k)),
+                            tiles.eq(Mux(ws, ws_tiles, os_tiles)),
+                            a_tile.eq(Mux(ws, gemm.m, gemm.k)),
+                            w_tile.eq(Mux(ws, g.rows, gemm.k)),
+                            w_stride.eq(Mux(ws, g.rows, 0)),
                             w_reverse.eq(ws),
                             acc_base.eq(gemm.acc_addr),
                             accumulate.eq(gemm.accumulate),
                             keep_rows.eq(gemm.m),
-                            expected.eq(Mux(ws, gemm.m, g.rows)),
-                            out_count.eq(0),
+                            out_tile_len.eq(Mux(ws, gemm.m, g.rows)),
+                            same_rows.eq(ws),
+                            out_pos.eq(0),
+                            out_row.eq(0),
+                            out_tiles.eq(0),
                         ]
                         m.d.comb += [a_start.eq(1), w_start.eq(1)]
                         m.next = "GEMM_RUN"
@@ -1001,15 +1063,20 @@ class Accelerator(wiring.Component):
                     m.d.sync += [
                         a_base.eq(lut.a_addr),
                         w_base.eq(lut.w_addr),
-                        a_count.eq(lut.k),
                         mx_on.eq(0),
-                        w_count.eq(lut.k * planes_of[lut.mode]),
+                        tiles.eq(1),
+                        a_tile.eq(lut.k),
+                        w_tile.eq(lut.k * planes_of[lut.mode]),
+                        w_stride.eq(0),
                         w_reverse.eq(0),
                         acc_base.eq(lut.acc_addr),
                         accumulate.eq(lut.accumulate),
                         keep_rows.eq(lut.m),
-                        expected.eq(g.lut_tile_m),
-                        out_count.eq(0),
+                        out_tile_len.eq(g.lut_tile_m),
+                        same_rows.eq(0),
+                        out_pos.eq(0),
+                        out_row.eq(0),
+                        out_tiles.eq(0),
                     ]
                     m.d.comb += [a_start.eq(1), w_start.eq(1)]
                     m.next = "LUT_RUN"

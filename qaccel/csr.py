@@ -57,7 +57,7 @@ __all__ = [
 REGISTER_BITS = 32
 ID_VALUE = int.from_bytes(b"QACC", "big")  # 0x51414343: reads as "QACC" in a hex dump
 # The instruction set's version; it must equal qaccel.isa.ISA_VERSION, which is defined there.
-ISA_VERSION = 1
+ISA_VERSION = 2
 COUNTER_BASE = 0x20  # the first counter's _LO register; the pairs follow, 8 bytes apart
 
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")

@@ -35,17 +35,21 @@ layout whose widths come from the configuration):
   in DRAM. ``elem`` is the accumulator elements' format in DRAM (``AccElement``): NATIVE,
   ``acc_elem_bytes`` each, exact; or INT32, 4 bytes each: sign-extended on LOAD, saturated
   (and counted) on STORE. Scratchpad transfers move raw bytes and take ``elem`` = 0.
-- GEMM: ``m`` rows of results from ``k`` steps, mode ``mode`` (index into the array's modes).
-  Output-stationary (``dataflow`` 1): step s reads scratchpad rows ``a_addr + s`` (one
-  activation word per array row) and ``w_addr + s`` (one weight word per column); result row r
-  < m goes to accumulator row ``acc_addr + r``; ``m <= rows``. Weight-stationary
-  (``dataflow`` 0, ``k`` must equal ``rows``): rows ``w_addr + i`` hold PE row i's weight words,
-  rows ``a_addr + i`` (i < m) hold one row of A each, result row i goes to ``acc_addr + i``.
+- GEMM: ``m`` rows of results from ``k`` steps, mode ``mode`` (index into the array's modes),
+  in ``Geometry.gemm_tiles`` tiles that follow each other through the array without a bubble.
+  Output-stationary (``dataflow`` 1): ceil(m / rows) row tiles of ``k`` steps; step s of row
+  tile t reads scratchpad rows ``a_addr + t * k + s`` (one activation word per array row) and
+  ``w_addr + s`` (one weight word per column, the same rows for every tile); result row r of
+  tile t goes to accumulator row ``acc_addr + t * rows + r`` when that is below m.
+  Weight-stationary (``dataflow`` 0, ``k`` a multiple of ``rows``): k / rows weight tiles;
+  rows ``w_addr + t * rows + i`` hold PE row i's weight words of tile t, rows
+  ``a_addr + t * m + i`` (i < m) one row of A each; result row i of every tile goes to
+  ``acc_addr + i``, tile 0 overwriting (unless ``accumulate``) and the others adding.
   MX modes read, for block b of ``block`` steps (nb = ceil(k / block) blocks), the E8M0 codes of
-  the array rows from scratchpad row ``scale_addr + b`` and those of the columns from row
-  ``scale_addr + nb + b``, a byte each.
+  the array rows of row tile t from scratchpad row ``scale_addr + t * nb + b`` and those of the
+  columns from row ``scale_addr + tiles * nb + b``, a byte each.
   ``accumulate`` adds to the accumulator rows (saturating at ``acc_elem_bits``, wider than any
-  mode's accumulator, and counted), otherwise overwrites. Within one instruction the PEs'
+  mode's accumulator, and counted), otherwise overwrites. Within one tile the PEs'
   accumulators cannot saturate: ``Geometry.max_steps`` bounds ``k``.
 - LUT_GEMM: ``m <= tile_m`` rows from ``k`` groups: group g reads activation row ``a_addr + g``
   (tile_m x group codes, a byte each, row-major) and weight bit planes ``w_addr + g * planes +
@@ -75,6 +79,7 @@ __all__ = [
     "FETCH_WORDS",
     "ISA_VERSION",
     "QUEUE_DEPTH",
+    "STREAM_DEPTH",
     "TOKEN_BITS",
     "UNIT_OF",
     "AccElement",
@@ -86,9 +91,10 @@ __all__ = [
     "encode",
 ]
 
-ISA_VERSION = 1
+ISA_VERSION = 2
 TOKEN_BITS = 32  # a token channel's counter: as wide as PROG_LEN, so it cannot overflow
 QUEUE_DEPTH = 4  # fetched instructions a unit's queue holds before fetch waits
+STREAM_DEPTH = 4  # scratchpad rows an operand stream's FIFO holds (rows in flight counted)
 FETCH_WORDS = 8  # instruction words fetch reads in one DMA read (one DRAM latency per block)
 DRAM_ADDR_BITS = 32
 SIZE_BITS = 16  # y_size, x_size, m, k, rows
@@ -309,6 +315,11 @@ class Geometry:
         return min(
             ((1 << (spec.acc_width - 1)) - 1) // (spec.lanes * largest), (1 << SIZE_BITS) - 1
         )
+
+    def gemm_tiles(self, dataflow: int, m: int, k: int) -> int:
+        """A GEMM's tiles: output-stationary, ceil(m / rows) row tiles of k steps each;
+        weight-stationary, k / rows weight tiles of rows steps each."""
+        return -(-m // self.rows) if dataflow else k // self.rows
 
     def lut_max_groups(self, mode: int) -> int:
         """The longest LUT_GEMM (in groups) whose accumulators cannot saturate."""

@@ -486,16 +486,15 @@ def _footprint(g: Geometry, insn: Instruction) -> list[tuple[str, int, int, bool
     if op == Opcode.GEMM:
         spec = g.array_modes[insn.mode]
         os = insn.dataflow == 1
-        a = insn.k if os else insn.m
-        w = insn.k if os else g.rows
+        tiles = g.gemm_tiles(insn.dataflow, insn.m, insn.k)
+        a = tiles * (insn.k if os else insn.m)
         out = [
             ("sp", insn.a_addr, insn.a_addr + a, False),
-            ("sp", insn.w_addr, insn.w_addr + w, False),
+            ("sp", insn.w_addr, insn.w_addr + insn.k, False),
         ]
         if os and spec.block:
-            out.append(
-                ("sp", insn.scale_addr, insn.scale_addr + 2 * -(-insn.k // spec.block), False)
-            )
+            scales = (tiles + 1) * -(-insn.k // spec.block)
+            out.append(("sp", insn.scale_addr, insn.scale_addr + scales, False))
     else:  # LUT_GEMM
         planes = g.lut_planes(insn.mode)
         out = [
@@ -719,34 +718,32 @@ def _check_gemm(g: Geometry, insn: Instruction) -> None:
         raise ProgramError(
             f"the array is {g.dataflow}-only; this GEMM asks for {'os' if os else 'ws'}"
         )
+    tiles = g.gemm_tiles(insn.dataflow, insn.m, insn.k)
     if os:
-        if insn.m > g.rows:
-            raise ProgramError(
-                f"output-stationary GEMM.m = {insn.m} exceeds the array's {g.rows} rows"
-            )
         if insn.k > g.max_steps(insn.mode):
             raise ProgramError(
                 f"{spec.name} accumulators hold {g.max_steps(insn.mode)} steps exactly; "
                 f"GEMM.k = {insn.k} (split K, or raise array.max_k or acc_bits)"
             )
-        _rows(g, 0, insn.a_addr, insn.k, "GEMM activation")
+        _rows(g, 0, insn.a_addr, tiles * insn.k, "GEMM activation")
         _rows(g, 0, insn.w_addr, insn.k, "GEMM weight")
         if spec.block:
-            _rows(g, 0, insn.scale_addr, 2 * -(-insn.k // spec.block), "GEMM scale")
+            _rows(g, 0, insn.scale_addr, (tiles + 1) * -(-insn.k // spec.block), "GEMM scale")
     else:
         if spec.block:
             raise ProgramError(f"{spec.name} is an MX mode: it runs output-stationary only")
-        if insn.k != g.rows:
+        if insn.k % g.rows:
             raise ProgramError(
-                f"weight-stationary GEMM.k must be the array's {g.rows} rows, not {insn.k}"
+                f"weight-stationary GEMM.k must be a multiple of the array's {g.rows} rows, "
+                f"not {insn.k}"
             )
         if g.rows > g.max_steps(insn.mode):
             raise ProgramError(
                 f"{spec.name}: a weight-stationary column of {g.rows} rows could saturate its "
                 f"accumulators (they hold {g.max_steps(insn.mode)} steps); use output-stationary"
             )
-        _rows(g, 0, insn.w_addr, g.rows, "GEMM weight")
-        _rows(g, 0, insn.a_addr, insn.m, "GEMM activation")
+        _rows(g, 0, insn.w_addr, insn.k, "GEMM weight")
+        _rows(g, 0, insn.a_addr, tiles * insn.m, "GEMM activation")
     _rows(g, 1, insn.acc_addr, insn.m, "GEMM result")
 
 

@@ -17,12 +17,21 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from qaccel import csr
-from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, AccElement, Instruction, Opcode
+from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, STREAM_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim import post_model
 from sim.dram import DramTiming, split_bursts
 
-__all__ = ["TIMED_COUNTERS", "InsnTiming", "Timing", "fetch_block", "new_causes", "run_cycles"]
+__all__ = [
+    "TIMED_COUNTERS",
+    "InsnTiming",
+    "OperandStream",
+    "ResultRows",
+    "Timing",
+    "fetch_block",
+    "new_causes",
+    "run_cycles",
+]
 
 # the counters (qaccel.csr) whose values depend on timing; the others are sim.executor's
 TIMED_COUNTERS = tuple(
@@ -34,7 +43,7 @@ POPS = {"load": (("pop_next", CL),), "compute": (("pop_prev", LC), ("pop_next", 
 POPS["store"] = (("pop_prev", CS),)
 PUSHES = {"load": (("push_next", LC),), "compute": (("push_prev", CL), ("push_next", CS))}
 PUSHES["store"] = (("push_prev", SC),)
-FIFO_DEPTH = 4  # each operand stream's row FIFO
+FIFO_DEPTH = STREAM_DEPTH
 POST_LATENCY = post_model.LATENCY  # hw.post: a row accepted in cycle t leaves t + LATENCY
 MX_BLOCK_ROWS = 32
 
@@ -84,31 +93,87 @@ def _f(insn: Instruction, name: str) -> int:
     return insn.fields.get(name, 0)
 
 
-class _Stream:
-    """An operand stream (hw.accel ``_row_stream``): reads rows into a 4-entry FIFO."""
+class OperandStream:
+    """An operand stream (hw.accel ``_row_stream``): ``tiles`` tiles of ``tile`` rows, row p of
+    tile t at ``addr(t, p)``, read into a FIFO of ``FIFO_DEPTH`` rows (rows in flight counted).
+    MX streams read the scale row ``scale_addr(t, b)`` before the first row of each 32-row
+    block b of a tile."""
 
     def __init__(self):
-        self.count = self.issued = self.level = self.popped = 0
+        self.level = 0
         self.pending = False  # a row read last cycle enters the FIFO this cycle
-        self.mx = False
-        self.have = 0  # MX: block + 1 whose scale row was read
-        self.addr = lambda i: 0
-        self.scale_addr = lambda b: 0
+        self.start(0, 1, lambda t, p: 0)
 
-    def start(self, count, addr, mx=False, scale_addr=None):
-        self.count, self.addr, self.mx = count, addr, mx
-        self.scale_addr = scale_addr or (lambda b: 0)
-        self.issued = self.popped = self.have = 0
+    def start(self, tiles, tile, addr, mx=False, scale_addr=None):
+        self.tiles, self.tile, self.addr, self.mx = tiles, tile, addr, mx
+        self.scale_addr = scale_addr or (lambda t, b: 0)
+        self.tile_index = self.pos = self.popped = 0
+        self.have = 0  # MX: block + 1 of the tile whose scale row was read
 
     def request(self):
         """(row address asked for, is it a scale row) this cycle, or None."""
-        if self.issued >= self.count:
+        if self.tile_index >= self.tiles:
             return None
-        if self.mx and self.have != (self.issued >> 5) + 1:
-            return self.scale_addr(self.issued >> 5), True
+        block = self.pos >> 5
+        if self.mx and self.have != block + 1:
+            return self.scale_addr(self.tile_index, block), True
         if self.level + self.pending < FIFO_DEPTH:
-            return self.addr(self.issued), False
+            return self.addr(self.tile_index, self.pos), False
         return None
+
+    def advance(self, go: bool, scale: bool, count) -> None:
+        """The register update: a granted row read (``go``) or scale read; ``count(address)``
+        counts each read."""
+        if scale:
+            count(self.scale_addr(self.tile_index, self.pos >> 5))
+            self.have = (self.pos >> 5) + 1
+        if self.pending:
+            self.level += 1
+        self.pending = go
+        if go:
+            count(self.addr(self.tile_index, self.pos))
+            if self.pos == self.tile - 1:
+                self.pos = self.have = 0
+                self.tile_index += 1
+            else:
+                self.pos += 1
+
+    def head_is_last(self) -> bool:
+        """The FIFO head is the last row of its tile."""
+        return self.popped % self.tile == self.tile - 1
+
+    def pop(self) -> None:
+        self.level -= 1
+        self.popped += 1
+
+
+class ResultRows:
+    """Where a GEMM's or LUT_GEMM's result beats go (hw.accel): ``tiles`` tiles of
+    ``tile_len`` beats; with ``same_rows`` (weight-stationary) every tile to rows base + beat,
+    adding after the first, else consecutive rows, kept below ``keep`` rows."""
+
+    def start(self, base, tiles, tile_len, same_rows, keep):
+        self.base, self.tiles, self.tile_len = base, tiles, tile_len
+        self.same_rows, self.keep = same_rows, keep
+        self.pos = self.row = self.done_tiles = 0
+
+    def address(self) -> int:
+        """The accumulator row of the next beat."""
+        return self.base + (self.pos if self.same_rows else self.row)
+
+    def beat(self) -> tuple[int, bool]:
+        """The next beat: (its row, whether it is written)."""
+        out = self.address(), self.same_rows or self.row < self.keep
+        self.row += 1
+        if self.pos == self.tile_len - 1:
+            self.pos = 0
+            self.done_tiles += 1
+        else:
+            self.pos += 1
+        return out
+
+    def done(self) -> bool:
+        return self.done_tiles == self.tiles
 
 
 class _Machine:
@@ -163,10 +228,11 @@ class _Machine:
         self.s_y = self.s_x = self.s_row = self.s_addr = self.s_beat = 0
         # compute unit
         self.c_state, self.c_insn = "IDLE", None
-        self.a, self.w = _Stream(), _Stream()
+        self.a, self.w = OperandStream(), OperandStream()
         self.outs: deque[int] = deque()  # cycles in which a result row leaves the block
-        self.out_count = self.expected = self.keep_rows = self.acc_base = 0
-        self.wb_valid, self.wb_row = False, 0
+        self.results = ResultRows()
+        self.results.start(0, 0, 1, False, 0)
+        self.wb = None  # (row, written) of the result row written this cycle
         self.dataflow_reg = 0
         self.flight_until = -1  # the array is busy (in flight) through this cycle
         self.ws_count, self.ws_load_bank, self.ws_use_bank = 0, 0, 0
@@ -265,10 +331,10 @@ class _Machine:
             else:
                 a_take, w_take = self._lut_takes(t, insn)
             if out_now:
-                acc_read_bank = (self.acc_base + self.out_count) % self.acc_banks
-            if self.wb_valid and self.wb_row < self.keep_rows:
-                acc_write_bank = (self.acc_base + self.wb_row) % self.acc_banks
-            if self.out_count == self.expected and not self.wb_valid:
+                acc_read_bank = self.results.address() % self.acc_banks
+            if self.wb is not None and self.wb[1]:
+                acc_write_bank = self.wb[0] % self.acc_banks
+            if self.results.done() and self.wb is None:
                 c_finish, c_next = True, "IDLE"
         if self.post_writes and self.post_writes[0] == t:
             sp_write_bank = (_f(insn, "out_addr") + self.post_out) % self.sp_banks
@@ -583,7 +649,7 @@ class _Machine:
         g = self.g
         a_rdy, w_rdy = self.a.level > 0, self.w.level > 0
         if _f(insn, "dataflow"):  # output-stationary: both heads at once
-            last = self.a.popped == self.a.count - 1
+            last = self.a.head_is_last()
             ready = not (last and t <= self.os_gap_until)
             both = a_rdy and w_rdy and ready
             return both, both
@@ -607,9 +673,6 @@ class _Machine:
         if st == "IDLE" and take:
             self.c_insn = self._take("compute", t)
         insn = self.c_insn
-        for s, scale in ((self.a, a_scale), (self.w, w_scale)):
-            if scale:
-                s.have = (s.issued >> 5) + 1
         if st == "CHECK" and c_next == "POST_PARAMS":
             self.param_step = self.post_in = self.post_out = 0
         elif st == "GEMM_SETUP" and c_next == "GEMM_RUN":
@@ -620,23 +683,23 @@ class _Machine:
             nb = (k + 31) >> 5
             mx = bool(g.array_modes[_f(insn, "mode")].block)
             rows = g.rows
-            self.a.start(m if ws else k, lambda i: a0 + i, mx, lambda b: s0 + b)
+            tiles = g.gemm_tiles(_f(insn, "dataflow"), m, k)
+            a_tile = m if ws else k
+            a_scales = lambda t, b: s0 + t * nb + b  # noqa: E731
+            self.a.start(tiles, a_tile, lambda t, p: a0 + t * a_tile + p, mx, a_scales)
+            w_scales = lambda t, b: s0 + tiles * nb + b  # noqa: E731
             if ws:
-                self.w.start(rows, lambda i: w0 + rows - 1 - i, mx, lambda b: s0 + nb + b)
+                self.w.start(tiles, rows, lambda t, p: w0 + t * rows + rows - 1 - p, mx, w_scales)
             else:
-                self.w.start(k, lambda i: w0 + i, mx, lambda b: s0 + nb + b)
-            self.acc_base, self.keep_rows = _f(insn, "acc_addr"), m
-            self.expected = m if ws else rows
-            self.out_count = 0
+                self.w.start(tiles, k, lambda t, p: w0 + p, mx, w_scales)
+            self.results.start(_f(insn, "acc_addr"), tiles, m if ws else rows, ws, m)
         elif st == "LUT_SETUP":
             k = _f(insn, "k")
             planes = g.lut_planes(_f(insn, "mode"))
             a0, w0 = _f(insn, "a_addr"), _f(insn, "w_addr")
-            self.a.start(k, lambda i: a0 + i)
-            self.w.start(k * planes, lambda i: w0 + i)
-            self.acc_base, self.keep_rows = _f(insn, "acc_addr"), _f(insn, "m")
-            self.expected = g.lut_tile_m
-            self.out_count = 0
+            self.a.start(1, k, lambda t, p: a0 + p)
+            self.w.start(1, k * planes, lambda t, p: w0 + p)
+            self.results.start(_f(insn, "acc_addr"), 1, g.lut_tile_m, False, _f(insn, "m"))
         elif st == "POST_PARAMS":
             self.param_step += 1
         elif st == "POST_RUN" and self.post_in != _f(insn, "rows"):
@@ -645,16 +708,12 @@ class _Machine:
             self.post_in += 1
         self.c_state = c_next
         # the FIFOs: a row read in cycle t enters in cycle t + 1
-        for s, go in ((self.a, a_go), (self.w, w_go)):
-            if s.pending:
-                s.level += 1
-            s.pending = go
-            if go:
-                s.issued += 1
-                self.sram["sp_read"][s.addr(s.issued - 1) % self.sp_banks] += 1
-        for s, scale in ((self.a, a_scale), (self.w, w_scale)):
-            if scale:
-                self.sram["sp_read"][s.scale_addr(s.issued >> 5) % self.sp_banks] += 1
+        count = self._count_sp_read
+        self.a.advance(a_go, a_scale, count)
+        self.w.advance(w_go, w_scale, count)
+
+    def _count_sp_read(self, address):
+        self.sram["sp_read"][address % self.sp_banks] += 1
 
     def _compute_results(self, t, out_now, a_take, w_take):
         insn = self.c_insn
@@ -664,22 +723,19 @@ class _Machine:
             else:
                 self._lut_taken(t, insn, a_take, w_take)
         if a_take:
-            self.a.level -= 1
-            self.a.popped += 1
+            self.a.pop()
         if w_take:
-            self.w.level -= 1
-            self.w.popped += 1
+            self.w.pop()
+        self.wb = None
         if out_now:
             self.outs.popleft()
-            self.out_count += 1
-        self.wb_row = self.out_count - int(out_now)
-        self.wb_valid = out_now
+            self.wb = self.results.beat()
 
     def _array_taken(self, t, insn, a_take, w_take):
         g = self.g
         self.flight_until = t + 2 * g.rows + g.cols + 3
         if _f(insn, "dataflow"):
-            if self.a.popped == self.a.count - 1:  # the tile's last step
+            if self.a.head_is_last():  # the tile's last step
                 self.os_gap_until = t + g.rows - 1
                 base = t + g.rows + g.cols + 1
                 self.outs.extend(base + r for r in range(g.rows))
@@ -693,7 +749,7 @@ class _Machine:
                 self.ws_count += 1
         if a_take:
             self.outs.append(t + g.rows + g.cols)
-            if self.a.popped == self.a.count - 1:
+            if self.a.head_is_last():
                 self.ws_full[self.ws_use_bank] = False
                 self.ws_drain_until[self.ws_use_bank] = t + g.rows - 2
                 self.ws_use_bank ^= 1
@@ -708,7 +764,7 @@ class _Machine:
             self.lut_plane = 0 if last_plane else self.lut_plane + 1
         if a_take:
             self.lut_full = True
-            self.lut_last = self.a.popped == self.a.count - 1
+            self.lut_last = self.a.head_is_last()
         elif w_take and last_plane:
             self.lut_full = False
 

@@ -138,23 +138,34 @@ class Machine:
             words = self._fields(row, bus.w_word_bits, cols) & ((1 << spec.w_word_bits) - 1)
             return unpack_lanes(words[:, None], lanes, spec.w_code_bits)  # cols x lanes
 
-        w_scales = a_scales = None
-        if insn.dataflow == 1:  # output-stationary: step s is K slice s
-            a = np.stack([a_codes(insn.a_addr + s).reshape(rows, lanes) for s in range(insn.k)], 1)
-            a = a.reshape(rows, insn.k * lanes)
+        tiles = g.gemm_tiles(insn.dataflow, insn.m, insn.k)
+        if insn.dataflow == 1:  # output-stationary: step s is K slice s, one row tile at a time
             w = np.concatenate([w_codes(insn.w_addr + s).T for s in range(insn.k)], 0)
+            blocks = -(-insn.k // spec.block) if spec.block else 0
+            w_scales = a_scales = None
             if spec.block:
-                blocks = -(-insn.k // spec.block)
-                first = insn.scale_addr
-                a_scales = self.sp[first : first + blocks, :rows].astype(np.int64).T
-                w_scales = self.sp[first + blocks : first + 2 * blocks, :cols].astype(np.int64)
-            values, invalid = array_model.reference(spec, w, a, w_scales, a_scales)
-            values, invalid = values[: insn.m], invalid[: insn.m]
-        else:  # weight-stationary: PE row i holds K values i * lanes .. i * lanes + lanes - 1
-            w = np.concatenate([w_codes(insn.w_addr + i).T for i in range(rows)], 0)
-            a = np.stack([a_codes(insn.a_addr + i) for i in range(insn.m)])
+                first = insn.scale_addr + tiles * blocks
+                w_scales = self.sp[first : first + blocks, :cols].astype(np.int64)
+            for t in range(tiles):
+                a0 = insn.a_addr + t * insn.k
+                a = np.stack([a_codes(a0 + s).reshape(rows, lanes) for s in range(insn.k)], 1)
+                a = a.reshape(rows, insn.k * lanes)
+                if spec.block:
+                    first = insn.scale_addr + t * blocks
+                    a_scales = self.sp[first : first + blocks, :rows].astype(np.int64).T
+                values, invalid = array_model.reference(spec, w, a, w_scales, a_scales)
+                keep = min(rows, insn.m - t * rows)
+                self._write_acc(
+                    insn.acc_addr + t * rows, insn.accumulate, values[:keep], invalid[:keep]
+                )
+            return
+        # weight-stationary: PE row i of tile t holds K values (t * rows + i) * lanes onward
+        for t in range(tiles):
+            w0, a0 = insn.w_addr + t * rows, insn.a_addr + t * insn.m
+            w = np.concatenate([w_codes(w0 + i).T for i in range(rows)], 0)
+            a = np.stack([a_codes(a0 + i) for i in range(insn.m)])
             values, invalid = array_model.reference(spec, w, a)
-        self._write_acc(insn, values, invalid)
+            self._write_acc(insn.acc_addr, insn.accumulate or t > 0, values, invalid)
 
     def lut_gemm(self, insn: Instruction) -> None:
         g = self.geometry
@@ -174,15 +185,15 @@ class Machine:
         )
         values = values[: insn.m].astype(object)
         invalid = np.zeros(values.shape, dtype=bool)
-        self._write_acc(insn, values, invalid)
+        self._write_acc(insn.acc_addr, insn.accumulate, values, invalid)
 
-    def _write_acc(self, insn: Instruction, values, invalid) -> None:
+    def _write_acc(self, acc_addr: int, accumulate, values, invalid) -> None:
         """Results into accumulator rows from ``acc_addr`` (columns beyond them untouched);
         accumulating adds with saturation at the memory's ``acc_elem_bits``, counted (wider
         than any mode's accumulator, so K cut into chunks sums exactly)."""
         m, n = values.shape
-        rows = slice(insn.acc_addr, insn.acc_addr + m)
-        if insn.accumulate:
+        rows = slice(acc_addr, acc_addr + m)
+        if accumulate:
             total = self.acc[rows, :n] + values
             bits = self.geometry.acc_elem_bits
             lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1

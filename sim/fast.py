@@ -28,12 +28,13 @@ from qaccel.isa import QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim import post_model
 from sim.cycle import (
-    FIFO_DEPTH,
     POPS,
     PUSHES,
     TIMED_COUNTERS,
     UNITS,
     InsnTiming,
+    OperandStream,
+    ResultRows,
     Timing,
     fetch_block,
     new_causes,
@@ -80,62 +81,55 @@ def _runs(cycles_by_bank: dict[int, list[int]]) -> dict[int, tuple[list[int], li
     return out
 
 
-class _Streams:
-    """Both operand streams of hw.accel (row FIFOs of 4, activations first on a bank)."""
-
-    def __init__(self, count, addr, mx, scale_addr):
-        self.count, self.addr, self.mx, self.scale_addr = count, addr, mx, scale_addr
-        self.issued = self.level = self.popped = self.have = 0
-        self.pending = False
-
-    def ask(self):
-        if self.issued >= self.count:
-            return None
-        block = self.issued >> 5
-        if self.mx and self.have != block + 1:
-            return self.scale_addr(block), True
-        if self.level + self.pending < FIFO_DEPTH:
-            return self.addr(self.issued), False
-        return None
-
-
 def _block_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
     """GEMM or LUT_GEMM from its first RUN cycle: streams, the block's stream contract and the
-    result rows into the accumulator memory, stepped until the instruction finishes."""
+    result rows into the accumulator memory, stepped until the instruction finishes (the
+    array starts drained: the previous instruction's results have all been written)."""
     lut = insn.opcode == Opcode.LUT_GEMM
     m, k = _f(insn, "m"), _f(insn, "k")
     a0, w0, s0 = _f(insn, "a_addr"), _f(insn, "w_addr"), _f(insn, "scale_addr")
-    acc0 = _f(insn, "acc_addr")
     rows, cols = g.rows, g.cols
+    a, w, results = OperandStream(), OperandStream(), ResultRows()
     if lut:
         planes = g.lut_planes(_f(insn, "mode"))
-        a = _Streams(k, lambda i: a0 + i, False, None)
-        w = _Streams(k * planes, lambda i: w0 + i, False, None)
-        expected = g.lut_tile_m
+        a.start(1, k, lambda t, p: a0 + p)
+        w.start(1, k * planes, lambda t, p: w0 + p)
+        results.start(_f(insn, "acc_addr"), 1, g.lut_tile_m, False, m)
         os = ws = False
     else:
         os = bool(_f(insn, "dataflow"))
         ws = not os
         mx = bool(g.array_modes[_f(insn, "mode")].block)
         nb = (k + 31) >> 5
-        a = _Streams(m if ws else k, lambda i: a0 + i, mx, lambda b: s0 + b)
+        tiles = g.gemm_tiles(int(os), m, k)
+        a_tile = m if ws else k
+        a.start(tiles, a_tile, lambda t, p: a0 + t * a_tile + p, mx, lambda t, b: s0 + t * nb + b)
+        w_scale = lambda t, b: s0 + tiles * nb + b  # noqa: E731
         if ws:
-            w = _Streams(rows, lambda i: w0 + rows - 1 - i, mx, lambda b: s0 + nb + b)
+            w.start(tiles, rows, lambda t, p: w0 + t * rows + rows - 1 - p, mx, w_scale)
         else:
-            w = _Streams(k, lambda i: w0 + i, mx, lambda b: s0 + nb + b)
-        expected = m if ws else rows
+            w.start(tiles, k, lambda t, p: w0 + p, mx, w_scale)
+        results.start(_f(insn, "acc_addr"), tiles, m if ws else rows, ws, m)
     sp_r, acc_r, acc_w = defaultdict(list), defaultdict(list), defaultdict(list)
     counts = {p: [0] * (sp_banks if p.startswith("sp") else acc_banks) for p in PORTS}
+    sp_counts = counts["sp_read"]
+
+    def count(address):
+        sp_counts[address % sp_banks] += 1
+
     outs: list[int] = []  # cycles in which result rows leave the block
-    out_i = out_count = 0
-    wb = None  # the row written this cycle (read last cycle)
+    out_i = 0
+    wb = None  # (row, written) of the row written this cycle (read last cycle)
     last_take = -1
-    ws_count, ws_full = 0, False  # one instruction: the weights fill one bank, then stream
+    # weight-stationary banks (hw.array): loading count, which bank loads and which computes
+    ws_count, load_bank, use_bank = 0, 0, 0
+    full, drain_until = [False, False], [-1, -1]
+    gap_until = -1  # output-stationary: a tile's last step waits through this cycle
     lut_full, lut_plane, lut_last = False, 0, False
     t = 0
     while True:
         # asks on the scratchpad read ports
-        ra, rw = a.ask(), w.ask()
+        ra, rw = a.request(), w.request()
         bank_a = ra[0] % sp_banks if ra else None
         a_go = a_sc = w_go = w_sc = False
         if ra:
@@ -153,61 +147,62 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
             w_take = w_rdy and lut_full
             a_take = a_rdy and (not lut_full or (w_take and last_plane))
         elif os:
-            a_take = w_take = a_rdy and w_rdy  # one tile: its last step never waits
+            last = a.head_is_last()
+            a_take = w_take = a_rdy and w_rdy and not (last and t <= gap_until)
         else:
-            w_take = w_rdy  # the bank loading is free: the last instruction's has drained
-            a_take = a_rdy and ws_full
+            final = ws_count == rows - 1
+            free = not full[load_bank] and t > drain_until[load_bank]
+            w_take = w_rdy and (not final or free)
+            a_take = a_rdy and full[use_bank]
         # results
         out_now = out_i < len(outs) and outs[out_i] == t
         if out_now:
-            acc_r[(acc0 + out_count) % acc_banks].append(t)
-        if wb is not None and wb < m:
-            acc_w[(acc0 + wb) % acc_banks].append(t)
-        if out_count == expected and wb is None:
+            acc_r[results.address() % acc_banks].append(t)
+        if wb is not None and wb[1]:
+            acc_w[wb[0] % acc_banks].append(t)
+        if results.done() and wb is None:
             break
         # updates
-        for s, go, sc in ((a, a_go, a_sc), (w, w_go, w_sc)):
-            if sc:
-                s.have = (s.issued >> 5) + 1
-                counts["sp_read"][s.scale_addr(s.issued >> 5) % sp_banks] += 1
-            if s.pending:
-                s.level += 1
-            s.pending = go
-            if go:
-                counts["sp_read"][s.addr(s.issued) % sp_banks] += 1
-                s.issued += 1
+        a.advance(a_go, a_sc, count)
+        w.advance(w_go, w_sc, count)
         if lut:
             if w_take:
                 if last_plane and lut_last:
                     outs.extend(t + 1 + r for r in range(g.lut_tile_m))
                 lut_plane = 0 if last_plane else lut_plane + 1
             if a_take:
-                lut_full, lut_last = True, a.popped == a.count - 1
+                lut_full, lut_last = True, a.head_is_last()
             elif w_take and last_plane:
                 lut_full = False
         else:
             if a_take or w_take:
                 last_take = t
-            if os and a_take and a.popped == a.count - 1:
-                outs.extend(t + rows + cols + 1 + r for r in range(rows))
-            if ws:
+            if os:
+                if a_take and last:
+                    gap_until = t + rows - 1
+                    outs.extend(t + rows + cols + 1 + r for r in range(rows))
+            else:
                 if w_take:
-                    ws_count += 1
-                    if ws_count == rows:
-                        ws_full = True
+                    if final:
+                        ws_count = 0
+                        full[load_bank] = True
+                        load_bank ^= 1
+                    else:
+                        ws_count += 1
                 if a_take:
                     outs.append(t + rows + cols)
+                    if a.head_is_last():
+                        full[use_bank] = False
+                        drain_until[use_bank] = t + rows - 2
+                        use_bank ^= 1
         if a_take:
-            a.level -= 1
-            a.popped += 1
+            a.pop()
         if w_take:
-            w.level -= 1
-            w.popped += 1
+            w.pop()
         wb = None
         if out_now:
-            wb = out_count
+            wb = results.beat()
             out_i += 1
-            out_count += 1
         t += 1
     busy = {"sp_read": _runs(sp_r), "acc_read": _runs(acc_r), "acc_write": _runs(acc_w)}
     busy["sp_write"] = {}

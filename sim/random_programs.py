@@ -4,8 +4,10 @@
 a hypothesis strategy. A program mixes, at random: LOAD and STORE of scratchpad and accumulator
 rows (NATIVE and INT32 elements; 2-D, with gaps between DRAM rows; across a 4 KiB boundary;
 one DRAM row longer than a 256-beat burst), GEMM in every array mode and dataflow (MX modes
-with their scale rows), LUT_GEMM in every LUT mode, POST with and without a residual, signed
-and unsigned, and the tokens between them: the chains the data needs (load -> compute ->
+with their scale rows) of one tile or of several back to back (output-stationary m up to
+three times the array's rows; weight-stationary k of two or three times rows, m = 1 among
+them), LUT_GEMM in every LUT mode, POST with and without a residual, signed and unsigned,
+and the tokens between them: the chains the data needs (load -> compute ->
 store, and back when rows or DRAM bytes are reused), extra ones, none at all between
 instructions of different units on different rows (often of the same bank), bursts of one
 unit that fill its queue, and compute instructions with each of the 16 flag combinations.
@@ -114,15 +116,15 @@ def _footprint(g: Geometry, op: Opcode, f: dict) -> list[tuple[str, int, int, bo
     if op == Opcode.GEMM:
         spec = g.array_modes[f["mode"]]
         os = f["dataflow"] == 1
-        a, w = (f["k"], f["k"]) if os else (f["m"], g.rows)
+        tiles = g.gemm_tiles(f["dataflow"], f["m"], f["k"])
+        a = tiles * (f["k"] if os else f["m"])  # OS: k rows per row tile; WS: m per weight tile
         out = [
             ("sp", f["a_addr"], f["a_addr"] + a, False),
-            ("sp", f["w_addr"], f["w_addr"] + w, False),
+            ("sp", f["w_addr"], f["w_addr"] + f["k"], False),
         ]
         if os and spec.block:
-            out.append(
-                ("sp", f["scale_addr"], f["scale_addr"] + 2 * -(-f["k"] // spec.block), False)
-            )
+            scales = (tiles + 1) * -(-f["k"] // spec.block)  # every row tile's, the columns'
+            out.append(("sp", f["scale_addr"], f["scale_addr"] + scales, False))
     else:
         planes = g.lut_planes(f["mode"])
         out = [
@@ -577,7 +579,8 @@ class _Generator:
 
     def _operand_rows(self) -> int:
         """Scratchpad rows that hold the operands of most compute instructions."""
-        return min(self.rows["sp"] // 2, max(self.g.rows + 2, 4 * self.size.max_k))
+        # two weight-stationary tiles fit too
+        return min(self.rows["sp"] // 2, max(2 * self.g.rows + 2, 4 * self.size.max_k))
 
     def _acc_out(self, op: Opcode, fields: dict, m: int, accumulate: bool) -> int | None:
         """Emit a GEMM or LUT_GEMM with its ``m`` result rows placed somewhere it can write."""
@@ -594,26 +597,57 @@ class _Generator:
                 return index
         return None
 
+    def _gemm_shape(self, mode: int, df: str) -> tuple[int, int]:
+        """(m, k) of a GEMM of one tile or of two or three back to back, half the time.
+        Output-stationary: m up to three times ``rows``, the last row tile often partial,
+        k as ever (MX modes: sometimes two blocks, the second partial). Weight-stationary:
+        k = tiles * ``rows``, m from 1 (every tile adding into the same rows) to a few times
+        ``rows``, fewer the more tiles."""
+        g, rng = self.g, self.rng
+        spec = g.array_modes[mode]
+        tiles = rng.choice([1, 1, 2, 3])
+        if df == "os":
+            if tiles == 1:
+                m = g.rows if rng.random() < 0.4 else rng.randint(1, g.rows)
+            elif rng.random() < 0.35:
+                m = tiles * g.rows
+            else:
+                m = rng.randint((tiles - 1) * g.rows + 1, tiles * g.rows)
+            top = min(g.max_steps(mode), self.size.max_k)
+            if spec.block and rng.random() < 0.3:
+                top = min(g.max_steps(mode), spec.block + 8)  # two blocks, the second partial
+            k = rng.randint(max(1, top - 8), top) if top > spec.block > 0 else rng.randint(1, top)
+        else:
+            k = tiles * g.rows
+            r = rng.random()
+            if r < 0.25:
+                m = 1
+            elif r < 0.45:
+                m = g.rows
+            else:
+                m = rng.randint(1, max(1, 3 * g.rows // tiles))
+        return min(m, g.acc_rows), k
+
+    def _gemm_rows(self, mode: int, df: str, m: int, k: int) -> tuple[int, int, int]:
+        """Scratchpad rows of a GEMM's activations, weights and MX scales."""
+        g = self.g
+        tiles = g.gemm_tiles(int(df == "os"), m, k)
+        if df == "ws":
+            return tiles * m, k, 0
+        block = g.array_modes[mode].block
+        return tiles * k, k, (tiles + 1) * -(-k // block) if block else 0
+
     def gemm(self) -> int | None:
         g, rng = self.g, self.rng
         choices = _gemm_choices(g)
         if not choices:
             return None
         mode, df = rng.choice(choices)
-        spec = g.array_modes[mode]
-        scale_rows = 0
-        if df == "os":
-            m = g.rows if rng.random() < 0.4 else rng.randint(1, g.rows)
-            top = min(g.max_steps(mode), self.size.max_k)
-            if spec.block and rng.random() < 0.3:
-                top = min(g.max_steps(mode), spec.block + 8)  # two blocks, the second partial
-            k = rng.randint(max(1, top - 8), top) if top > spec.block > 0 else rng.randint(1, top)
-            a_rows = w_rows = k
-            scale_rows = 2 * -(-k // spec.block) if spec.block else 0
-        else:
-            m = g.rows if rng.random() < 0.3 else rng.randint(1, g.rows + 2)
-            m = min(m, g.acc_rows)
-            k, a_rows, w_rows = g.rows, m, g.rows
+        for _ in range(8):
+            m, k = self._gemm_shape(mode, df)
+            a_rows, w_rows, scale_rows = self._gemm_rows(mode, df, m, k)
+            if self.fresh is None or max(a_rows, w_rows, scale_rows) <= self.fresh[1]:
+                break  # operands from the fresh rows, if there are any
         a = self._operand(a_rows)
         w = self._operand(w_rows) if a is not None else None
         s = self._operand(scale_rows, _SCALE) if w is not None else None
@@ -876,9 +910,17 @@ def coverage_goals(cfg: qconfig.AcceleratorConfig) -> set[str]:
         goals.add("dma.long")
     if g.has_array:
         goals |= {"gemm.accumulate", "gemm.overwrite", "gemm.m<rows", "gemm.m=rows"}
-        goals |= {f"gemm.{g.array_modes[i].name}.{df}" for i, df in _gemm_choices(g)}
+        goals |= {"gemm.m>rows"} if g.acc_rows > g.rows else set()
+        choices = _gemm_choices(g)
+        goals |= {f"gemm.{g.array_modes[i].name}.{df}" for i, df in choices}
+        if any(df == "os" for _, df in choices) and g.acc_rows > g.rows:
+            goals.add("gemm.os.tiles>1")
+        if any(df == "ws" for _, df in choices):
+            goals |= {"gemm.ws.tiles>1", "gemm.ws.tiles>1.m=1"}
         if any(spec.block for spec in g.array_modes):
             goals.add("gemm.mx_scales")
+            if g.acc_rows > g.rows:
+                goals.add("gemm.mx_scales.tiles>1")
     goals |= {f"lut.{name}" for name in g.lut_modes}
     return goals
 
@@ -919,8 +961,15 @@ def program_features(program: Program) -> set[str]:
                 if f["m"] == g.rows
                 else "gemm.m>rows"
             )
+            df = "os" if f["dataflow"] else "ws"
+            if g.gemm_tiles(f["dataflow"], f["m"], f["k"]) > 1:
+                out.add(f"gemm.{df}.tiles>1")
+                if df == "ws" and f["m"] == 1:
+                    out.add("gemm.ws.tiles>1.m=1")  # every tile adds into the same row
             if spec.block:
                 out.add("gemm.mx_scales")
+                if g.gemm_tiles(f["dataflow"], f["m"], f["k"]) > 1:
+                    out.add("gemm.mx_scales.tiles>1")
         elif insn.opcode == Opcode.LUT_GEMM:
             out.add(f"lut.{g.lut_modes[f['mode']]}")
         elif insn.opcode == Opcode.POST:

@@ -68,8 +68,7 @@ def _macs(g: Geometry, insn: Instruction) -> tuple[int, float]:
     m, k, mode = f.get("m", 0), f.get("k", 0), f.get("mode", 0)
     if insn.opcode == Opcode.GEMM:
         lanes = g.array_modes[mode].lanes
-        k_elements = (k if f.get("dataflow", 0) else g.rows) * lanes
-        return m * k_elements * g.cols, g.rows * g.cols * lanes
+        return m * k * lanes * g.cols, g.rows * g.cols * lanes
     return m * k * g.lut_group * g.lut_tile_n, (
         g.lut_tile_m * g.lut_tile_n * g.lut_group / g.lut_planes(mode)
     )

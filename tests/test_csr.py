@@ -33,7 +33,7 @@ def test_offsets_are_distinct_aligned_and_in_a_4k_window():
 def test_the_map_holds_what_the_accelerator_needs():
     assert csr.MAP["ID"].reset == csr.ID_VALUE == 0x51414343
     assert csr.ID_VALUE.to_bytes(4, "big") == b"QACC"
-    assert csr.MAP["VERSION"].reset == csr.ISA_VERSION == 1
+    assert csr.MAP["VERSION"].reset == csr.ISA_VERSION == 2
     assert [f.name for f in csr.MAP["CTRL"].fields] == ["START", "CLEAR"]
     status = csr.MAP["STATUS"]
     assert {f.name: (f.lsb, f.msb) for f in status.fields} == {

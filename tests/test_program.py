@@ -238,11 +238,23 @@ def test_rejects_a_float_gemm_longer_than_its_accumulator():
     )
 
 
-def test_rejects_weight_stationary_k_other_than_rows():
-    b, _ = hand_program(gemm={"dataflow": 0, "k": 3})
+def test_rejects_weight_stationary_k_not_a_multiple_of_rows():
+    b, _ = hand_program(gemm={"dataflow": 0, "k": 6})
     rejected(
-        b, "weight-stationary GEMM.k must be the array's 4 rows, not 3", ErrorCode.ILLEGAL_FIELD
+        b,
+        "weight-stationary GEMM.k must be a multiple of the array's 4 rows, not 6",
+        ErrorCode.ILLEGAL_FIELD,
     )
+
+
+def test_rejects_multi_tile_gemm_operands_beyond_the_scratchpad():
+    g = G
+    # weight-stationary: 3 weight tiles of A rows (3 * m) from a_addr
+    b, _ = hand_program(gemm={"dataflow": 0, "k": 12, "m": 4, "a_addr": g.sp_rows - 11})
+    rejected(b, "GEMM activation rows", ErrorCode.SCRATCHPAD_RANGE)
+    # output-stationary: ceil(9 / 4) = 3 row tiles of k steps
+    b, _ = hand_program(gemm={"dataflow": 1, "m": 9, "k": 4, "a_addr": g.sp_rows - 11})
+    rejected(b, "GEMM activation rows", ErrorCode.SCRATCHPAD_RANGE)
 
 
 def test_rejects_zero_sizes():
@@ -387,9 +399,18 @@ def test_rejects_a_field_too_wide_with_its_index():
 
 def test_compiled_programs_balance_their_tokens():
     """Many tiles and chunks: the double-buffer pattern passes the checker in every order."""
-    program = lower_gemm(TINY, np.ones((40, 13), dtype=np.int64), m=11, mode="int8*int8")
-    check_program(program)
-    assert program.notes["gemm"]["tiles"] == 3 * 4
+    for dataflow in ("ws", "os"):
+        program = lower_gemm(
+            TINY,
+            np.ones((40, 13), dtype=np.int64),
+            m=11,
+            mode="int8*int8",
+            dataflow=dataflow,
+            max_chunk=4,
+        )
+        check_program(program)
+        plan = program.notes["gemm"]
+        assert plan["chunks"] == plan["tiles"] * 10  # 40 steps in chunks of 4
 
 
 def test_rejects_an_element_format_for_the_scratchpad():

@@ -118,6 +118,36 @@ def test_50_seeds_cover_every_goal(cfg):
     assert not goals - seen, f"not covered: {sorted(goals - seen)}"
 
 
+@pytest.mark.parametrize("cfg", [TINY, EDGE, ODD], ids=lambda c: c.name)
+def test_30_seeds_draw_multi_tile_gemms(cfg):
+    """GEMMs of several tiles back to back: weight-stationary with k > rows (m = 1 among
+    them: every tile adds into the same row), output-stationary with m > rows (the last row
+    tile partial and full), MX ones with their scales of every row tile; all within bounds."""
+    g = Geometry.of(cfg)
+    seen = set()
+    for seed in range(30):
+        program, _ = random_program(cfg, seed)
+        for insn in program.body:
+            if insn.opcode != Opcode.GEMM:
+                continue
+            tiles = g.gemm_tiles(insn.dataflow, insn.m, insn.k)
+            if insn.dataflow == 0:
+                assert insn.k == tiles * g.rows and 1 <= tiles <= 3
+                if tiles > 1:
+                    seen.add("ws.k>rows")
+                    seen |= {"ws.k>rows.m=1"} if insn.m == 1 else set()
+            else:
+                assert insn.m <= 3 * g.rows
+                if insn.m > g.rows:
+                    seen.add("os.m>rows")
+                    seen.add("os.partial" if insn.m % g.rows else "os.exact")
+                    seen |= {"mx.m>rows"} if g.array_modes[insn.mode].block else set()
+    want = {"ws.k>rows", "ws.k>rows.m=1", "os.m>rows", "os.partial", "os.exact"}
+    if any(spec.block for spec in g.array_modes):
+        want.add("mx.m>rows")
+    assert not want - seen, f"not drawn: {sorted(want - seen)}"
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=ids)
 def test_sizes(cfg):
     small = [random_program(cfg, seed)[0] for seed in range(20)]
