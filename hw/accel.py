@@ -104,12 +104,19 @@ TIMING = (
     "their bank grants it and their 4-entry FIFO (rows in flight counted) has room; the array "
     "takes the FIFO heads by its stream contract (hw.array), tile after tile (each tile's last "
     "row carries 'last'); MX streams spend one read on the block's scale row before the first "
-    "row of each 32-row block of a tile. Each result row leaving the array in cycle t reads its "
-    "accumulator row in cycle t and writes it in cycle t + 1 (a row written in the cycle it is "
-    "read is forwarded); the instruction ends (pushes) in the first cycle after the last "
-    "result row's write.",
+    "row of each 32-row block of a tile. RUN lasts until every row has been read and taken "
+    "from the FIFOs (the next cycle is IDLE). Each result row leaving the array in cycle t "
+    "reads its accumulator row in cycle t and writes it in cycle t + 1 (a row written in the "
+    "cycle it is read is forwarded); the instruction ends (pushes) in the first cycle after "
+    "its last result row's write.",
     "LUT_GEMM: as GEMM with the LUT core (activation groups on the activation stream, weight "
     "planes on the weight stream, hw.lut_core's contract), tile_m result rows.",
+    "Result slots: the compute unit has two. In IDLE it takes a GEMM when the second slot is "
+    "free and the first holds nothing or a GEMM (so a GEMM is fed while the one before it "
+    "still drains, and a GEMM set up while another's results come waits in the second slot "
+    "until the cycle after that one's last result row leaves); it takes a LUT_GEMM or POST "
+    "only when no instruction is in flight (no slot, no write, no end pending). The unit is "
+    "busy while it is out of IDLE or anything is in flight.",
     "POST: PARAMS (four cycles: the bias, b and c rows are read in the first three), then RUN: "
     "row i's accumulator (and residual) row is read in cycle t_i = t_0 + i, enters the "
     "post-processing pipeline in cycle t_i + 1, leaves and is written in cycle t_i + 5; the "
@@ -639,7 +646,7 @@ class Accelerator(wiring.Component):
         With ``scale`` = (enable, address of tile t's block b, bits): before the first row of
         each 32-row block of a tile, one read fetches the block's scale row, whose low ``bits``
         ride in every entry of the block (between the row and ``last``). Returns (start strobe,
-        FIFO)."""
+        FIFO, drained)."""
         depth = STREAM_DEPTH
         row_bits = len(port.data)
         scale_bits = scale[2] if scale else 0
@@ -697,7 +704,9 @@ class Accelerator(wiring.Component):
             m.d.sync += pos.eq(pos + 1)
         parts = [port.data, scale_reg[:scale_bits]] if scale else [port.data]
         m.d.comb += [fifo.w_en.eq(pending), fifo.w_data.eq(Cat(*parts, pending_last))]
-        return start, fifo
+        drained = Signal(name=f"{name}_drained")  # every row read and taken from the FIFO
+        m.d.comb += drained.eq(~start & (tile_index >= tiles) & ~pending & (fifo.level == 0))
+        return start, fifo, drained
 
     def _compute_unit(self, m):
         g = self._g
@@ -713,7 +722,6 @@ class Accelerator(wiring.Component):
         busy = Signal()
         finish = Signal()
         checking = Signal()
-        self.compute_busy = busy
 
         # --- checks (as qaccel.program._check_insn) ----------------------------------------
         bad = Signal()
@@ -806,54 +814,92 @@ class Accelerator(wiring.Component):
         if self._mx:
             a_scale = (mx_on, lambda t, b: s_base + t * nb_sig + b, 8 * g.rows)
             w_scale = (mx_on, lambda t, b: s_base + tiles * nb_sig + b, 8 * g.cols)
-        a_start, a_fifo = self._row_stream(
+        a_start, a_fifo, a_drained = self._row_stream(
             m, "a", self.sp_a, a_base, tiles, a_tile, a_tile, Const(0), a_scale
         )
-        w_start, w_fifo = self._row_stream(
+        w_start, w_fifo, w_drained = self._row_stream(
             m, "w", self.sp_w, w_base, tiles, w_tile, w_stride, w_reverse, w_scale
         )
         sp_bits = 8 * g.sp_row_bytes
 
         # --- results into the accumulator memory -------------------------------------------
-        # Result beats come in tiles of ``out_tile_len``; weight-stationary tiles all go to the
-        # same rows (adding after the first), the others to consecutive rows (kept below m).
+        # Every GEMM or LUT_GEMM in flight has a result slot: ``cur`` takes the beats leaving
+        # the block, ``nxt`` (a GEMM taken while ``cur`` still collects) follows it. Beats come
+        # in tiles of ``tile_len``; weight-stationary tiles all go to the same rows (adding
+        # after the first), the others to consecutive rows (kept below ``keep``).
+        def result_slot(name):
+            return SimpleNamespace(
+                valid=Signal(name=f"{name}_valid"),
+                base=Signal(32, name=f"{name}_base"),
+                add=Signal(name=f"{name}_accumulate"),
+                keep=Signal(33, name=f"{name}_keep"),
+                tile_len=Signal(20, name=f"{name}_tile_len"),
+                same=Signal(name=f"{name}_same_rows"),
+                tiles=Signal(17, name=f"{name}_tiles"),
+                array=Signal(name=f"{name}_from_array"),
+                word=Signal(self.insn_bits, name=f"{name}_word"),
+                index=Signal(32, name=f"{name}_index"),
+            )
+
+        fields = ("valid", "base", "add", "keep", "tile_len", "same", "tiles", "array")
+        fields += ("word", "index")
+        cur, nxt = result_slot("result"), result_slot("result_next")
         out_valid = Signal()
         out_data = Signal(data.ArrayLayout(signed(g.acc_elem_bits), g.acc_cols))
         out_invalid = Signal(g.acc_cols)
         out_pos, out_row, out_tiles = Signal(20), Signal(33), Signal(17)
-        out_tile_len = Signal(20)
-        same_rows = Signal()  # weight-stationary: every tile adds into rows acc_base + pos
-        keep_rows = Signal(33)
-        acc_base = Signal(32)
-        accumulate = Signal()
         # accumulating saturates at the memory's element width (wider than any mode's)
         sat_lo = Const(-(1 << (g.acc_elem_bits - 1)), signed(g.acc_elem_bits + 1))
         sat_hi = Const((1 << (g.acc_elem_bits - 1)) - 1, signed(g.acc_elem_bits + 1))
-        wb_valid, wb_keep, wb_add = Signal(), Signal(), Signal()
+        wb_valid, wb_keep, wb_add, wb_last = Signal(), Signal(), Signal(), Signal()
         wb_addr = Signal(32)
         wb_data = Signal.like(out_data)
         wb_invalid = Signal(g.acc_cols)
-        collecting = Signal()
-        beat = out_valid & collecting
-        read_addr = acc_base + Mux(same_rows, out_pos, out_row)
+        wb_word, wb_index = Signal(self.insn_bits), Signal(32)
+        fin, fin_word, fin_index = Signal(), Signal(self.insn_bits), Signal(32)
+        beat = out_valid & cur.valid
+        last_beat = beat & (out_pos == cur.tile_len - 1) & (out_tiles == cur.tiles - 1)
+        read_addr = cur.base + Mux(cur.same, out_pos, out_row)
         m.d.comb += [
             self.acc_comp_r.addr.eq(read_addr),
             self.acc_comp_r.req.eq(beat),  # first in priority: always granted
         ]
         with m.If(beat):
             m.d.sync += out_row.eq(out_row + 1)
-            with m.If(out_pos == out_tile_len - 1):
+            with m.If(out_pos == cur.tile_len - 1):
                 m.d.sync += [out_pos.eq(0), out_tiles.eq(out_tiles + 1)]
             with m.Else():
                 m.d.sync += out_pos.eq(out_pos + 1)
+        with m.If(last_beat):  # the next slot's beats follow at once
+            m.d.sync += [getattr(cur, f).eq(getattr(nxt, f)) for f in fields]
+            m.d.sync += [nxt.valid.eq(0), out_pos.eq(0), out_row.eq(0), out_tiles.eq(0)]
         m.d.sync += [
             wb_valid.eq(beat),
+            wb_last.eq(last_beat),
             wb_addr.eq(read_addr),
-            wb_keep.eq(same_rows | (out_row < keep_rows)),
-            wb_add.eq(accumulate | (same_rows & (out_tiles != 0))),
+            wb_keep.eq(cur.same | (out_row < cur.keep)),
+            wb_add.eq(cur.add | (cur.same & (out_tiles != 0))),
             wb_data.eq(out_data),
             wb_invalid.eq(out_invalid),
+            wb_word.eq(cur.word),
+            wb_index.eq(cur.index),
+            # the instruction ends (pushes) in the cycle after its last row's write
+            fin.eq(wb_valid & wb_last),
+            fin_word.eq(wb_word),
+            fin_index.eq(wb_index),
         ]
+        in_flight = cur.valid | nxt.valid | wb_valid | fin
+
+        def open_slot(**values):
+            """A new instruction's results: into ``cur`` when it is free (or frees now), else
+            into ``nxt``."""
+            values = {"valid": 1, **values}
+            with m.If(cur.valid & ~last_beat):
+                m.d.sync += [getattr(nxt, f).eq(v) for f, v in values.items()]
+            with m.Else():
+                m.d.sync += [getattr(cur, f).eq(v) for f, v in values.items()]
+                m.d.sync += [out_pos.eq(0), out_row.eq(0), out_tiles.eq(0)]
+
         # a row read in the cycle it is written (a one-row tile after another) reads the
         # memory's old value: forward the written one
         read = data.View(self._acc_layout, self.acc_comp_r.data)
@@ -869,7 +915,7 @@ class Accelerator(wiring.Component):
         sats = []
         # the block's columns: the array's or the LUT core's; the row's others keep their values
         widths = [w for w in (g.cols, g.lut_tile_n) if w]
-        narrow = Signal(name="result_from_array")
+        narrow = cur.array  # the results come from the array (else from the LUT core)
         for j in range(g.acc_cols):
             total = Signal(signed(g.acc_elem_bits + 2), name=f"acc_sum{j}")
             m.d.comb += total.eq(Mux(wb_add, old.data[j], 0) + wb_data[j])
@@ -895,7 +941,6 @@ class Accelerator(wiring.Component):
             self.acc_comp_w.req.eq(write_result),
         ]
         self._count("SATURATIONS", Mux(write_result, _popcount(Cat(*sats)), 0))
-        results_done = (out_tiles == tiles) & ~wb_valid
 
         # --- the systolic array ------------------------------------------------------------
         if g.has_array:
@@ -950,14 +995,14 @@ class Accelerator(wiring.Component):
         if g.has_array:
             a_taken = a_taken | (use_array & array.a.ready)
             w_taken = w_taken | (use_array & array.w.ready)
-            with m.If(use_array):
+            with m.If(cur.array if g.has_lut else Const(1)):
                 m.d.comb += [out_valid.eq(array.o.valid), out_invalid.eq(array.o.payload.invalid)]
                 for j in range(g.cols):
                     m.d.comb += out_data[j].eq(array.o.payload.data[j])
         if g.has_lut:
             a_taken = a_taken | (use_lut & core.a.ready)
             w_taken = w_taken | (use_lut & core.w.ready)
-            with m.If(use_lut):
+            with m.If(~cur.array if g.has_array else Const(1)):
                 m.d.comb += out_valid.eq(core.o.valid)
                 for j in range(g.lut_tile_n):
                     m.d.comb += out_data[j].eq(core.o.payload.data[j])
@@ -1008,8 +1053,12 @@ class Accelerator(wiring.Component):
         # --- the instruction sequencer -----------------------------------------------------
         with m.FSM(name="compute"):
             with m.State("IDLE"):
-                m.d.comb += take.eq(can_start)
-                with m.If(can_start):
+                # a GEMM follows a GEMM whose rows the array has all taken while that one's
+                # results still come (a result slot free); anything else waits for none
+                head_gemm = word[:4] == Opcode.GEMM.value
+                room = Mux(head_gemm, ~nxt.valid & (cur.array | ~cur.valid), ~in_flight)
+                m.d.comb += take.eq(can_start & room)
+                with m.If(can_start & room):
                     m.d.sync += [insn_word.eq(word), insn_index.eq(index)]
                     m.next = "CHECK"
             with m.State("CHECK"):
@@ -1041,21 +1090,24 @@ class Accelerator(wiring.Component):
                             w_tile.eq(Mux(ws, g.rows, gemm.k)),
                             w_stride.eq(Mux(ws, g.rows, 0)),
                             w_reverse.eq(ws),
-                            acc_base.eq(gemm.acc_addr),
-                            accumulate.eq(gemm.accumulate),
-                            keep_rows.eq(gemm.m),
-                            out_tile_len.eq(Mux(ws, gemm.m, g.rows)),
-                            same_rows.eq(ws),
-                            out_pos.eq(0),
-                            out_row.eq(0),
-                            out_tiles.eq(0),
                         ]
+                        open_slot(
+                            base=gemm.acc_addr,
+                            add=gemm.accumulate,
+                            keep=gemm.m,
+                            tile_len=Mux(ws, gemm.m, g.rows),
+                            same=ws,
+                            tiles=Mux(ws, ws_tiles, os_tiles),
+                            array=1,
+                            word=insn_word,
+                            index=insn_index,
+                        )
                         m.d.comb += [a_start.eq(1), w_start.eq(1)]
                         m.next = "GEMM_RUN"
                 with m.State("GEMM_RUN"):
-                    m.d.comb += [busy.eq(1), use_array.eq(1), collecting.eq(1), narrow.eq(1)]
-                    with m.If(results_done):
-                        m.d.comb += finish.eq(1)
+                    # fed: the next instruction may be taken while the results come
+                    m.d.comb += [busy.eq(1), use_array.eq(1)]
+                    with m.If(a_drained & w_drained):
                         m.next = "IDLE"
             if g.has_lut:
                 with m.State("LUT_SETUP"):
@@ -1069,21 +1121,23 @@ class Accelerator(wiring.Component):
                         w_tile.eq(lut.k * planes_of[lut.mode]),
                         w_stride.eq(0),
                         w_reverse.eq(0),
-                        acc_base.eq(lut.acc_addr),
-                        accumulate.eq(lut.accumulate),
-                        keep_rows.eq(lut.m),
-                        out_tile_len.eq(g.lut_tile_m),
-                        same_rows.eq(0),
-                        out_pos.eq(0),
-                        out_row.eq(0),
-                        out_tiles.eq(0),
                     ]
+                    open_slot(
+                        base=lut.acc_addr,
+                        add=lut.accumulate,
+                        keep=lut.m,
+                        tile_len=g.lut_tile_m,
+                        same=0,
+                        tiles=1,
+                        array=0,
+                        word=insn_word,
+                        index=insn_index,
+                    )
                     m.d.comb += [a_start.eq(1), w_start.eq(1)]
                     m.next = "LUT_RUN"
                 with m.State("LUT_RUN"):
-                    m.d.comb += [busy.eq(1), use_lut.eq(1), collecting.eq(1)]
-                    with m.If(results_done):
-                        m.d.comb += finish.eq(1)
+                    m.d.comb += [busy.eq(1), use_lut.eq(1)]
+                    with m.If(a_drained & w_drained):
                         m.next = "IDLE"
             with m.State("POST_PARAMS"):
                 # rows param_addr + 0, 1, 2 (bias, b, c): address now, data next cycle
@@ -1120,10 +1174,21 @@ class Accelerator(wiring.Component):
                     m.d.comb += finish.eq(1)
                     m.next = "IDLE"
 
-        self._push(finish, insn_word, insn_index, [("push_prev", CL), ("push_next", CS)])
-        self._count("COMPUTE_BUSY", busy)
-        self._count("INSNS", finish)
-        self.compute_idle = ~busy
+        # GEMM and LUT_GEMM end with their results (``fin``), POST in its state machine
+        ended = Signal()
+        ended_word, ended_index = Signal(self.insn_bits), Signal(32)
+        m.d.comb += [
+            ended.eq(finish | fin),
+            ended_word.eq(Mux(fin, fin_word, insn_word)),
+            ended_index.eq(Mux(fin, fin_index, insn_index)),
+        ]
+        self._push(ended, ended_word, ended_index, [("push_prev", CL), ("push_next", CS)])
+        active = Signal()
+        m.d.comb += active.eq(busy | in_flight)
+        self._count("COMPUTE_BUSY", active)
+        self._count("INSNS", ended)
+        self.compute_busy = active
+        self.compute_idle = ~active
 
     # --- run control, tokens, counters, registers -------------------------------------------
 

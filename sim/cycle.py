@@ -138,6 +138,10 @@ class OperandStream:
             else:
                 self.pos += 1
 
+    def drained(self) -> bool:
+        """Every row read and taken from the FIFO."""
+        return self.tile_index >= self.tiles and not self.pending and self.level == 0
+
     def head_is_last(self) -> bool:
         """The FIFO head is the last row of its tile."""
         return self.popped % self.tile == self.tile - 1
@@ -174,6 +178,10 @@ class ResultRows:
 
     def done(self) -> bool:
         return self.done_tiles == self.tiles
+
+    def next_is_last(self) -> bool:
+        """The next beat is the instruction's last."""
+        return self.pos == self.tile_len - 1 and self.done_tiles == self.tiles - 1
 
 
 class _Machine:
@@ -230,9 +238,11 @@ class _Machine:
         self.c_state, self.c_insn = "IDLE", None
         self.a, self.w = OperandStream(), OperandStream()
         self.outs: deque[int] = deque()  # cycles in which a result row leaves the block
-        self.results = ResultRows()
-        self.results.start(0, 0, 1, False, 0)
-        self.wb = None  # (row, written) of the result row written this cycle
+        # result slots (hw.accel): each (ResultRows, its InsnTiming, from the array)
+        self.res_cur = self.res_nxt = None
+        self.opening = None  # a slot opened this cycle: ("cur" | "nxt", slot)
+        self.wb = None  # (row, written, InsnTiming when it is its instruction's last)
+        self.fin = None  # the InsnTiming of the instruction that ends this cycle
         self.dataflow_reg = 0
         self.flight_until = -1  # the array is busy (in flight) through this cycle
         self.ws_count, self.ws_load_bank, self.ws_use_bank = 0, 0, 0
@@ -275,7 +285,13 @@ class _Machine:
         dec, inc = [0, 0, 0, 0], [0, 0, 0, 0]
 
         # --- the compute unit (first in every priority: it never waits for the others) ----
-        c_busy = self.c_state != "IDLE"
+        in_flight = bool(self.res_cur or self.res_nxt or self.wb or self.fin)
+        c_busy = self.c_state != "IDLE" or in_flight
+        if take["compute"]:  # a GEMM after a GEMM needs a free slot, anything else none in flight
+            head = self.body[self.queues["compute"][0]]
+            gemm_head = head.opcode == Opcode.GEMM
+            free = self.res_nxt is None and (self.res_cur is None or self.res_cur[2])
+            take["compute"] = free if gemm_head else not in_flight
         sp_read_banks: set[int] = set()  # scratchpad read ports the compute unit asks for
         acc_read_bank = acc_write_bank = sp_write_bank = None
         c_finish, c_next = False, self.c_state
@@ -330,12 +346,15 @@ class _Machine:
                 a_take, w_take = self._array_takes(t, insn)
             else:
                 a_take, w_take = self._lut_takes(t, insn)
-            if out_now:
-                acc_read_bank = self.results.address() % self.acc_banks
-            if self.wb is not None and self.wb[1]:
-                acc_write_bank = self.wb[0] % self.acc_banks
-            if self.results.done() and self.wb is None:
-                c_finish, c_next = True, "IDLE"
+            if self.a.drained() and self.w.drained():
+                c_next = "IDLE"  # fed: the results may still come
+        if out_now:
+            acc_read_bank = self.res_cur[0].address() % self.acc_banks
+        if self.wb is not None and self.wb[1]:
+            acc_write_bank = self.wb[0] % self.acc_banks
+        c_ended = self.fin  # a GEMM or LUT_GEMM ends with its results
+        if c_finish:
+            c_ended = self.record["compute"]
         if self.post_writes and self.post_writes[0] == t:
             sp_write_bank = (_f(insn, "out_addr") + self.post_out) % self.sp_banks
 
@@ -472,7 +491,7 @@ class _Machine:
         # --- tokens, counters, the end --------------------------------------------------------
         for unit, finishing, ins in (
             ("load", l_finish, self.l_insn),
-            ("compute", c_finish, self.c_insn),
+            ("compute", c_ended is not None, c_ended and self.body[c_ended.index]),
             ("store", s_finish, self.s_insn),
         ):
             if (
@@ -485,7 +504,8 @@ class _Machine:
             if finishing:
                 for flag, ch in PUSHES[unit]:
                     inc[ch] += getattr(ins, flag)
-        for unit, state in (("load", self.l_state), ("compute", st), ("store", self.s_state)):
+        c_idle = "BUSY" if in_flight else st  # idle: nothing in flight either
+        for unit, state in (("load", self.l_state), ("compute", c_idle), ("store", self.s_state)):
             if state == "IDLE" and not self.queues[unit] and self.pushed[unit] < self.total[unit]:
                 self.causes[unit]["fetch"] += 1
         if self.l_pending and not l_written:
@@ -622,8 +642,8 @@ class _Machine:
             self.sram["acc_write"][acc_write_bank] += 1
         if acc_read_bank is not None:
             self.sram["acc_read"][acc_read_bank] += 1
-        if c_finish:
-            self._finish("compute", t)
+        if c_ended is not None:
+            c_ended.end = t
         return ending
 
     # --- pieces of the update ----------------------------------------------------------------
@@ -692,14 +712,18 @@ class _Machine:
                 self.w.start(tiles, rows, lambda t, p: w0 + t * rows + rows - 1 - p, mx, w_scales)
             else:
                 self.w.start(tiles, k, lambda t, p: w0 + p, mx, w_scales)
-            self.results.start(_f(insn, "acc_addr"), tiles, m if ws else rows, ws, m)
+            rows_ = ResultRows()
+            rows_.start(_f(insn, "acc_addr"), tiles, m if ws else rows, ws, m)
+            self._open((rows_, self.record["compute"], True))
         elif st == "LUT_SETUP":
             k = _f(insn, "k")
             planes = g.lut_planes(_f(insn, "mode"))
             a0, w0 = _f(insn, "a_addr"), _f(insn, "w_addr")
             self.a.start(1, k, lambda t, p: a0 + p)
             self.w.start(1, k * planes, lambda t, p: w0 + p)
-            self.results.start(_f(insn, "acc_addr"), 1, g.lut_tile_m, False, _f(insn, "m"))
+            rows_ = ResultRows()
+            rows_.start(_f(insn, "acc_addr"), 1, g.lut_tile_m, False, _f(insn, "m"))
+            self._open((rows_, self.record["compute"], False))
         elif st == "POST_PARAMS":
             self.param_step += 1
         elif st == "POST_RUN" and self.post_in != _f(insn, "rows"):
@@ -711,6 +735,13 @@ class _Machine:
         count = self._count_sp_read
         self.a.advance(a_go, a_scale, count)
         self.w.advance(w_go, w_scale, count)
+
+    def _open(self, slot):
+        """A new instruction's result slot: ``cur`` when it is free or frees this cycle."""
+        cur = self.res_cur
+        last_now = cur is not None and self.outs and self.outs[0] == self.t
+        last_now = last_now and cur[0].next_is_last()
+        self.opening = ("nxt" if cur is not None and not last_now else "cur", slot)
 
     def _count_sp_read(self, address):
         self.sram["sp_read"][address % self.sp_banks] += 1
@@ -726,10 +757,23 @@ class _Machine:
             self.a.pop()
         if w_take:
             self.w.pop()
+        self.fin = self.wb[2] if self.wb is not None else None
         self.wb = None
         if out_now:
             self.outs.popleft()
-            self.wb = self.results.beat()
+            rows, rec, _ = self.res_cur
+            addr, written = rows.beat()
+            last = rows.done()
+            self.wb = (addr, written, rec if last else None)
+            if last:
+                self.res_cur, self.res_nxt = self.res_nxt, None
+        if self.opening is not None:
+            where, slot = self.opening
+            if where == "cur":
+                self.res_cur = slot
+            else:
+                self.res_nxt = slot
+            self.opening = None
 
     def _array_taken(self, t, insn, a_take, w_take):
         g = self.g

@@ -65,6 +65,9 @@ class Activity:
     last_take: int
     busy: dict
     accesses: dict  # {port: [accesses per bank]}
+    fed: int = -1  # GEMM/LUT_GEMM: the first cycle with every operand row taken
+    last_beat: int = -1  # GEMM/LUT_GEMM: the cycle its last result row leaves the block
+    gap_until: int = -1  # output-stationary: a tile's last step waits through this cycle
 
 
 def _runs(cycles_by_bank: dict[int, list[int]]) -> dict[int, tuple[list[int], list[int]]]:
@@ -81,10 +84,11 @@ def _runs(cycles_by_bank: dict[int, list[int]]) -> dict[int, tuple[list[int], li
     return out
 
 
-def _block_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
+def _block_activity(g, sp_banks, acc_banks, insn: Instruction, gap: int = -1) -> Activity:
     """GEMM or LUT_GEMM from its first RUN cycle: streams, the block's stream contract and the
-    result rows into the accumulator memory, stepped until the instruction finishes (the
-    array starts drained: the previous instruction's results have all been written)."""
+    result rows into the accumulator memory, stepped until the instruction finishes. The
+    array starts with every tile of the instruction before retired; ``gap``: an output-
+    stationary tile's last step waits through this cycle (the previous tile ended late)."""
     lut = insn.opcode == Opcode.LUT_GEMM
     m, k = _f(insn, "m"), _f(insn, "k")
     a0, w0, s0 = _f(insn, "a_addr"), _f(insn, "w_addr"), _f(insn, "scale_addr")
@@ -124,10 +128,13 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
     # weight-stationary banks (hw.array): loading count, which bank loads and which computes
     ws_count, load_bank, use_bank = 0, 0, 0
     full, drain_until = [False, False], [-1, -1]
-    gap_until = -1  # output-stationary: a tile's last step waits through this cycle
+    gap_until = gap  # output-stationary: a tile's last step waits through this cycle
     lut_full, lut_plane, lut_last = False, 0, False
+    fed = last_beat = -1
     t = 0
     while True:
+        if fed < 0 and a.drained() and w.drained():
+            fed = t
         # asks on the scratchpad read ports
         ra, rw = a.request(), w.request()
         bank_a = ra[0] % sp_banks if ra else None
@@ -203,13 +210,14 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
         if out_now:
             wb = results.beat()
             out_i += 1
+            last_beat = t
         t += 1
     busy = {"sp_read": _runs(sp_r), "acc_read": _runs(acc_r), "acc_write": _runs(acc_w)}
     busy["sp_write"] = {}
     for port, per_bank in (("acc_read", acc_r), ("acc_write", acc_w)):
         for bank, cycles in per_bank.items():
             counts[port][bank] += len(cycles)
-    return Activity(t, last_take, busy, counts)
+    return Activity(t, last_take, busy, counts, fed, last_beat, gap_until if os else -1)
 
 
 def _post_activity(g, sp_banks, acc_banks, insn: Instruction) -> Activity:
@@ -284,7 +292,7 @@ class _Engine:
         self.values[("read_idle", 0)] = 1
         self.read_asks: dict[int, int] = {}  # port -> cycle from which it asks for a burst
         # the compute unit's current instruction: (first active cycle, last cycle, Activity)
-        self.compute_recent: list[tuple[int, int, Activity]] = []  # the last two
+        self.compute_recent: list[tuple[int, int, Activity]] = []  # the last three
         self.compute_busy_until: int | None = None  # the current instruction's last cycle
         self.compute_idle = 1  # while it waits for an instruction: idle since
         self.flight_until = -1
@@ -390,8 +398,13 @@ class _Engine:
         end = max(self.halt_cycle, *self.ends.values()) + 1
         counters = dict.fromkeys(TIMED_COUNTERS, 0)
         counters["CYCLES"] = end
-        for rec in self.records:
-            counters[f"{rec.unit.upper()}_BUSY"] += rec.end - rec.take
+        reach = 0  # instructions overlap on the compute unit: count busy cycles once
+        for rec in sorted(self.records, key=lambda r: r.take):
+            if rec.unit != "compute":
+                counters[f"{rec.unit.upper()}_BUSY"] += rec.end - rec.take
+                continue
+            counters["COMPUTE_BUSY"] += max(0, rec.end - max(rec.take, reach))
+            reach = max(reach, rec.end)
         for u in UNITS:
             counters[f"{u.upper()}_STALL"] = self.stalls[u]
         records = sorted(self.records, key=lambda r: (r.take, UNITS.index(r.unit)))
@@ -399,9 +412,11 @@ class _Engine:
 
     # --- queues and tokens ----------------------------------------------------------------
 
-    def _take(self, unit, idle):
+    def _take(self, unit, idle, idle_for=None):
         """(yield from) take the unit's next instruction in the first cycle >= ``idle`` in
-        which its head is there and its tokens too; returns (index, take cycle)."""
+        which its head is there and its tokens too; returns (index, take cycle).
+        ``idle_for(opcode)``: the first cycle the unit can take that opcode, when it is not
+        ``idle`` (the cycle from which the unit has nothing in flight)."""
         n = len(self.taken[unit])
         index = yield from self._get(("queued", unit, n))
         insn = self.body[index]
@@ -418,7 +433,7 @@ class _Engine:
         self.stalls[unit] += max(0, ready - head)
         # idle with an empty queue: the instruction had not been fetched yet
         self.causes[unit]["fetch"] += max(0, self.pushed[unit][n] + 1 - idle)
-        take = max(ready, idle)
+        take = max(ready, idle_for(insn.opcode) if idle_for else idle)
         self.taken[unit].append(take)
         self._announce(("taken", unit, n), take)
         return index, take
@@ -463,18 +478,22 @@ class _Engine:
 
     def _free(self, port, bank, c):
         """The first cycle >= ``c`` in which the compute unit does not ask for ``bank`` on
-        ``port`` (a cycle that has come: its instruction is known)."""
-        active = [r for r in self.compute_recent if r[0] <= c <= r[1]]
-        if not active:
-            return c
-        start, _, act = active[0]
-        runs = act.busy[port].get(bank)
-        if not runs:
-            return c
-        starts, ends = runs
-        i = bisect_right(starts, c - start) - 1
-        if i >= 0 and c - start <= ends[i]:
-            return start + ends[i] + 1
+        ``port`` (a cycle that has come: its instruction is known). Instructions overlap
+        (one's results come while the next is fed), so every recent one is asked."""
+        moved = True
+        while moved:
+            moved = False
+            for start, last, act in self.compute_recent:
+                if not start <= c <= last:
+                    continue
+                runs = act.busy[port].get(bank)
+                if not runs:
+                    continue
+                starts, ends = runs
+                i = bisect_right(starts, c - start) - 1
+                if i >= 0 and c - start <= ends[i]:
+                    c = start + ends[i] + 1
+                    moved = True
         return c
 
     # --- the units ------------------------------------------------------------------------
@@ -626,10 +645,18 @@ class _Engine:
             idle = end + 1
 
     def _compute(self):
-        idle = 1
+        """The compute unit (hw.accel): a GEMM may be taken once the array has taken every
+        row of the one before (its results still coming) and a result slot is free; anything
+        else waits until nothing is in flight."""
+        idle = 1  # nothing in flight from this cycle
+        gemm_from = 1  # a GEMM may be taken from this cycle
+        slot_last_beat = -1  # the last result row of the instruction in the first slot
+        gap_until = -1  # output-stationary: the last tile's gap, absolute
         while True:
-            self.compute_busy_until, self.compute_idle = None, idle
-            index, take = yield from self._take("compute", idle)
+            self.compute_busy_until, self.compute_idle = None, gemm_from
+            index, take = yield from self._take(
+                "compute", idle, lambda op, g=gemm_from, i=idle: g if op == Opcode.GEMM else i
+            )
             insn = self.body[index]
             if insn.opcode == Opcode.POST:
                 start = take + 2
@@ -643,20 +670,37 @@ class _Engine:
                     setup = self.flight_until + 1
                 self.dataflow = df
                 start = setup + 1
-            act = self._activity(insn)
+            gap = -1
+            if insn.opcode == Opcode.GEMM and _f(insn, "dataflow") and gap_until >= start:
+                gap = gap_until - start
+            act = self._activity(insn, gap)
             end = start + act.finish
             if act.last_take >= 0:
                 self.flight_until = start + act.last_take + self.in_flight
-            self.compute_recent = [*self.compute_recent[-1:], (start, end, act)]
-            self.compute_busy_until = end
+            if act.gap_until >= 0:
+                gap_until = start + act.gap_until
+            self.compute_recent = [*self.compute_recent[-2:], (start, end, act)]
             for port, counts in act.accesses.items():
                 for bank, n in enumerate(counts):
                     self.sram[port][bank] += n
-            yield from self._until(end)
-            self._finish("compute", index, take, end)
+            if insn.opcode == Opcode.POST:
+                gemm_from, slot_last_beat = end + 1, -1
+            else:
+                fed = start + act.fed + 1  # the state machine is idle from here
+                last_beat = start + act.last_beat
+                if insn.opcode == Opcode.LUT_GEMM:  # a GEMM waits for its last row
+                    gemm_from = max(fed, last_beat + 1)
+                elif slot_last_beat > setup:  # the second slot: free with the first's last row
+                    gemm_from = max(fed, slot_last_beat + 1)
+                else:
+                    gemm_from = fed
+                slot_last_beat = last_beat
             idle = end + 1
+            self.compute_busy_until = gemm_from - 1
+            self._finish("compute", index, take, end)
+            yield from self._until(gemm_from)
 
-    def _activity(self, insn: Instruction) -> Activity:
+    def _activity(self, insn: Instruction, gap: int = -1) -> Activity:
         sp, acc = self.sp_banks, self.acc_banks
         if insn.opcode == Opcode.POST:
             key = (
@@ -680,8 +724,12 @@ class _Engine:
                 _f(insn, "w_addr") % sp,
                 _f(insn, "scale_addr") % sp,
                 _f(insn, "acc_addr") % acc,
+                gap,
             )
-            build = _block_activity
+            act = self.memo.get(key)
+            if act is None:
+                act = self.memo[key] = _block_activity(self.g, sp, acc, insn, gap)
+            return act
         act = self.memo.get(key)
         if act is None:
             act = self.memo[key] = build(self.g, sp, acc, insn)

@@ -113,6 +113,24 @@ def test_float_accumulators_are_exact_beyond_rows(tmp_path):
     assert g.max_steps(8) == 4
 
 
+def test_multi_tile_gemms(tmp_path):
+    """GEMMs of several tiles: weight-stationary with one row of A over three weight tiles
+    (the row read in the cycle it is written, forwarded), and output-stationary with three
+    row tiles, the last partial: outputs equal to numpy's, cycles to the simulator's."""
+    rng = np.random.default_rng(7)
+    runs = []
+    for dataflow, m, k, n in (("ws", 1, 12, 8), ("os", 9, 10, 8)):
+        w, x = rng.integers(-128, 128, (k, n)), rng.integers(-128, 128, (m, k))
+        program = lower_gemm(TINY, w, m=m, mode="int8*int8", dataflow=dataflow)
+        assert any(i.fields.get("k", 0) > 4 or i.fields.get("m", 0) > 4 for i in program.body)
+        want = run_program(program, {"x": x})
+        assert np.array_equal(want.outputs["y"], x @ w)
+        runs.append((program, {"x": x}, want))
+    got = run_on_rtl(TINY, [r[:2] for r in runs], build_dir=tmp_path)
+    for (program, _, want), result in zip(runs, got, strict=True):
+        compare(want, result, predict_timing(program))
+
+
 def random_programs_on_rtl(cfg, seeds, tmp_path, simulator="icarus"):
     """Random valid programs (``sim.random_programs``) on the RTL: outputs equal to the
     executor's, CYCLES and every busy and stall counter equal to the cycle engine's, which
