@@ -278,3 +278,48 @@ def test_weight_codes_must_be_values():
         lower_gemm(TINY, np.array([[0, 1], [2, 3]]), m=1, mode="ternary*int8")
     with pytest.raises(ProgramError, match=r"weights: int4 takes values -8\.\.15"):
         lower_gemm(TINY, np.array([[16]]), m=1, mode="int4*int8")
+
+
+def test_a_gemm_that_cannot_be_blocked_is_refused():
+    """A 32-row weight-stationary array whose 1 KiB scratchpad holds 32 rows of 32 bytes: two
+    weight tiles of 32 rows cannot fit, so the lowering says why instead of overrunning."""
+    cfg = config.config_from_dict(
+        {
+            "name": "cramped",
+            "array": {
+                "rows": 32,
+                "cols": 4,
+                "dataflow": "ws",
+                "modes": [{"weight": "int8", "activation": "int8"}],
+            },
+            "memory": {
+                "scratchpad_kib": 1,
+                "scratchpad_banks": 2,
+                "accumulator_kib": 4,
+                "accumulator_banks": 2,
+            },
+            "dram": {"bytes_per_cycle": 4, "latency_cycles": 10},
+        }
+    )
+    with pytest.raises(ProgramError, match=r"cannot hold two chunks of int8\*int8"):
+        lower_gemm(cfg, np.ones((64, 4), dtype=np.int64), m=8, mode="int8*int8")
+
+
+def test_blocking_reuses_a_rows_across_n_tiles():
+    """Several n tiles per m block: the rows of A are loaded once per block and chunk, not
+    once per n tile (the DRAM reads count it), and the results stay exact."""
+    rng = np.random.default_rng(SEED)
+    m, k, n = 32, 64, 64
+    w, x = rng.integers(-128, 128, (k, n)), rng.integers(-128, 128, (m, k))
+    edge = config.load_config("configs/edge.toml")
+    program = lower_gemm(edge, w, m=m, mode="int8*int8", dataflow="ws")
+    assert np.array_equal(run_program(program, {"x": x}).outputs["y"], x @ w)
+    g = Geometry.of(edge)
+    x_spec = next(t for t in program.inputs if t.name == "x")
+    x_end = x_spec.address + -(-k // g.rows) * m * g.sp_row_bytes
+    a_rows = sum(
+        i.fields["y_size"] * i.fields["x_size"]
+        for i in program.body
+        if i.opcode.name == "LOAD" and x_spec.address <= i.fields["dram_addr"] < x_end
+    )
+    assert a_rows == -(-k // g.rows) * m  # every row of A once, for all four n tiles
