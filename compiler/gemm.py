@@ -403,6 +403,18 @@ def _tile_loads(g: Geometry, ep, o: dict, t: int, i: int, j: int, rows: int, tm:
     return loads
 
 
+def _post_fields(ep: Epilogue) -> dict:
+    """The POST fields an epilogue sets, besides the addresses and the row count."""
+    return dict(
+        residual=int(ep.residual),
+        res_shift=ep.res_shift,
+        out_signed=int(ep.out_signed),
+        zero_point=ep.zero_point,
+        lo=ep.lo,
+        hi=ep.hi,
+    )
+
+
 def _finish_tile(
     sched: _Schedule, g: Geometry, ep, o: dict, t: int, i: int, j: int, rows: int, tm: int
 ):
@@ -421,12 +433,7 @@ def _finish_tile(
         param_addr=o["params"][slot],
         res_addr=o["res_buf"][slot] if ep.residual else 0,
         rows=rows,
-        residual=int(ep.residual),
-        res_shift=ep.res_shift,
-        out_signed=int(ep.out_signed),
-        zero_point=ep.zero_point,
-        lo=ep.lo,
-        hi=ep.hi,
+        **_post_fields(ep),
     )
     r = g.sp_row_bytes
     addr = o["y"] + j * o["mp"] * r + i * tm * r
@@ -678,12 +685,7 @@ def _lower_array(
                 param_addr=o["params"][slot] + 3 * jj,
                 res_addr=o["res_buf"][slot] + jj * tm if ep.residual else 0,
                 rows=rows_i,
-                residual=int(ep.residual),
-                res_shift=ep.res_shift,
-                out_signed=int(ep.out_signed),
-                zero_point=ep.zero_point,
-                lo=ep.lo,
-                hi=ep.hi,
+                **_post_fields(ep),
                 pop_next=p_ >= 2,
                 push_prev=jj == len(js) - 1 and last_gemm + 2 < gemms_total,
                 push_next=True,

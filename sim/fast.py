@@ -712,7 +712,6 @@ class _Engine:
                 _f(insn, "out_addr") % sp,
                 _f(insn, "res_addr") % sp,
             )
-            build = _post_activity
         else:
             key = (
                 insn.opcode,
@@ -726,13 +725,13 @@ class _Engine:
                 _f(insn, "acc_addr") % acc,
                 gap,
             )
-            act = self.memo.get(key)
-            if act is None:
-                act = self.memo[key] = _block_activity(self.g, sp, acc, insn, gap)
-            return act
         act = self.memo.get(key)
         if act is None:
-            act = self.memo[key] = build(self.g, sp, acc, insn)
+            if insn.opcode == Opcode.POST:
+                act = _post_activity(self.g, sp, acc, insn)
+            else:
+                act = _block_activity(self.g, sp, acc, insn, gap)
+            self.memo[key] = act
         return act
 
 
