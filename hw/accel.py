@@ -17,7 +17,8 @@ are empty and the units idle: STATUS.DONE, with ERROR_CODE 0, or
 ``isa.ErrorCode.TOKEN`` if a channel still holds tokens.
 
 **Units.**
-- LOAD: per DRAM row one DMA read of ``x_size`` memory rows; each memory row is written as its
+- LOAD: one two-dimensional DMA read of ``y_size`` DRAM rows of ``x_size`` memory rows (up to
+  ``dram.read_bursts`` bursts in flight); each memory row is written as its
   last beat arrives (accumulator rows: each element's low ``acc_elem_bits`` bits, invalid
   flags cleared).
 - STORE: per DRAM row one DMA write; rows read from memory one at a time, sent beat by beat
@@ -90,11 +91,13 @@ TIMING = (
     "HALT ends fetching; PROG_LEN words without HALT: NO_HALT in REQUEST.",
     "Every unit: the cycle after the take is CHECK (one cycle; a fault ends the instruction "
     "there).",
-    "LOAD: per DRAM row y: ISSUE (a command of x_size * row_bytes / bus bytes beats on DMA "
-    "read port 0, accepted when the port is free), then RECEIVE until the port's 'done'; the "
-    "next row's ISSUE or FINISH follows in the next cycle. A memory row completes with its last "
-    "beat in cycle t; it asks its bank's write port from cycle t + 1 and, until granted, no "
-    "beat is taken. FINISH lasts until the last row is written (pushes in that cycle).",
+    "LOAD: ISSUE (one command on DMA read port 0 for all y_size DRAM rows, x_size * "
+    "row_bytes / bus bytes beats each, dram_stride bytes apart; accepted when the port is "
+    "free), then RECEIVE until the port's 'done'; FINISH follows in the next cycle. The DMA "
+    "keeps up to dram.read_bursts bursts in flight (hw.dma's contract). A memory row completes "
+    "with its last beat in cycle t; it asks its bank's write port from cycle t + 1 and, until "
+    "granted, no beat is taken. FINISH lasts until the last row is written (pushes in that "
+    "cycle).",
     "STORE: per DRAM row y: ISSUE (a DMA write command accepted when the write port is free), "
     "then per memory row: READ (asks its bank's read port until granted), LATCH (one cycle), "
     "SEND (one beat per cycle in which wready is high); after the DRAM row's last beat, WAIT "
@@ -179,7 +182,9 @@ class Accelerator(wiring.Component):
         g = self._g
         self._m = m
         m.submodules.csr = regs = ControlRegisters()
-        m.submodules.dma = dma = Dma(g.data_bytes, read_clients=2)
+        m.submodules.dma = dma = Dma(
+            g.data_bytes, read_clients=2, read_bursts=self._cfg.dram.read_bursts
+        )
         wiring.connect(m, wiring.flipped(self.s_axil), regs.s_axil)
         wiring.connect(m, wiring.flipped(self.m_axi), dma.m_axi)
         self._regs, self._dma = regs, dma
@@ -343,6 +348,9 @@ class Accelerator(wiring.Component):
                         port.cmd.valid.eq(1),
                         port.cmd.payload.addr.eq(addr),
                         port.cmd.payload.beats.eq(beats),
+                        # driven, even as zero: an undriven field is X in the Verilog
+                        port.cmd.payload.extra_rows.eq(0),
+                        port.cmd.payload.stride.eq(0),
                     ]
                     with m.If(port.cmd.ready):
                         m.d.sync += [beat.eq(0), count.eq(block), index.eq(0)]
@@ -482,9 +490,10 @@ class Accelerator(wiring.Component):
         u.bad = self._dma_checks(m, v, u.checking, u.insn_index, u.row_bytes, u.row_beats)
         return u
 
-    def _dma_front(self, m, u, port, issued: list, after_issue: str) -> None:
+    def _dma_front(self, m, u, port, issued: list, after_issue: str, rows: bool) -> None:
         """The IDLE, CHECK and ISSUE states of a LOAD/STORE unit (inside its FSM): take the
-        head, check it, issue one DMA command per DRAM row."""
+        head, check it, issue one DMA command per DRAM row, or (``rows``) one two-dimensional
+        command for all of them."""
         v = u.v
         with m.State("IDLE"):
             m.d.comb += u.take.eq(u.can_start)
@@ -510,18 +519,23 @@ class Accelerator(wiring.Component):
                 port.cmd.payload.addr.eq(u.dram_addr),
                 port.cmd.payload.beats.eq(v.x_size * u.row_beats),
             ]
+            if rows:
+                m.d.comb += [
+                    port.cmd.payload.extra_rows.eq(v.y_size - 1),
+                    port.cmd.payload.stride.eq(v.dram_stride),
+                ]
             with m.If(port.cmd.ready):
                 m.d.sync += [*issued, u.dram_addr.eq(u.dram_addr + v.dram_stride)]
                 m.next = after_issue
 
-    def _dma_row_done(self, m, u, port) -> None:
-        """When the DRAM row's DMA command is done: note a bus error, then the next row's
-        ISSUE or FINISH."""
+    def _dma_row_done(self, m, u, port, rows: bool) -> None:
+        """When the DMA command is done: note a bus error, then the next row's ISSUE or
+        FINISH (after all of them, with ``rows``: one command for all)."""
         with m.If(port.done):
             with m.If(port.error):
                 m.d.sync += u.bus_error.eq(1)
             m.d.sync += u.y.eq(u.y + 1)
-            with m.If(u.y + 1 == u.v.y_size):
+            with m.If((u.y + 1 == u.v.y_size) | rows):
                 m.next = "FINISH"
             with m.Else():
                 m.next = "ISSUE"
@@ -552,7 +566,7 @@ class Accelerator(wiring.Component):
             m.d.sync += [sram_row.eq(sram_row + 1), pending.eq(0)]
 
         with m.FSM(name="load"):
-            self._dma_front(m, u, port, [beat.eq(0)], "RECEIVE")
+            self._dma_front(m, u, port, [beat.eq(0)], "RECEIVE", rows=True)
             with m.State("RECEIVE"):
                 m.d.comb += [busy.eq(1), port.data.ready.eq(~pending | written)]
                 with m.If(port.data.valid & port.data.ready):
@@ -562,7 +576,7 @@ class Accelerator(wiring.Component):
                         m.d.sync += [beat.eq(0), pending.eq(1)]
                     with m.Else():
                         m.d.sync += beat.eq(beat + 1)
-                self._dma_row_done(m, u, port)
+                self._dma_row_done(m, u, port, rows=True)
             with m.State("FINISH"):
                 # done once the last row is written
                 m.d.comb += busy.eq(1)
@@ -593,7 +607,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [port.data.payload.eq(row_reg.word_select(beat, 8 * d))]
 
         with m.FSM(name="store"):
-            self._dma_front(m, u, port, [x.eq(0)], "READ")
+            self._dma_front(m, u, port, [x.eq(0)], "READ", rows=False)
             with m.State("READ"):  # ask for the row; its data comes the cycle after the grant
                 m.d.comb += [
                     busy.eq(1),
@@ -626,7 +640,7 @@ class Accelerator(wiring.Component):
                             m.next = "READ"
             with m.State("WAIT"):
                 m.d.comb += busy.eq(1)
-                self._dma_row_done(m, u, port)
+                self._dma_row_done(m, u, port, rows=False)
             with m.State("FINISH"):
                 m.d.comb += [busy.eq(1), finish.eq(~bus_error)]
                 with m.If(bus_error):

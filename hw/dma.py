@@ -7,12 +7,15 @@ cocotbext-axi: ``AxiBus.from_prefix(dut, "m_axi_")``).
 
 Ports (``read_port_signature``, ``write_port_signature``; seen from the engine):
 
-- ``cmd`` (in, stream of ``command_layout``): ``addr`` (``addr_width`` bits, a byte address;
-  its low log2(data_bytes) bits are ignored, i.e. taken as zero) and ``beats`` (16 bits, the
-  number of ``data_bytes``-wide beats, 1..65535; 0 finishes at once without bus traffic).
+- ``cmd`` (in, stream): ``addr`` (``addr_width`` bits, a byte address; its low
+  log2(data_bytes) bits are ignored, i.e. taken as zero) and ``beats`` (16 bits, the number of
+  ``data_bytes``-wide beats, 1..65535; 0 finishes at once without bus traffic). A read command
+  (``read_command_layout``) may be two-dimensional: ``extra_rows`` more rows of ``beats``
+  beats follow the first, each ``stride`` bytes after the one before (zero: a plain read), so
+  that a strided transfer's bursts follow each other without a command between them.
 - ``data`` (stream of ``data_bytes * 8`` bits; out of a read port, into the write port): the
-  beats in address order, byte ``i`` of a beat in bits ``8i..8i+7`` (AXI's little-endian lanes).
-  No beat is marked last: count them, or wait for ``done``.
+  beats in address order (row after row), byte ``i`` of a beat in bits ``8i..8i+7`` (AXI's
+  little-endian lanes). No beat is marked last: count them, or wait for ``done``.
 - ``done`` (out): high for one cycle when the command has finished: every read beat was
   delivered, or every write burst was answered.
 - ``error`` (out): valid while ``done`` is high (and held until the next command is accepted):
@@ -20,8 +23,9 @@ Ports (``read_port_signature``, ``write_port_signature``; seen from the engine):
   cannot get). Read beats are delivered either way, so a consumer never hangs.
 
 Bursts: INCR, ``arsize``/``awsize`` = log2(data_bytes), at most ``max_burst`` beats and never
-across a 4 KiB boundary (``split_bursts`` is the rule in Python). One read burst is in flight at a
-time; write bursts follow each other without waiting for their B responses (which are counted).
+across a 4 KiB boundary or a row's end (``split_bursts`` is the rule in Python, per row). Up to
+``read_bursts`` read bursts are in flight (all with ID 0, so the slave answers them in order);
+write bursts follow each other without waiting for their B responses (which are counted).
 Every ID is 0; ``*cache`` = 0b0011 (normal, non-cacheable, bufferable), ``*prot`` = 0 (data,
 secure, unprivileged), ``*lock`` = ``*qos`` = 0; ``wstrb`` is all ones.
 
@@ -29,24 +33,31 @@ Timing contract. Cycle 0 is the cycle in which a command is accepted (``cmd.vali
 ``cmd.ready`` both high); ``cmd.ready`` is high whenever the port has no command in progress,
 that is from reset and again from the cycle in which ``done`` is high.
 
-Read engine, rules that hold against any slave:
+Read engine, rules that hold against any slave. A burst is *in flight* from the cycle after
+its AR handshake through the cycle of its R handshake with ``rlast``; N = ``read_bursts``.
 
-1. The engine is idle when no burst is in flight. In an idle cycle the lowest-numbered port
-   with a command in progress and beats left is granted its next burst (fixed priority, per
-   burst), and ``arvalid`` is high from that cycle until the AR handshake. A new command's first
-   burst is thus granted in cycle 1 unless another burst is in flight or wins the grant.
-2. From the cycle after the AR handshake, R beats go to the granted port's ``data`` stream
-   (``data.valid`` = ``rvalid``, ``rready`` = ``data.ready``).
-3. The cycle after the R handshake with ``rlast`` is idle again (rule 1). If that burst was the
-   command's last, ``done`` is high in that cycle.
+1. In a cycle in which no AR waits for its handshake and fewer than N bursts are in flight,
+   the lowest-numbered port with a command in progress and beats left to request is granted
+   its next burst (fixed priority, per burst), and ``arvalid`` is high from that cycle until
+   the AR handshake. A new command's first burst is thus granted in cycle 1 unless N bursts
+   are in flight or another port wins the grant; a port's next burst can follow in the cycle
+   after the handshake.
+2. R beats go to the ``data`` stream of the oldest burst in flight's port (``data.valid`` =
+   ``rvalid``, ``rready`` = that port's ``data.ready``).
+3. A burst stops being in flight after its R handshake with ``rlast``; if it was its
+   command's last, ``done`` is high in the next cycle.
 
 So against a slave that raises ``arready`` whenever ``arvalid`` is high, gives a burst's first
-R beat L >= 1 cycles after the AR handshake and one beat per cycle after it, and a consumer
-that is always ready: burst k (``len_k`` beats) has its AR handshake in cycle a_k, with a_1 = 1
-and a_(k+1) = a_k + L + len_k, and its beats in cycles a_k + L .. a_k + L + len_k - 1. A read of
-n beats in b bursts has ``done`` in cycle **b·L + n + 1**, and the next command can be accepted
-in that same cycle. (Each burst thus costs L cycles besides its beats; from 16-byte beats up,
-the 4 KiB rule keeps bursts to 4096 / data_bytes beats.)
+R beat L >= 1 cycles after the AR handshake but no sooner than the cycle after the previous
+burst's last beat, and one beat per cycle after it, and a consumer that is always ready, one
+command of bursts 1..b (``len_k`` beats) has AR handshakes in cycles a_1 = 1 and a_(k+1) =
+max(a_k + 1, e_(k+1-N) + 1) (the second term only from k + 1 > N), with e_k the cycle of
+burst k's last beat: e_k = max(a_k + L, e_(k-1) + 1) + len_k - 1; ``done`` is in cycle
+e_b + 1, and the next command can be accepted in that same cycle. With N = 1 that is a_1 = 1,
+a_(k+1) = a_k + L + len_k and, for n beats, ``done`` in cycle **b·L + n + 1** (each burst
+costs L cycles besides its beats); with N bursts covering the latency (N - 1 bursts' beats
+>= L) the beats follow each other and ``done`` is in cycle L + n + 1. From 16-byte beats up,
+the 4 KiB rule keeps bursts to 4096 / data_bytes beats.
 
 Write engine, rules that hold against any slave:
 
@@ -92,6 +103,7 @@ __all__ = [
     "ReadEngine",
     "WriteEngine",
     "command_layout",
+    "read_command_layout",
     "read_port_signature",
     "split_bursts",
     "write_port_signature",
@@ -106,11 +118,20 @@ def command_layout(addr_width: int) -> data.StructLayout:
     return data.StructLayout({"addr": addr_width, "beats": 16})
 
 
+def read_command_layout(addr_width: int) -> data.StructLayout:
+    """A read: ``addr`` and ``beats`` as in ``command_layout`` for its first row, then
+    ``extra_rows`` (16 bits) more rows of ``beats`` beats, each ``stride`` bytes (``addr_width``
+    bits, low log2(data_bytes) bits ignored) after the one before; all zero is a plain read."""
+    return data.StructLayout(
+        {"addr": addr_width, "beats": 16, "extra_rows": 16, "stride": addr_width}
+    )
+
+
 def read_port_signature(addr_width: int, data_bytes: int) -> wiring.Signature:
     """One read client, seen from the engine: ``cmd`` in, ``data`` out, ``done``, ``error``."""
     return wiring.Signature(
         {
-            "cmd": In(stream.Signature(command_layout(addr_width))),
+            "cmd": In(stream.Signature(read_command_layout(addr_width))),
             "data": Out(stream.Signature(8 * data_bytes)),
             "done": Out(1),
             "error": Out(1),
@@ -130,8 +151,10 @@ def write_port_signature(addr_width: int, data_bytes: int) -> wiring.Signature:
     )
 
 
-def _check(data_bytes, addr_width, max_burst):
+def _check(data_bytes, addr_width, max_burst, bursts=1):
     check_data_bytes(data_bytes)
+    if not isinstance(bursts, int) or not 1 <= bursts <= 64:
+        raise ValueError(f"read_bursts must be an integer in 1..64, not {bursts!r}")
     if not isinstance(addr_width, int) or not 12 <= addr_width <= 64:
         raise ValueError(f"addr_width must be an integer in 12..64, not {addr_width!r}")
     if not isinstance(max_burst, int) or not 1 <= max_burst <= 256:
@@ -186,19 +209,26 @@ class ReadEngine(_Engine):
     """Reads for ``clients`` ports over one AR/R channel pair (see the module docstring).
 
     Members: ``m_axi`` (``hw.axi.axi4_read_signature``) and ``read``, an array of ``clients``
-    ports of ``read_port_signature``; port 0 has the highest priority."""
+    ports of ``read_port_signature``; port 0 has the highest priority. At most ``bursts``
+    bursts are in flight."""
 
     def __init__(
-        self, data_bytes: int, *, addr_width: int = 32, max_burst: int = 256, clients: int = 1
+        self,
+        data_bytes: int,
+        *,
+        addr_width: int = 32,
+        max_burst: int = 256,
+        clients: int = 1,
+        bursts: int = 1,
     ):
         try:
-            _check(data_bytes, addr_width, max_burst)
+            _check(data_bytes, addr_width, max_burst, bursts)
             if not isinstance(clients, int) or clients < 1:
                 raise ValueError(f"clients must be a positive integer, not {clients!r}")
         except ValueError:
             self._MustUse__silence = True  # rejected, so never elaborated: nothing to warn about
             raise
-        self._clients = clients
+        self._clients, self._bursts = clients, bursts
         super().__init__(
             {
                 "m_axi": Out(axi4_read_signature(addr_width, data_bytes)),
@@ -210,18 +240,24 @@ class ReadEngine(_Engine):
         )
 
     clients = property(lambda self: self._clients)
+    bursts = property(lambda self: self._bursts)
 
     def elaborate(self, platform):
         m = Module()
-        axi, n = self.m_axi, self._clients
+        axi, n, depth = self.m_axi, self._clients, self._bursts
         busy = Signal(n)  # a command in progress, per port
         err = Signal(n)
         done = Signal(n)
-        addr = Array(self._word_addr(f"addr{i}") for i in range(n))
-        left = Array(Signal(16, name=f"left{i}") for i in range(n))  # beats not yet requested
+        word = lambda name: [self._word_addr(f"{name}{i}") for i in range(n)]  # noqa: E731
+        addr = Array(word("addr"))  # the next burst's beat address
+        row = Array(word("row"))  # the current row's first beat address
+        stride = Array(word("stride"))
+        beats = Array(Signal(16, name=f"beats{i}") for i in range(n))  # per row
+        left = Array(Signal(16, name=f"left{i}") for i in range(n))  # of the row, not requested
+        more = Array(Signal(16, name=f"more{i}") for i in range(n))  # rows after this one
         pending = Signal(n)  # ports with a command in progress and beats left to request
         grant = Signal(range(n))  # the lowest-numbered pending port
-        owner = Signal(range(n))  # the port of the burst in flight (or being requested)
+        owner = Signal(range(n))  # the port whose AR waits for its handshake
         sel = Signal(range(n))  # the port whose burst the AR channel offers
 
         m.d.sync += done.eq(0)
@@ -235,51 +271,82 @@ class ReadEngine(_Engine):
                 port.data.payload.eq(axi.rdata),
             ]
             with m.If(cmd.valid & cmd.ready):
-                beats = cmd.payload.beats
+                p = cmd.payload
+                first = p.addr[self._shift :]
                 m.d.sync += [
-                    addr[i].eq(cmd.payload.addr[self._shift :]),
-                    left[i].eq(beats),
+                    addr[i].eq(first),
+                    row[i].eq(first),
+                    stride[i].eq(p.stride[self._shift :]),
+                    beats[i].eq(p.beats),
+                    left[i].eq(p.beats),
+                    more[i].eq(p.extra_rows),
                     err[i].eq(0),
-                    busy[i].eq(beats != 0),
-                    done[i].eq(beats == 0),
+                    busy[i].eq(p.beats != 0),
+                    done[i].eq(p.beats == 0),
                 ]
         for i in reversed(range(n)):  # the last assignment wins: the lowest index
             with m.If(pending[i]):
                 m.d.comb += grant.eq(i)
 
+        # the bursts in flight (AR taken, rlast not yet), oldest first: (port, command's last)
+        flight = Array(Signal(range(n), name=f"flight{i}") for i in range(depth))
+        ends = Array(Signal(name=f"ends{i}") for i in range(depth))
+        head = Signal(range(depth))
+        tail = Signal(range(depth))
+        count = Signal(range(depth + 1))
+
         length = self._burst_length(m, addr[sel], left[sel], "ar")
         self._address_fields(m, "ar", addr[sel], length)
-        with m.If(axi.arvalid & axi.arready):
-            m.d.sync += [addr[sel].eq(addr[sel] + length), left[sel].eq(left[sel] - length)]
+        ar_take = axi.arvalid & axi.arready
+        row_end = left[sel] == length
+        last = row_end & (more[sel] == 0)
+        with m.If(ar_take):
+            m.d.sync += [
+                flight[tail].eq(sel),
+                ends[tail].eq(last),
+                tail.eq(Mux(tail == depth - 1, 0, tail + 1)),
+            ]
+            with m.If(row_end & ~last):  # on to the next row
+                m.d.sync += [
+                    row[sel].eq(row[sel] + stride[sel]),
+                    addr[sel].eq(row[sel] + stride[sel]),
+                    left[sel].eq(beats[sel]),
+                    more[sel].eq(more[sel] - 1),
+                ]
+            with m.Else():
+                m.d.sync += [addr[sel].eq(addr[sel] + length), left[sel].eq(left[sel] - length)]
 
         with m.FSM():
-            with m.State("IDLE"):
-                # The grant is combinational here so that a burst goes out in the first idle
-                # cycle; if the slave is not ready, ADDR holds it with the grant registered.
-                m.d.comb += [sel.eq(grant), axi.arvalid.eq(pending.any())]
-                with m.If(pending.any()):
+            with m.State("OPEN"):
+                # The grant is combinational so that a burst goes out in the first cycle with
+                # room; if the slave is not ready, HOLD keeps it with the grant registered.
+                m.d.comb += [sel.eq(grant), axi.arvalid.eq(pending.any() & (count < depth))]
+                with m.If(axi.arvalid & ~axi.arready):
                     m.d.sync += owner.eq(grant)
-                    m.next = "ADDR"
-                    with m.If(axi.arready):
-                        m.next = "DATA"
-            with m.State("ADDR"):
+                    m.next = "HOLD"
+            with m.State("HOLD"):
                 m.d.comb += [sel.eq(owner), axi.arvalid.eq(1)]
                 with m.If(axi.arready):
-                    m.next = "DATA"
-            with m.State("DATA"):
-                m.d.comb += axi.rready.eq(Array(p.data.ready for p in self.read)[owner])
-                for i, port in enumerate(self.read):
-                    m.d.comb += port.data.valid.eq(axi.rvalid & (owner == i))
-                with m.If(axi.rvalid & axi.rready):
-                    with m.If(axi.rresp != Resp.OKAY):
-                        m.d.sync += err.bit_select(owner, 1).eq(1)
-                    with m.If(axi.rlast):
-                        m.next = "IDLE"
-                        with m.If(left[owner] == 0):
-                            m.d.sync += [
-                                done.bit_select(owner, 1).eq(1),
-                                busy.bit_select(owner, 1).eq(0),
-                            ]
+                    m.next = "OPEN"
+
+        # R beats go to the oldest burst's port, in order (one ID: the slave answers in order)
+        current = flight[head]
+        some = count != 0
+        m.d.comb += axi.rready.eq(some & Array(p.data.ready for p in self.read)[current])
+        for i, port in enumerate(self.read):
+            m.d.comb += port.data.valid.eq(axi.rvalid & some & (current == i))
+        r_last = Signal()
+        m.d.comb += r_last.eq(axi.rvalid & axi.rready & axi.rlast)
+        with m.If(axi.rvalid & axi.rready & (axi.rresp != Resp.OKAY)):
+            m.d.sync += err.bit_select(current, 1).eq(1)
+        with m.If(r_last):
+            m.d.sync += head.eq(Mux(head == depth - 1, 0, head + 1))
+            with m.If(ends[head]):
+                m.d.sync += [
+                    done.bit_select(current, 1).eq(1),
+                    busy.bit_select(current, 1).eq(0),
+                ]
+        m.d.sync += count.eq(count + ar_take - r_last)
         return m
 
 
@@ -381,9 +448,10 @@ class Dma(wiring.Component):
         addr_width: int = 32,
         max_burst: int = 256,
         read_clients: int = 1,
+        read_bursts: int = 1,
     ):
         try:
-            _check(data_bytes, addr_width, max_burst)
+            _check(data_bytes, addr_width, max_burst, read_bursts)
             if not isinstance(read_clients, int) or read_clients < 1:
                 raise ValueError(f"read_clients must be a positive integer, not {read_clients!r}")
         except ValueError:
@@ -391,6 +459,7 @@ class Dma(wiring.Component):
             raise
         self._params = {"addr_width": addr_width, "max_burst": max_burst}
         self._data_bytes, self._read_clients = data_bytes, read_clients
+        self._read_bursts = read_bursts
         super().__init__(
             {
                 "m_axi": Out(axi4_signature(addr_width, data_bytes)),
@@ -403,11 +472,15 @@ class Dma(wiring.Component):
     addr_width = property(lambda self: self._params["addr_width"])
     max_burst = property(lambda self: self._params["max_burst"])
     read_clients = property(lambda self: self._read_clients)
+    read_bursts = property(lambda self: self._read_bursts)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.reader = reader = ReadEngine(
-            self._data_bytes, clients=self._read_clients, **self._params
+            self._data_bytes,
+            clients=self._read_clients,
+            bursts=self._read_bursts,
+            **self._params,
         )
         m.submodules.writer = writer = WriteEngine(self._data_bytes, **self._params)
         for engine in (reader, writer):

@@ -3,7 +3,8 @@
 ``run_dma_bench`` builds the Verilog with Icarus or Verilator in its own directory and runs
 ``dma_bench`` in the simulator with a spec (a dict, passed as JSON):
 
-- ``data_bytes``, ``addr_width``, ``read_clients``: the DMA's parameters;
+- ``data_bytes``, ``addr_width``, ``read_clients``, ``read_bursts`` (optional, 1 if absent):
+  the DMA's parameters;
 - ``memory``: ``"ram"`` for an ``AxiRam`` of ``mem_size`` bytes (it wraps addresses modulo its
   size and never answers with an error), or ``"mapped"`` for an ``AxiSlave`` over an
   ``AddressSpace`` with only ``[0, mem_size)`` mapped: every beat outside it is answered SLVERR
@@ -14,7 +15,8 @@
   behind the model's back after reset, to show that the checks can fail;
 - ``sequential``: jobs run one at a time; ``lanes``: lists of jobs, the lists run at once (read
   ports and the write port in parallel). A job is ``{"op": "read", "port": p, "addr", "beats"}``
-  or ``{"op": "write", "addr", "beats"}``.
+  (optionally with ``extra_rows`` and ``stride``: a two-dimensional read) or ``{"op": "write",
+  "addr", "beats"}``.
 
 Read data is checked bit-exact against a shadow copy of the memory, and written data against
 the memory after ``done``; a job without ``done`` within its cycle budget fails the run. The
@@ -157,11 +159,11 @@ class _Bench:
                     beats = int(getattr(dut, f"m_axi__{ch}len").value) + 1
                     self.bursts[ch].append((_now(), addr, beats))
 
-    def _expected(self, addr: int, beats: int) -> tuple[list[int], bool]:
+    def _expected(self, addr, beats, rows=1, stride=0) -> tuple[list[int], bool]:
         """The words a read returns and whether it must report an error."""
         db, words, error = self.db, [], False
-        for j in range(beats):
-            a = addr + j * db
+        for j in range(beats * rows):
+            a = addr + j // beats * stride + j % beats * db
             if self.region is None:
                 a %= len(self.shadow)
             if a + db > self.mapped:
@@ -173,17 +175,21 @@ class _Bench:
 
     async def run_job(self, job) -> dict:
         if job["op"] == "read":
-            return await self.read(job["port"], job["addr"], job["beats"])
+            rows, stride = job.get("extra_rows", 0), job.get("stride", 0)
+            return await self.read(job["port"], job["addr"], job["beats"], rows, stride)
         return await self.write(job["addr"], job["beats"])
 
-    async def read(self, p: int, addr: int, beats: int) -> dict:
+    async def read(self, p: int, addr: int, beats: int, extra_rows=0, stride=0) -> dict:
         port, dut = self.reads[p], self.dut
-        expected, expect_error = self._expected(addr, beats)
+        expected, expect_error = self._expected(addr, beats, extra_rows + 1, stride)
+        aw = self.aw
+        payload = addr | beats << aw | extra_rows << (aw + 16) | stride << (aw + 32)
+        beats *= extra_rows + 1
         words, accepted, done, start = [], None, None, _now()
         while done is None:
             await RisingEdge(dut.clk)
             port.cmd_valid.value = int(accepted is None)
-            port.cmd_payload.value = addr | beats << self.aw
+            port.cmd_payload.value = payload
             port.data_ready.value = int(self._go())
             await ReadOnly()
             cycle = _now()
@@ -289,7 +295,9 @@ async def dma_bench(dut):
     async def lane(jobs):
         return [await bench.run_job(job) for job in jobs]
 
-    bench.competing = sum(job["beats"] for jobs in spec["lanes"] for job in jobs)
+    bench.competing = sum(
+        job["beats"] * (job.get("extra_rows", 0) + 1) for jobs in spec["lanes"] for job in jobs
+    )
     tasks = [cocotb.start_soon(lane(jobs)) for jobs in spec["lanes"]]
     lanes = [await task for task in tasks]
     bench.check_memory("at the end")

@@ -245,14 +245,17 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class DramConfig:
-    """The off-chip memory as the DMA sees it: sustained bytes per cycle, latency per burst."""
+    """The off-chip memory as the DMA sees it: sustained bytes per cycle, latency per burst,
+    and how many read bursts the DMA keeps in flight to hide that latency."""
 
     bytes_per_cycle: int = 16
     latency_cycles: int = 100
     size_mib: int = 64  # the addressable DRAM a program may use
+    read_bursts: int = 4  # enough to stream 4 KiB bursts past 100 cycles at 64 B per cycle
 
     def __post_init__(self):
         _check_int("size_mib", self.size_mib, 1, 4096)
+        _check_int("read_bursts", self.read_bursts, 1, 64)
         _check_int("bytes_per_cycle", self.bytes_per_cycle, 1, 1024)
         _check_power_of_two("bytes_per_cycle", self.bytes_per_cycle)
         _check_int("latency_cycles", self.latency_cycles, 0, 100_000)

@@ -218,18 +218,22 @@ class _Machine:
         self.f_count = self.f_index = 0  # the block's words, and the next one to decode
         # DMA read engine: port 0 LOAD, port 1 fetch
         self.rp_busy = [False, False]
-        self.rp_left = [0, 0]
+        self.rp_left = [0, 0]  # beats of the current row not yet requested
         self.rp_addr = [0, 0]
+        self.rp_row = [0, 0]  # the current row's address, for a strided command
+        self.rp_rows = [(0, 0), (0, 0)]  # (rows after the current one, stride)
+        self.rp_beats = [0, 0]  # per row
         self.rp_done = [False, False]
-        self.re_data, self.re_owner = False, 0
-        self.r_bursts: deque[list[int]] = deque()  # DRAM: [beats left, cycle the next may go]
+        self.read_bursts = cfg.dram.read_bursts
+        # bursts in flight, oldest first: [beats left, cycle the next may go, port, last]
+        self.r_bursts: deque[list] = deque()
         # DMA write engine
         self.wp_busy, self.wp_left, self.wp_addr, self.wp_out = False, 0, 0, 0
         self.we_data, self.we_burst_left = False, 0
         self.b_times: deque[int] = deque()
         # load unit
         self.l_state, self.l_insn = "IDLE", None
-        self.l_y = self.l_row = self.l_addr = self.l_beat = 0
+        self.l_row = self.l_beat = 0
         self.l_pending = False
         # store unit
         self.s_state, self.s_insn = "IDLE", None
@@ -393,28 +397,23 @@ class _Machine:
 
         # --- the DMA read engine and the DRAM's read side -----------------------------------
         r_beat = False
-        r_last = False
-        re_data_next, re_owner_next = self.re_data, self.re_owner
+        r_owner = None
         rp_done_next = [False, False]
         ar = None
-        if self.re_data:
-            head = self.r_bursts[0] if self.r_bursts else None
-            if head is not None and head[1] <= t:
-                ready = l_ready if self.re_owner == 0 else self.f_state == "RECEIVE"
+        if self.r_bursts:
+            head = self.r_bursts[0]
+            r_owner = head[2]
+            if head[1] <= t:
+                ready = l_ready if r_owner == 0 else self.f_state == "RECEIVE"
                 if ready:
                     r_beat = True
-                    r_last = head[0] == 1
-                    if r_last:
-                        re_data_next = False
-                        if self.rp_left[self.re_owner] == 0:
-                            rp_done_next[self.re_owner] = True
-        else:
+                    if head[0] == 1 and head[3]:
+                        rp_done_next[r_owner] = True
+        if len(self.r_bursts) < self.read_bursts:
             for i in (0, 1):
                 if self.rp_busy[i] and self.rp_left[i]:
                     ar = i
                     break
-            if ar is not None:
-                re_data_next, re_owner_next = True, ar
 
         # --- the load unit ------------------------------------------------------------------
         l_next = self.l_state
@@ -430,7 +429,7 @@ class _Machine:
                 l_cmd, l_next = True, "RECEIVE"
         elif self.l_state == "RECEIVE":
             if self.rp_done[0]:
-                l_next = "FINISH" if self.l_y + 1 == l_insn.y_size else "ISSUE"
+                l_next = "FINISH"
         elif self.l_state == "FINISH" and (not self.l_pending or l_written):
             l_finish, l_next = True, "IDLE"
         l_busy = self.l_state != "IDLE"
@@ -533,9 +532,16 @@ class _Machine:
         if ar is not None:
             addr, left = self.rp_addr[ar], self.rp_left[ar]
             (_, length), *_ = split_bursts(addr, left, d)
-            self.rp_addr[ar] = addr + length * d
-            self.rp_left[ar] = left - length
-            self.r_bursts.append([length, t + self.dram.first_beat_delay])
+            more, stride = self.rp_rows[ar]
+            if length == left and more:  # on to the next row
+                self.rp_row[ar] += stride
+                self.rp_addr[ar], self.rp_left[ar] = self.rp_row[ar], self.rp_beats[ar]
+                self.rp_rows[ar] = (more - 1, stride)
+            else:
+                self.rp_addr[ar] = addr + length * d
+                self.rp_left[ar] = left - length
+            last = length == left and not more
+            self.r_bursts.append([length, t + self.dram.first_beat_delay, ar, last])
         if r_beat:
             head = self.r_bursts[0]
             head[0] -= 1
@@ -550,7 +556,6 @@ class _Machine:
             if rp_done_next[i]:
                 self.rp_busy[i] = False
         self.rp_done = rp_done_next
-        self.re_data, self.re_owner = re_data_next, re_owner_next
 
         # fetch
         if f_cmd:
@@ -570,22 +575,19 @@ class _Machine:
         if self.l_state == "IDLE" and take["load"]:
             self.l_insn = self._take("load", t)
         elif self.l_state == "CHECK":
-            self.l_y, self.l_row, self.l_addr = 0, l_insn.sram_addr, l_insn.dram_addr
+            self.l_row = l_insn.sram_addr
         if l_cmd:
             beats = l_insn.x_size * self._row_beats(l_insn)
-            self._read_cmd(0, self.l_addr, beats)
-            self.l_addr += l_insn.dram_stride
+            self._read_cmd(0, l_insn.dram_addr, beats, l_insn.y_size - 1, l_insn.dram_stride)
             self.l_beat = 0
         if l_written:
             self.l_row += 1
             self.l_pending = False
-        if r_beat and self.re_owner == 0:
+        if r_beat and r_owner == 0:
             if self.l_beat == self._row_beats(l_insn) - 1:
                 self.l_beat, self.l_pending = 0, True
             else:
                 self.l_beat += 1
-        if self.l_state == "RECEIVE" and l_next != "RECEIVE":
-            self.l_y += 1
         if l_finish:
             self._finish("load", t)
         self.l_state = l_next
@@ -658,10 +660,12 @@ class _Machine:
     def _finish(self, unit, t):
         self.record[unit].end = t
 
-    def _read_cmd(self, port, addr, beats):
+    def _read_cmd(self, port, addr, beats, extra_rows=0, stride=0):
+        d = self.d
         self.rp_busy[port] = beats != 0
-        self.rp_left[port] = beats
-        self.rp_addr[port] = addr - addr % self.d
+        self.rp_left[port] = self.rp_beats[port] = beats
+        self.rp_addr[port] = self.rp_row[port] = addr - addr % d
+        self.rp_rows[port] = (extra_rows, stride - stride % d)
 
     # --- the array and the LUT core: which stream heads they take this cycle ------------------
 

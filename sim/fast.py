@@ -7,8 +7,9 @@ state sequences of ``hw.accel.TIMING``) and waits only where another unit decide
 
 - **tokens and queues**: a take happens in the first cycle in which the unit is idle, its queue
   head has arrived and its tokens have been pushed (each a cycle after the event);
-- **the DMA read port**: fetch and LOAD ask for bursts; in the first idle cycle the lowest port
-  asking wins (LOAD);
+- **the DMA read port**: fetch and LOAD ask for bursts; in the first cycle with room (fewer
+  than ``dram.read_bursts`` in flight) the lowest port asking wins (LOAD); the DRAM answers
+  the bursts in order, so a burst's beats follow the one's before it;
 - **memory banks**: the compute unit is first on every bank port, so its instructions never
   wait for LOAD or STORE. Its activity in an instruction (which bank each port asks for, cycle
   by cycle) depends only on the instruction, so it is worked out once per distinct shape and
@@ -286,10 +287,13 @@ class _Engine:
         self.records: list[InsnTiming] = []
         self.ends = {u: 0 for u in UNITS}
         self.halt_cycle = 0
-        # the DMA read port: bursts numbered by epoch; ("read_idle", e) is announced when the
-        # cycle from which the engine is idle after burst e - 1 is known
+        # the DMA read port: bursts numbered in grant order (epochs); ("read_idle", e) is
+        # announced when the first cycle burst e may be granted in is known (the cycle after
+        # burst e - 1's grant and after burst e - N's last beat), ("r_end", e) with that last beat
+        self.read_bursts = cfg.dram.read_bursts
         self.read_epoch = 0
         self.values[("read_idle", 0)] = 1
+        self.read_grants: dict[int, int] = {}
         self.read_asks: dict[int, int] = {}  # port -> cycle from which it asks for a burst
         # the compute unit's current instruction: (first active cycle, last cycle, Activity)
         self.compute_recent: list[tuple[int, int, Activity]] = []  # the last three
@@ -450,8 +454,8 @@ class _Engine:
     # --- the DMA read port ------------------------------------------------------------------
 
     def _burst(self, port, ask):
-        """(yield from) the cycle in which ``port``, asking from cycle ``ask``, gets the AR
-        channel: the first idle cycle in which it is the lowest port asking."""
+        """(yield from) (epoch, cycle) of the burst ``port``, asking from cycle ``ask``, is
+        granted: the first cycle with room in which it is the lowest port asking."""
         self.read_asks[port] = ask
         while True:
             epoch = self.read_epoch
@@ -467,12 +471,54 @@ class _Engine:
                 yield from self._get(("read_idle", epoch + 1))
                 continue
             del self.read_asks[port]
+            self.read_grants[epoch] = self.now
             self.read_epoch += 1
-            return self.now
+            self._room(epoch + 1)
+            return epoch, self.now
 
-    def _release(self, idle):
-        """The burst in flight ends: the engine is idle from cycle ``idle``."""
-        self._announce(("read_idle", self.read_epoch), idle)
+    def _room(self, e):
+        """Announce the first cycle burst ``e`` may be granted in, once it is known."""
+        grant = self.read_grants.get(e - 1)
+        if grant is None:
+            return
+        idle = grant + 1
+        if e >= self.read_bursts:
+            end = self.values.get(("r_end", e - self.read_bursts))
+            if end is None:
+                return
+            idle = max(idle, end + 1)
+        del self.read_grants[e - 1]
+        self._announce(("read_idle", e), idle)
+
+    def _issuer(self, port, n, ask, key):
+        """Ask for ``n`` bursts on ``port``, from cycle ``ask`` on, each from the cycle after
+        the one before it was granted; announce (``key``, j) = (epoch, grant) of each."""
+        for j in range(n):
+            epoch, grant = yield from self._burst(port, ask)
+            self._announce((key, j), (epoch, grant))
+            ask = grant + 1
+
+    def _bursts(self, port, bursts, ask, key):
+        """Start asking for ``bursts`` (their issuer runs beside the unit, as the read engine
+        requests while the unit receives)."""
+        if bursts:
+            self.read_asks[port] = ask
+            self._at(self.now, self._issuer(port, len(bursts), ask, key))
+
+    def _first_beat(self, epoch, grant):
+        """(yield from) the cycle burst ``epoch``'s first beat comes in: L after its grant,
+        and after the last beat of the burst before it."""
+        first = grant + self.delay
+        if epoch:
+            before = yield from self._get(("r_end", epoch - 1))
+            first = max(first, before + 1)
+        return first
+
+    def _release(self, epoch, last):
+        """Burst ``epoch``'s last beat is taken in cycle ``last``."""
+        self._announce(("r_end", epoch), last)
+        self.values.pop(("r_end", epoch - self.read_bursts - 2), None)
+        self._room(epoch + self.read_bursts)
 
     # --- memory banks -----------------------------------------------------------------------
 
@@ -502,13 +548,19 @@ class _Engine:
         g, d, program = self.g, self.d, self.program
         t = 1  # REQUEST
         pc = 0
+        block = 0
         while True:
             addr, beats, count = fetch_block(g, program, pc)
+            bursts = split_bursts(addr, beats, d)
+            key = ("fetch", block)
+            block += 1
+            self._bursts(1, bursts, t + 1, key)
             last = None
-            for _, n in split_bursts(addr, beats, d):
-                grant = yield from self._burst(1, t + 1 if last is None else last + 1)
-                last = grant + self.delay + n - 1
-                self._release(last + 1)
+            for j, (_, n) in enumerate(bursts):
+                epoch, grant = yield from self._get((key, j))
+                del self.values[(key, j)]
+                last = (yield from self._first_beat(epoch, grant)) + n - 1
+                self._release(epoch, last)
                 self.dram_read += n * d
             decode = last + 2  # done the cycle after the last beat, DECODE the next
             for _ in range(count):
@@ -547,51 +599,58 @@ class _Engine:
             beat = 0  # of the memory row being received
             pending = None  # a received row's first write cycle
             written = 0  # the last row write's cycle
-            issue = take + 2
-            for y in range(insn.y_size):
-                last = None
-                for _, n in split_bursts(
+            issue = take + 2  # one command for every row, accepted in ISSUE
+            bursts = [
+                burst
+                for y in range(insn.y_size)
+                for burst in split_bursts(
                     insn.dram_addr + y * insn.dram_stride, insn.x_size * rb, d
-                ):
-                    grant = yield from self._burst(0, issue + 1 if last is None else last + 1)
-                    avail = max(grant + self.delay, written)  # the burst's first beat
-                    left = n
-                    while left:
-                        if pending is not None:
-                            written = yield from self._grant(port, row % banks, pending)
-                            self.causes["load"]["bank"] += written - pending
-                            self.sram[port][row % banks] += 1
-                            row += 1
-                            avail = max(avail, written)
-                            pending = None
-                        # whole rows at once while nothing can claim their banks
-                        rows_now = left // rb - 1 if beat == 0 and pending is None else 0
-                        horizon = self._compute_horizon()
-                        if horizon is not None:  # row i is written in cycle avail + (i+1) rb
-                            rows_now = min(rows_now, (horizon - 1 - avail) // rb)
-                        if rows_now > 0:
-                            lo, hi = avail + rb, avail + rows_now * rb
-                            if self._port_idle(port, lo, hi):
-                                self._count_rows(port, banks, row, rows_now)
-                                row += rows_now
-                                left -= rows_now * rb
-                                avail += rows_now * rb
-                        take_n = min(left, rb - beat)
-                        last = avail + take_n - 1
-                        left -= take_n
-                        beat += take_n
-                        avail = last + 1
-                        if beat == rb:
-                            beat, pending = 0, last + 1
-                    self._release(last + 1)
-                    self.dram_read += n * d
-                issue = last + 2  # done, then ISSUE (or FINISH)
-                # the row's write
-                written = yield from self._grant(port, row % banks, pending)
-                self.causes["load"]["bank"] += written - pending
-                self.sram[port][row % banks] += 1
-                row += 1
-                pending = None
+                )
+            ]
+            key = ("load", index)
+            self._bursts(0, bursts, issue + 1, key)
+            for j, (_, n) in enumerate(bursts):
+                epoch, grant = yield from self._get((key, j))
+                del self.values[(key, j)]
+                first = yield from self._first_beat(epoch, grant)
+                avail = max(first, written)  # the burst's first beat
+                left = n
+                while left:
+                    if pending is not None:
+                        written = yield from self._grant(port, row % banks, pending)
+                        self.causes["load"]["bank"] += written - pending
+                        self.sram[port][row % banks] += 1
+                        row += 1
+                        avail = max(avail, written)
+                        pending = None
+                    # whole rows at once while nothing can claim their banks
+                    rows_now = left // rb - 1 if beat == 0 and pending is None else 0
+                    horizon = self._compute_horizon()
+                    if horizon is not None:  # row i is written in cycle avail + (i+1) rb
+                        rows_now = min(rows_now, (horizon - 1 - avail) // rb)
+                    if rows_now > 0:
+                        lo, hi = avail + rb, avail + rows_now * rb
+                        if self._port_idle(port, lo, hi):
+                            self._count_rows(port, banks, row, rows_now)
+                            row += rows_now
+                            left -= rows_now * rb
+                            avail += rows_now * rb
+                    take_n = min(left, rb - beat)
+                    last = avail + take_n - 1
+                    left -= take_n
+                    beat += take_n
+                    avail = last + 1
+                    if beat == rb:
+                        beat, pending = 0, last + 1
+                self._release(epoch, last)
+                self.dram_read += n * d
+            issue = last + 2  # done, then FINISH
+            # the last row's write
+            written = yield from self._grant(port, row % banks, pending)
+            self.causes["load"]["bank"] += written - pending
+            self.sram[port][row % banks] += 1
+            row += 1
+            pending = None
             end = max(issue, written)  # FINISH: until the last row is written
             yield from self._until(end)
             self._finish("load", index, take, end)

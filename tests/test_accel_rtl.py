@@ -30,7 +30,7 @@ def small(name: str, **sections) -> config.AcceleratorConfig:
             "accumulator_kib": 4,
             "accumulator_banks": 2,
         },
-        "dram": {"bytes_per_cycle": 4, "latency_cycles": 10},
+        "dram": {"bytes_per_cycle": 4, "latency_cycles": 10, "read_bursts": 1},
     }
     return config.config_from_dict(base | sections)
 
@@ -54,7 +54,7 @@ ODD = small(
 LUT_ONLY = small(
     "lutonly",
     lut={"group": 4, "tile_m": 2, "tile_n": 8, "weight_bits": [1, 2, 4], "ternary": True},
-    dram={"bytes_per_cycle": 8, "latency_cycles": 10},
+    dram={"bytes_per_cycle": 8, "latency_cycles": 10, "read_bursts": 2},
 )
 # a 3x5 weight-stationary array, one mode, 32-byte bus (wider than an instruction word)
 WS_ONLY = small(
@@ -65,7 +65,7 @@ WS_ONLY = small(
         "dataflow": "ws",
         "modes": [{"weight": "int4", "activation": "int8"}],
     },
-    dram={"bytes_per_cycle": 32, "latency_cycles": 10},
+    dram={"bytes_per_cycle": 32, "latency_cycles": 10, "read_bursts": 3},
 )
 
 

@@ -50,6 +50,8 @@ class Transfer:
     addr: int
     beats: int
     start: int = 0  # first cycle the command is offered
+    extra_rows: int = 0  # a read's rows after the first, each ``stride`` bytes further on
+    stride: int = 0
     accepted: int | None = None
     done: int | None = None
     error: int | None = None
@@ -96,7 +98,11 @@ class _Clients:
             offer = bool(queue) and queue[0].start <= cycle
             ctx.set(port.cmd.valid, offer)
             if offer:
-                ctx.set(port.cmd.payload, {"addr": queue[0].addr, "beats": queue[0].beats})
+                t = queue[0]
+                fields = {"addr": t.addr, "beats": t.beats}
+                if t.extra_rows or t.stride:
+                    fields |= {"extra_rows": t.extra_rows, "stride": t.stride}
+                ctx.set(port.cmd.payload, fields)
 
     def observe(self, ctx, cycle):
         for p, port in enumerate(self.ports):
@@ -163,12 +169,14 @@ def sim_read(
             held["ar"] = None if ctx.get(axi.arready) else now
             if ctx.get(axi.arready):
                 addr, n = now[0], now[1] + 1
-                assert not beats, "a second burst while one is in flight"
+                in_flight = len({b[3] for b in beats})
+                assert in_flight < engine.bursts, f"{in_flight + 1} bursts in flight"
                 assert addr // 4096 == (addr + n * db - 1) // 4096, (
                     f"AR {addr:#x} {n} crosses 4 KiB"
                 )
                 bursts.append((cycle, addr, n))
-                beats.extend([cycle + latency + j, addr + j * db, j == n - 1] for j in range(n))
+                k = len(bursts)
+                beats.extend([cycle + latency + j, addr + j * db, j == n - 1, k] for j in range(n))
         else:
             assert held["ar"] is None, "arvalid dropped before its handshake"
         valid_seen = [ctx.get(port.data.valid) for port in engine.read]
@@ -185,7 +193,11 @@ def sim_read(
 
     cycles = _run(engine, bench, max_cycles)
     for t in transfers:
-        expected = [word(t.addr - t.addr % db + j * db, db) for j in range(t.beats)]
+        expected = [
+            word(t.addr - t.addr % db + r * (t.stride - t.stride % db) + j * db, db)
+            for r in range(t.extra_rows + 1)
+            for j in range(t.beats)
+        ]
         assert t.data == expected, f"port {t.port}: the data of the read at {t.addr:#x}"
     return Run(transfers, bursts, cycles)
 
@@ -412,6 +424,85 @@ def test_read_priority_per_burst():
     assert transfers[1].done < transfers[0].done
 
 
+def contract_schedule(lengths: list[int], latency: int, in_flight: int):
+    """The read contract's recurrence for one command's bursts (cycles from its acceptance):
+    AR handshakes a_k and last beats e_k; ``done`` is e_b + 1."""
+    ar, ends = [], []
+    for k, n in enumerate(lengths):
+        a = 1 if k == 0 else ar[-1] + 1
+        if k >= in_flight:
+            a = max(a, ends[k - in_flight] + 1)
+        first = a + latency if k == 0 else max(a + latency, ends[-1] + 1)
+        ar.append(a)
+        ends.append(first + n - 1)
+    return ar, ends
+
+
+def bursts_of(t: Transfer, db: int, max_burst: int) -> list[tuple[int, int]]:
+    return [
+        burst
+        for r in range(t.extra_rows + 1)
+        for burst in split_bursts(t.addr + r * t.stride, t.beats, db, max_burst)
+    ]
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3, 5])
+@pytest.mark.parametrize("latency", [1, 4, 20])
+def test_read_bursts_in_flight_timing(in_flight, latency):
+    """Several bursts in flight: AR and done cycles follow the contract's recurrence, the
+    bursts are those of the rows, and the data arrives row after row."""
+    db = 4
+    engine = ReadEngine(db, addr_width=16, max_burst=16, bursts=in_flight)
+    transfers = [
+        Transfer(0, 0x0FF0, 40),
+        Transfer(0, 0x0100, 6, extra_rows=4, stride=0x0200),
+        Transfer(0, 0x2000, 3, extra_rows=2, stride=0),
+        Transfer(0, 0x3004, 1),
+    ]
+    run = sim_read(engine, transfers, latency=latency)
+    handshakes = [c for c, _, _ in run.bursts]
+    assert [(a, n) for _, a, n in run.bursts] == [
+        b for t in transfers for b in bursts_of(t, db, 16)
+    ]
+    previous_done = 0
+    for t in run.transfers:
+        lengths = [n for _, n in bursts_of(t, db, 16)]
+        ar, ends = contract_schedule(lengths, latency, in_flight)
+        mine, handshakes = handshakes[: len(lengths)], handshakes[len(lengths) :]
+        assert [c - t.accepted for c in mine] == ar, (t.addr, t.beats, t.extra_rows)
+        assert t.done - t.accepted == ends[-1] + 1
+        assert t.accepted == previous_done and t.error == 0
+        previous_done = t.done
+    # enough bursts in flight hide the latency: one beat per cycle after the first
+    if (in_flight - 1) * 16 >= latency:
+        first = run.transfers[0]
+        assert first.done - first.accepted == latency + first.beats + 1
+
+
+def test_read_bursts_in_flight_with_stalls_and_two_ports():
+    """Random arready, beat gaps and back-pressure with three bursts in flight from two ports:
+    every beat reaches its own port in order, and the bursts are the rows' in grant order."""
+    rng = rng_for("read in flight")
+    stall = {c: rng.random() < 0.35 for c in range(30_000)}
+    engine = ReadEngine(8, addr_width=16, max_burst=8, clients=2, bursts=3)
+    transfers = [
+        Transfer(1, 0x0000, 30),
+        Transfer(0, 0x4F00, 5, extra_rows=6, stride=0x48, start=3),
+        Transfer(1, 0x2000, 7, extra_rows=3, stride=0x100),
+        Transfer(0, 0x6000, 1, extra_rows=9, stride=8),
+    ]
+    run = sim_read(
+        engine,
+        transfers,
+        latency=5,
+        arready=lambda c: not stall[c],
+        gap=lambda c: stall[c + 7],
+        ready=lambda p, c: not stall[c + 13 + 5 * p],
+    )
+    expected = {b for t in transfers for b in bursts_of(t, 8, 8)}
+    assert sorted((a, n) for _, a, n in run.bursts) == sorted(expected)
+
+
 @pytest.mark.parametrize("bad", [Resp.SLVERR, Resp.DECERR, Resp.EXOKAY])
 def test_read_error_response(bad):
     """One bad beat in the second burst: all the data still comes, error with done, and the
@@ -552,7 +643,12 @@ def random_spec(
 
 
 def run_bench(tmp_path, spec, simulator="icarus") -> dict:
-    dma = Dma(spec["data_bytes"], addr_width=spec["addr_width"], read_clients=spec["read_clients"])
+    dma = Dma(
+        spec["data_bytes"],
+        addr_width=spec["addr_width"],
+        read_clients=spec["read_clients"],
+        read_bursts=spec.get("read_bursts", 1),
+    )
     verilog = tmp_path / "dma.v"
     verilog.write_text(to_verilog(dma, "dma"))
     return run_dma_bench(verilog, "dma", spec, simulator=simulator, build_dir=tmp_path / simulator)
@@ -610,6 +706,46 @@ def test_icarus_wide_beats(tmp_path):
         long_beats=300,
     )
     check_contract(spec, run_bench(tmp_path, spec))
+
+
+def test_icarus_bursts_in_flight(tmp_path):
+    """Four read bursts in flight against AxiRam, two-dimensional reads among them, with and
+    without pauses on every channel: the data bit-exact, the bursts those of the rows, and a
+    read of many bursts done sooner than one burst at a time allows."""
+    rng = rng_for("icarus in flight")
+    spec = random_spec("in flight", data_bytes=8, sequential=0, lane=6, pause=0.3)
+    spec["read_bursts"] = 4
+    sequential = []
+    for i in range(10):
+        beats, rows = rng.randint(1, 300), rng.randint(0, 5)
+        stride = rng.randrange(0, 0x800, 8)
+        addr = rng.randrange(0, 0x8000 - (rows * stride + beats * 8), 8)
+        sequential.append(
+            {
+                "op": "read",
+                "port": i % 2,
+                "addr": addr,
+                "beats": beats,
+                "extra_rows": rows,
+                "stride": stride,
+            }
+        )
+    for lane in spec["lanes"][:2]:
+        lane[0] |= {"extra_rows": 3, "stride": 0x208}
+    spec["sequential"] = sequential
+    for pause in (0.0, 0.3):
+        spec["pause"] = pause
+        (tmp_path / str(pause)).mkdir()
+        results = run_bench(tmp_path / str(pause), spec)
+        for job, result in zip(sequential, results["sequential"], strict=True):
+            t = Transfer(
+                0, job["addr"], job["beats"], extra_rows=job["extra_rows"], stride=job["stride"]
+            )
+            bursts = bursts_of(t, 8, 256)
+            assert [tuple(b) for b in result["bursts"]] == bursts, job
+            if pause == 0.0 and len(bursts) > 1:
+                one_at_a_time = read_cycles(len(bursts), t.beats * (t.extra_rows + 1), 2)
+                assert result["done"] - result["accepted"] < one_at_a_time, job
 
 
 def test_icarus_error_responses(tmp_path):

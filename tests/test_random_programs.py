@@ -50,7 +50,7 @@ ODD = config.config_from_dict(
             "accumulator_kib": 2,
             "accumulator_banks": 2,
         },
-        "dram": {"bytes_per_cycle": 4, "latency_cycles": 7},
+        "dram": {"bytes_per_cycle": 4, "latency_cycles": 7, "read_bursts": 2},
     }
 )
 CONFIGS = [TINY, EDGE, LUT, ODD]
