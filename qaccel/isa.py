@@ -162,6 +162,9 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
+_GEOMETRIES: dict = {}  # configuration -> Geometry
+
+
 @dataclass(frozen=True)
 class Geometry:
     """The sizes every part derives from a configuration: memory rows, row widths, field widths.
@@ -192,6 +195,14 @@ class Geometry:
 
     @classmethod
     def of(cls, cfg: qconfig.AcceleratorConfig) -> Geometry:
+        """The geometry of ``cfg`` (computed once per configuration: it checks every mode)."""
+        geometry = _GEOMETRIES.get(cfg)
+        if geometry is None:
+            geometry = _GEOMETRIES[cfg] = cls._derive(cfg)
+        return geometry
+
+    @classmethod
+    def _derive(cls, cfg: qconfig.AcceleratorConfig) -> Geometry:
         data_bytes = cfg.dram.bytes_per_cycle
         need_sp, acc_cols, acc_bits = 0, 0, [32]  # 32: POST's parameter rows
         array_modes, lut_modes, kw = (), (), {}
