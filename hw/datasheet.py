@@ -90,7 +90,8 @@ def protocol(manifest: dict) -> dict[str, str]:
                 "Read the counters (`_LO` then `_HI`); CTRL.CLEAR zeroes them and DONE/ERROR.",
             ],
             "dma": "DMA: AXI4 INCR bursts of at most 256 beats that never cross a 4 KiB "
-            "boundary, `*size` = log2(data bytes), IDs 0, `wstrb` all ones; SLVERR/DECERR stop "
+            "boundary, `*size` = log2(data bytes), IDs 0 (so reads come back in order; up to "
+            "`dram.read_bursts` of them in flight), `wstrb` all ones; SLVERR/DECERR stop "
             "the run with ERROR_CODE BUS. Every DMA address and stride is a multiple of the "
             "data bytes.",
         }

@@ -135,6 +135,7 @@ BAD = [
     ("memory.scratchpad_kib", 0, "memory.scratchpad_kib: must be in 1..65536, not 0"),
     ("dram.bytes_per_cycle", 12, "dram.bytes_per_cycle: must be a power of two, not 12"),
     ("dram.latency_cycles", -1, "dram.latency_cycles: must be in 0..100000, not -1"),
+    ("dram.read_bursts", 0, "dram.read_bursts: must be in 1..64, not 0"),
     ("clock_mhz", 0, "clock_mhz: must be in (0, 2000], not 0.0"),
     ("name", "my accel", "name: must be letters, digits"),
 ]

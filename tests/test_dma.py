@@ -558,6 +558,11 @@ def test_clients_validation():
         ReadEngine(4, clients=0)
 
 
+def test_read_bursts_validation():
+    with pytest.raises(ValueError, match=r"read_bursts must be an integer in 1\.\.64, not 0"):
+        Dma(4, read_bursts=0)
+
+
 def test_read_clients_validation():
     with pytest.raises(ValueError, match=r"read_clients must be a positive integer, not 0"):
         Dma(4, read_clients=0)

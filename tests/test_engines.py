@@ -5,6 +5,7 @@ The cycle engine's equality with the RTL is tested in ``tests/test_accel_rtl.py`
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -14,10 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from compiler.gemm import lower_gemm
 from hw.selftest import selftest_cases
 from qaccel import config
+from qaccel.isa import Geometry
+from qaccel.program import ProgramBuilder
 from sim.cycle import run_cycles
+from sim.dram import DramTiming, split_bursts
 from sim.fast import run_fast
 from sim.random_programs import programs, random_program
 from tests.test_accel_rtl import LUT_ONLY, ODD, TINY, WS_ONLY
+from tests.test_dma import contract_schedule
 
 EDGE = config.load_config("configs/edge.toml")
 LUT = config.load_config("configs/lut.toml")
@@ -107,3 +112,28 @@ def test_compute_unit_feeds_a_gemm_while_the_last_drains():
         )
         overlapped += sum(b.take < a.end for a, b in itertools.pairwise(compute))
     assert overlapped >= 8
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 4])
+def test_a_strided_load_follows_the_dma_contract(in_flight):
+    """One LOAD of 5 strided DRAM rows (each several bursts at 4 bytes a beat): both engines
+    end it when hw.dma's recurrence for bursts in flight says, counted from its ISSUE."""
+    cfg = dataclasses.replace(
+        ODD, dram=dataclasses.replace(ODD.dram, read_bursts=in_flight, latency_cycles=9)
+    )
+    g = Geometry.of(cfg)
+    b = ProgramBuilder(cfg)
+    x_size, y_size, stride = 20, 5, 4096 - 64  # rows 1..4 cross a 4 KiB boundary
+    base = b.alloc(stride * y_size)
+    b.load(mem=0, sram_addr=0, dram_addr=base, dram_stride=stride, y_size=y_size, x_size=x_size)
+    program = b.build()
+    d = g.data_bytes
+    beats = x_size * g.sp_row_bytes // d
+    lengths = [n for y in range(y_size) for _, n in split_bursts(base + y * stride, beats, d)]
+    assert len(lengths) > y_size  # some rows take two bursts
+    _, ends = contract_schedule(lengths, DramTiming.of(cfg).first_beat_delay, in_flight)
+    for timing in (run_cycles(program), run_fast(program)):
+        (load,) = [r for r in timing.insns if r.unit == "load"]
+        # take, CHECK, ISSUE (the command's cycle 0); done at e_b + 1; FINISH (the last row's
+        # write, its bank free) ends the instruction the cycle after
+        assert load.end - load.take == 2 + ends[-1] + 2
