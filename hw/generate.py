@@ -195,6 +195,7 @@ def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
     params = {
         "DRAM data bytes per beat": g.data_bytes,
         "DRAM bytes addressable": g.dram_bytes,
+        "DMA read bursts in flight": cfg.dram.read_bursts,
         "instruction bytes": g.insn_bytes,
         "scratchpad": f"{g.sp_rows} rows x {g.sp_row_bytes} bytes in "
         f"{cfg.memory.scratchpad_banks} banks (row a in bank a % banks)",

@@ -9,7 +9,7 @@ state sequences of ``hw.accel.TIMING``) and waits only where another unit decide
   head has arrived and its tokens have been pushed (each a cycle after the event);
 - **the DMA read port**: fetch and LOAD ask for bursts; in the first cycle with room (fewer
   than ``dram.read_bursts`` in flight) the lowest port asking wins (LOAD); the DRAM answers
-  the bursts in order, so a burst's beats follow the one's before it;
+  the bursts in order, so a burst's beats follow those of the burst before it;
 - **memory banks**: the compute unit is first on every bank port, so its instructions never
   wait for LOAD or STORE. Its activity in an instruction (which bank each port asks for, cycle
   by cycle) depends only on the instruction, so it is worked out once per distinct shape and
