@@ -121,7 +121,7 @@ def _weights(k: int, n: int, block: int) -> tuple[np.ndarray, np.ndarray | None]
     return np.zeros((k, n), dtype=np.int64), scales
 
 
-def _ideal_cycles(g: Geometry, unit: str, mode: str, macs: int) -> int:
+def ideal_cycles(g: Geometry, unit: str, mode: str, macs: int) -> int:
     """ceil(MACs / peak MACs a cycle), in integers (the LUT core's peak is a fraction)."""
     if unit == "lut":
         planes = g.lut_planes(g.lut_modes.index(mode.partition("*")[0]))
@@ -130,7 +130,7 @@ def _ideal_cycles(g: Geometry, unit: str, mode: str, macs: int) -> int:
     return -(-macs // (g.rows * g.cols * lanes))
 
 
-def _energy_uj(cfg, g: Geometry, unit: str, mode: str, m: int, k: int, n: int, t: Timing) -> float:
+def energy_uj(cfg, g: Geometry, unit: str, mode: str, m: int, k: int, n: int, t: Timing) -> float:
     sp_bytes, acc_bytes = g.sp_row_bytes, g.acc_cols * g.acc_elem_bytes
     counts = {
         "sram_read_bytes": sum(t.sram["sp_read"]) * sp_bytes + sum(t.sram["acc_read"]) * acc_bytes,
@@ -235,10 +235,10 @@ def simulate_topology(
                 n=n,
                 macs=layer.macs,
                 cycles=cycles,
-                ideal_cycles=_ideal_cycles(g, unit, mode, layer.macs),
+                ideal_cycles=ideal_cycles(g, unit, mode, layer.macs),
                 dram_read_bytes=timing.dram_read_bytes,
                 dram_write_bytes=timing.dram_write_bytes,
-                energy_uj=_energy_uj(cfg, g, unit, mode, m, k, n, timing),
+                energy_uj=energy_uj(cfg, g, unit, mode, m, k, n, timing),
                 bound=_bound(g, timing),
                 unit=unit,
                 mode=mode,

@@ -1,0 +1,128 @@
+"""ONNX -> the compiler's graph IR, one IR op per ONNX node, shapes made concrete.
+
+Reads float models, onnxruntime's QDQ and QOperator models, and QONNX models (``Quant``,
+``BipolarQuant``, ``Trunc``). Symbolic dimensions (a batch ``N``) take ``batch``; shapes come
+from ONNX shape inference and, where it has none (custom-domain ops), from running the graph
+on zeros.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.graph import CompileError, Tensor, add_op, new_graph
+
+__all__ = ["load_onnx"]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, list):
+            v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+def _dims(vi, batch: int) -> tuple[int, ...] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        else:
+            dims.append(batch if not dims else None)
+    return None if None in dims else tuple(dims)
+
+
+def load_onnx(model, *, batch: int = 1):
+    """The IR graph of ``model`` (an ``onnx.ModelProto`` or a path). A malformed model is a
+    CompileError."""
+    if isinstance(model, str | Path):
+        try:
+            model = onnx.load(str(model))
+        except Exception as e:  # onnx raises protobuf's DecodeError and friends
+            raise CompileError(f"{model}: not an ONNX model ({e})") from None
+    if not isinstance(batch, int) or batch < 1:
+        raise CompileError(f"batch must be a positive integer, not {batch!r}")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise CompileError(f"the model is not valid ONNX: {str(e).splitlines()[0]}") from None
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    init_names = {i.name for i in graph.initializer}
+    real_inputs = [vi for vi in graph.input if vi.name not in init_names]
+    for vi in real_inputs:  # symbolic leading dimensions become the batch
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                if i:
+                    raise CompileError(f"input {vi.name!r}: dimension {i} has no size")
+                d.dim_value = batch
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as e:  # inference errors are model errors
+        raise CompileError(f"shape inference failed: {e}") from None
+    graph = model.graph
+
+    g = new_graph(graph.name or "model")
+    consts = g.graph["constants"]
+    for init in graph.initializer:
+        consts[init.name] = numpy_helper.to_array(init)
+    shapes = {}
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        s = _dims(vi, batch)
+        if s is not None:
+            shapes[vi.name] = s
+    for vi in real_inputs:
+        g.graph["inputs"].append(vi.name)
+        g.graph["tensors"][vi.name] = Tensor(shapes[vi.name])
+    used = set()
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in used:
+            name += "_"
+        used.add(name)
+        if node.op_type == "Constant":
+            a = _attrs(node)
+            if "value" not in a:
+                raise CompileError(f"node {name}: Constant without a tensor value")
+            consts[node.output[0]] = np.asarray(a["value"])
+            continue
+        op = node.op_type
+        if (
+            node.domain not in ("", "ai.onnx", "com.microsoft")
+            and not node.domain.startswith("qonnx")
+            and not node.domain.startswith("finn")
+        ):
+            raise CompileError(f"node {name}: op {op} of domain {node.domain!r} is not supported")
+        add_op(g, name, op, list(node.input), list(node.output), attrs=_attrs(node))
+    g.graph["outputs"] = [vi.name for vi in graph.output]
+    _fill_shapes(g, shapes)
+    return g
+
+
+def _fill_shapes(g, shapes: dict) -> None:
+    """Every op output's shape: from ONNX inference, else from a run on zeros."""
+    from compiler.runtime import execute
+
+    missing = [t for n in g.graph["order"] for t in g.nodes[n]["outputs"] if t not in shapes]
+    if missing:
+        zeros = {t: np.zeros(g.graph["tensors"][t].shape, np.float32) for t in g.graph["inputs"]}
+        values = execute(g, zeros, keep_all=True)
+        for t, v in values.items():
+            shapes.setdefault(t, tuple(np.shape(v)))
+    for n in g.graph["order"]:
+        for t in g.nodes[n]["outputs"]:
+            g.graph["tensors"][t] = Tensor(tuple(shapes[t]))

@@ -1,0 +1,534 @@
+"""The compiler's passes, each ``(graph, config) -> graph``, and the pipeline that runs them
+with ``graph.verify`` after every one.
+
+    fold_constants -> fold_batchnorm -> fuse_qlinear -> fold_constants -> eliminate_dead
+    -> lower_gemms -> assign_units -> codegen
+
+A ``qlinear`` op is a quantized Conv / MatMul / Gemm with constant weights, from either
+format: QDQ (DequantizeLinear -> Conv/MatMul/Gemm [-> Relu/Clip] -> QuantizeLinear) or
+QOperator (QLinearConv, QLinearMatMul, MatMulInteger, ConvInteger). Lowering turns each into
+im2col (host) -> qgemm (the systolic array or the LUT core, or the host when neither has
+the weight format) -> fold_rows (host). Everything else runs on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import networkx as nx
+import numpy as np
+
+from compiler.graph import (
+    CompileError,
+    QParams,
+    Tensor,
+    add_op,
+    consumers,
+    ops_in_order,
+    producer_map,
+    rebuild_edges,
+    verify,
+)
+from compiler.quant import conv_attrs, gemm_form
+from compiler.runtime import qparams_of, run_op
+from qaccel import config as qconfig
+from qaccel.program import ProgramError
+
+__all__ = ["PIPELINE", "run_pipeline"]
+
+Pass = Callable[[nx.DiGraph, qconfig.AcceleratorConfig], nx.DiGraph]
+
+
+def _remove(g, name: str) -> None:
+    g.remove_node(name)
+    g.graph["order"].remove(name)
+
+
+def fold_constants(g, config):
+    """Ops whose inputs are all constants run now. DequantizeLinear of integer weights is
+    kept: the fusion reads their codes."""
+    consts = g.graph["constants"]
+    for n in ops_in_order(g):
+        node = g.nodes[n]
+        if node["op"] in ("qlinear", "im2col", "qgemm", "fold_rows"):
+            continue
+        if not all((not t) or t in consts for t in node["inputs"]):
+            continue
+        if node["op"] == "DequantizeLinear" and any(
+            _fusable_consumer(g, c) for c in consumers(g, node["outputs"][0])
+        ):
+            continue
+        outs = run_op(
+            node, [consts[t] if t else None for t in node["inputs"]], programs="reference"
+        )
+        for t, v in zip(node["outputs"], outs, strict=False):
+            consts[t] = np.asarray(v)
+            g.graph["tensors"].pop(t, None)
+        _remove(g, n)
+    rebuild_edges(g)
+    return g
+
+
+def _fusable_consumer(g, n: str) -> bool:
+    return g.nodes[n]["op"] in ("Conv", "MatMul", "Gemm")
+
+
+def fold_batchnorm(g, config):
+    """A float Conv followed only by BatchNormalization with constant statistics becomes one
+    Conv (float models, before quantization)."""
+    consts = g.graph["constants"]
+    for n in ops_in_order(g):
+        node = g.nodes[n]
+        if node["op"] != "BatchNormalization" or n not in g:
+            continue
+        x = node["inputs"][0]
+        prod = producer_map(g).get(x)
+        if prod is None or g.nodes[prod]["op"] != "Conv" or len(consumers(g, x)) != 1:
+            continue
+        conv = g.nodes[prod]
+        if conv["inputs"][1] not in consts or not all(t in consts for t in node["inputs"][1:5]):
+            continue
+        scale, bias, mean, var = (consts[t].astype(np.float64) for t in node["inputs"][1:5])
+        inv = scale / np.sqrt(var + node["attrs"].get("epsilon", 1e-5))
+        w = consts[conv["inputs"][1]].astype(np.float64)
+        b = consts[conv["inputs"][2]] if len(conv["inputs"]) > 2 and conv["inputs"][2] else 0
+        wn, bn = f"{prod}.w_bn", f"{prod}.b_bn"
+        consts[wn] = (w * inv.reshape(-1, 1, 1, 1)).astype(np.float32)
+        consts[bn] = ((b - mean) * inv + bias).astype(np.float32)
+        conv["inputs"] = [conv["inputs"][0], wn, bn]
+        conv["outputs"] = list(node["outputs"])
+        g.graph["tensors"].pop(x, None)
+        _remove(g, n)
+    rebuild_edges(g)
+    return g
+
+
+# --- fusion ----------------------------------------------------------------------------------
+
+
+def _dq_source(g, t: str):
+    """(codes tensor or constant name, QParams) when ``t`` is a DequantizeLinear's output."""
+    prod = producer_map(g).get(t)
+    if prod is None or g.nodes[prod]["op"] != "DequantizeLinear":
+        return None
+    node, consts = g.nodes[prod], g.graph["constants"]
+    ins = node["inputs"]
+    if ins[1] not in consts or (len(ins) > 2 and ins[2] and ins[2] not in consts):
+        return None
+    zp = consts[ins[2]] if len(ins) > 2 and ins[2] else None
+    dtype = None
+    if ins[0] in consts:
+        dtype = {np.int8: "int8", np.uint8: "uint8", np.int32: "int32"}.get(
+            consts[ins[0]].dtype.type
+        )
+    return ins[0], qparams_of(consts[ins[1]], zp, node["attrs"].get("axis", 1), dtype)
+
+
+def _conv_attrs(node, w_shape) -> dict:
+    return conv_attrs(node["attrs"], w_shape, node["source"])
+
+
+def _weight_q(codes: np.ndarray, q: QParams, kind: str, source: str) -> tuple:
+    """Weights as codes with per-output-channel zero points and scales."""
+    axis = 0 if kind == "conv" else codes.ndim - 1
+    if q.axis is not None and q.axis % codes.ndim != axis:
+        raise CompileError(f"node {source}: weights quantized along axis {q.axis}, not per channel")
+    return q.zero_point, q.scale
+
+
+def _add_qlinear(g, anchor: str, x: str, y: str, attrs: dict, w, bias, source: str) -> None:
+    """Insert a qlinear op computing y from x in ``anchor``'s place."""
+    attrs["form"] = gemm_form(attrs, w, bias, source)
+    wname = f"{source}.weights"
+    g.graph["constants"][wname] = np.asarray(w)
+    attrs["w"] = wname
+    order = g.graph["order"]
+    name = f"{source}.qlinear"
+    add_op(g, name, "qlinear", [x], [y], attrs=attrs, source=source)
+    order.remove(name)
+    order.insert(order.index(anchor), name)
+
+
+def _shape_weights(op: str, w: np.ndarray, a: dict, source: str) -> tuple[str, np.ndarray]:
+    if op == "Conv" or op in ("QLinearConv", "ConvInteger"):
+        return "conv", w
+    if w.ndim != 2:
+        raise CompileError(f"node {source}: MatMul weights must be 2-D, not shape {w.shape}")
+    if op == "Gemm":
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise CompileError(f"node {source}: Gemm with transA, alpha or beta is not supported")
+        if a.get("transB", 0):
+            return "matmul", w.T
+    return "matmul", w
+
+
+def fuse_qlinear(g, config):
+    """QDQ and QOperator quantized Conv / MatMul / Gemm with constant weights -> qlinear."""
+    consts = g.graph["constants"]
+    tensors = g.graph["tensors"]
+    for n in ops_in_order(g):
+        if n not in g:
+            continue
+        node = g.nodes[n]
+        op, ins, src = node["op"], node["inputs"], node["source"]
+        if op in ("Conv", "MatMul", "Gemm"):
+            fused = _fuse_qdq(g, n)
+            if fused:
+                continue
+        elif op in ("QLinearConv", "QLinearMatMul"):
+            w_t = ins[3]
+            if w_t not in consts:
+                continue
+            xq = qparams_of(consts[ins[1]], consts[ins[2]])
+            wq = qparams_of(consts[ins[4]], consts[ins[5]], 0 if op == "QLinearConv" else 1)
+            yq = qparams_of(consts[ins[6]], consts[ins[7]])
+            bias = consts[ins[8]] if op == "QLinearConv" and len(ins) > 8 and ins[8] else None
+            kind, w = _shape_weights(op, consts[w_t], node["attrs"], src)
+            attrs = _conv_attrs(node, w.shape) if kind == "conv" else {"kind": "matmul"}
+            attrs.update(x_q=xq, y_q=yq, w_dtype=wq.dtype)
+            attrs["w_zp"], attrs["w_scale"] = _weight_q(w, wq, kind, src)
+            _add_qlinear(g, n, ins[0], node["outputs"][0], attrs, w, bias, src)
+            tensors[node["outputs"][0]] = replace(tensors[node["outputs"][0]], kind="quant", q=yq)
+            _remove(g, n)
+        elif op in ("MatMulInteger", "ConvInteger"):
+            if ins[1] not in consts:
+                continue
+            w = consts[ins[1]]
+            dt = {np.int8: "int8", np.uint8: "uint8"}[w.dtype.type]
+            xdt = "int8" if node["attrs"].get("_x_dtype") == "int8" else None
+            xz = consts[ins[2]] if len(ins) > 2 and ins[2] else None
+            xq = qparams_of(1.0, None, None, xdt or "uint8") if xz is None else qparams_of(1.0, xz)
+            wz = consts[ins[3]] if len(ins) > 3 and ins[3] else np.zeros(1, w.dtype)
+            wq = qparams_of(1.0, wz, 0 if op == "ConvInteger" else 1)
+            kind, w = _shape_weights(op, w, node["attrs"], src)
+            attrs = _conv_attrs(node, w.shape) if kind == "conv" else {"kind": "matmul"}
+            attrs.update(x_q=xq, y_q=None, w_dtype=dt)
+            attrs["w_zp"], attrs["w_scale"] = wq.zero_point, wq.scale
+            _add_qlinear(g, n, ins[0], node["outputs"][0], attrs, w, None, src)
+            _remove(g, n)
+    rebuild_edges(g)
+    return g
+
+
+def _fuse_qdq(g, n: str) -> bool:
+    node = g.nodes[n]
+    consts, ins, src = g.graph["constants"], node["inputs"], node["source"]
+    xs, ws = _dq_source(g, ins[0]), _dq_source(g, ins[1])
+    if xs is None or ws is None or xs[0] in consts:
+        return False
+    if ws[0] not in consts:
+        return _fuse_dynamic_matmul(g, n, xs, ws)
+    if not xs[1].per_tensor:
+        return False
+    out = node["outputs"][0]
+    _chain, clamp_ops, t = [], [], out
+    while True:  # [Relu | Clip]* then QuantizeLinear, each the only reader
+        cons = consumers(g, t)
+        if len(cons) != 1 or t in g.graph["outputs"]:
+            return False
+        c = g.nodes[cons[0]]
+        if c["op"] in ("Relu", "Clip") and all(not i or i in consts for i in c["inputs"][1:]):
+            clamp_ops.append(cons[0])
+            t = c["outputs"][0]
+            continue
+        if c["op"] != "QuantizeLinear" or not all(not i or i in consts for i in c["inputs"][1:]):
+            return False
+        q_node = cons[0]
+        break
+    qn = g.nodes[q_node]
+    zp = consts[qn["inputs"][2]] if len(qn["inputs"]) > 2 and qn["inputs"][2] else None
+    yq = qparams_of(consts[qn["inputs"][1]], zp)
+    if not yq.per_tensor or yq.dtype not in ("int8", "uint8"):
+        return False
+    codes, wq = consts[ws[0]], ws[1]
+    kind, w = _shape_weights(node["op"], codes, node["attrs"], src)
+    if (
+        kind == "matmul"
+        and node["op"] == "Gemm"
+        and node["attrs"].get("transB", 0)
+        and wq.axis is not None
+    ):
+        wq = replace(wq, axis=1)
+    attrs = _conv_attrs(node, w.shape) if kind == "conv" else {"kind": "matmul"}
+    if kind == "matmul" and len(g.graph["tensors"][ins[0]].shape) < 2:
+        return False
+    bias = None
+    if len(ins) > 2 and ins[2]:
+        bias = _bias_codes(g, ins[2], xs[1], wq, src)
+        if bias is None:
+            return False
+    attrs.update(x_q=xs[1], y_q=yq, w_dtype=wq.dtype)
+    attrs["w_zp"], attrs["w_scale"] = _weight_q(w, wq, kind, src)
+    attrs["clamp"] = _clamp(g, clamp_ops, yq)
+    _add_qlinear(g, n, xs[0], qn["outputs"][0], attrs, w, bias, src)
+    g.graph["tensors"][qn["outputs"][0]] = replace(
+        g.graph["tensors"][qn["outputs"][0]], kind="quant", q=yq
+    )
+    for m in [n, *clamp_ops, q_node]:
+        for t in g.nodes[m]["outputs"]:
+            if t != qn["outputs"][0]:
+                g.graph["tensors"].pop(t, None)
+        _remove(g, m)
+    return True
+
+
+def _quant_output(g, t: str):
+    """The QuantizeLinear that is the only reader of ``t``: (its op, QParams) or None."""
+    cons = consumers(g, t)
+    if len(cons) != 1 or t in g.graph["outputs"] or g.nodes[cons[0]]["op"] != "QuantizeLinear":
+        return None
+    qn, consts = g.nodes[cons[0]], g.graph["constants"]
+    if not all(not i or i in consts for i in qn["inputs"][1:]):
+        return None
+    zp = consts[qn["inputs"][2]] if len(qn["inputs"]) > 2 and qn["inputs"][2] else None
+    return cons[0], qparams_of(consts[qn["inputs"][1]], zp)
+
+
+def _fuse_dynamic_matmul(g, n: str, xs, ws) -> bool:
+    """DequantizeLinear x2 -> MatMul -> QuantizeLinear of two activations -> the host's
+    integer QLinearMatMul (onnxruntime runs the same fusion)."""
+    node = g.nodes[n]
+    found = _quant_output(g, node["outputs"][0])
+    if node["op"] != "MatMul" or found is None:
+        return False
+    q_node, yq = found
+    if not (xs[1].per_tensor and ws[1].per_tensor and yq.per_tensor):
+        return False
+    consts, src = g.graph["constants"], node["source"]
+    names = []
+    for tag, q in (("a", xs[1]), ("b", ws[1]), ("y", yq)):
+        dt = {"int8": np.int8, "uint8": np.uint8}[q.dtype]
+        consts[f"{src}.{tag}_scale"] = q.scale.astype(np.float32).reshape(())
+        consts[f"{src}.{tag}_zp"] = q.zero_point.astype(dt).reshape(())
+        names.append((f"{src}.{tag}_scale", f"{src}.{tag}_zp"))
+    y = g.nodes[q_node]["outputs"][0]
+    inputs = [xs[0], *names[0], ws[0], *names[1], *names[2]]
+    order = g.graph["order"]
+    name = f"{src}.qmatmul"
+    add_op(g, name, "QLinearMatMul", inputs, [y], source=src)
+    order.remove(name)
+    order.insert(order.index(n), name)
+    g.graph["tensors"][y] = replace(g.graph["tensors"][y], kind="quant", q=yq)
+    g.graph["tensors"].pop(node["outputs"][0], None)
+    _remove(g, n)
+    _remove(g, q_node)
+    return True
+
+
+def _bias_codes(g, t: str, xq: QParams, wq: QParams, source: str):
+    """Int32 bias codes at scale sx * sw: a DequantizeLinear of int32 codes at that scale,
+    or a float constant quantized to it."""
+    consts = g.graph["constants"]
+    src = _dq_source(g, t)
+    sx = np.float64(xq.scale.reshape(-1)[0])
+    target = sx * wq.scale.astype(np.float64)
+    if src is not None and src[0] in consts and src[1].dtype == "int32":
+        codes, q = consts[src[0]].astype(np.int64), src[1]
+        if np.allclose(q.scale.astype(np.float64) * np.ones_like(target), target, rtol=1e-5):
+            return codes
+        return np.rint(dequantize_np(codes, q) / target).astype(np.int64)
+    if t in consts:
+        return np.rint(consts[t].astype(np.float64) / target).astype(np.int64)
+    return None
+
+
+def dequantize_np(codes, q: QParams):
+    return (codes - q.zero_point.astype(np.int64)) * q.scale.astype(np.float64)
+
+
+def _clamp(g, clamp_ops: list[str], yq: QParams):
+    """The Relu/Clip between a GEMM and its QuantizeLinear as a clamp of the output codes
+    (exact: quantization is monotone)."""
+    lo, hi = yq.code_range
+    zp, _s = int(yq.zero_point.reshape(-1)[0]), float(yq.scale.reshape(-1)[0])
+    consts = g.graph["constants"]
+    for c in clamp_ops:
+        node = g.nodes[c]
+        if node["op"] == "Relu":
+            lo = max(lo, zp)
+            continue
+        ins, a = node["inputs"], node["attrs"]
+        cmin = consts[ins[1]] if len(ins) > 1 and ins[1] else a.get("min")
+        cmax = consts[ins[2]] if len(ins) > 2 and ins[2] else a.get("max")
+        from compiler.quant import quantize
+
+        if cmin is not None:
+            lo = max(lo, int(quantize(np.float32(cmin), yq)))
+        if cmax is not None:
+            hi = min(hi, int(quantize(np.float32(cmax), yq)))
+    return (lo, hi)
+
+
+def eliminate_dead(g, config):
+    """Ops whose results nothing reads, and constants no op reads."""
+    live = set(g.graph["outputs"])
+    for n in reversed(ops_in_order(g)):
+        node = g.nodes[n]
+        if not any(t in live for t in node["outputs"]):
+            for t in node["outputs"]:
+                g.graph["tensors"].pop(t, None)
+            _remove(g, n)
+            continue
+        live.update(t for t in node["inputs"] if t)
+    g.graph["constants"] = {k: v for k, v in g.graph["constants"].items() if k in live}
+    rebuild_edges(g)
+    return g
+
+
+# --- lowering --------------------------------------------------------------------------------
+
+
+def lower_gemms(g, config):
+    """qlinear -> im2col (host) -> qgemm -> fold_rows (host)."""
+    tensors = g.graph["tensors"]
+    for n in ops_in_order(g):
+        node = g.nodes[n]
+        if node["op"] != "qlinear":
+            continue
+        from compiler.quant import gemm_rows
+
+        a, src = node["attrs"], node["source"]
+        x, y = node["inputs"][0], node["outputs"][0]
+        x_shape = tensors[x].shape if x in tensors else None
+        if x_shape is None:
+            raise CompileError(f"node {src}: the input's shape is unknown")
+        if a["kind"] == "conv" and len(x_shape) != 4:
+            raise CompileError(f"node {src}: a Conv input must be N x C x H x W, not {x_shape}")
+        dummy = np.zeros(x_shape, dtype=np.int64)
+        rows, how = gemm_rows(dummy, a)
+        form = a["form"]
+        if rows.shape[1] != form.weights.shape[0]:
+            raise CompileError(
+                f"node {src}: the input has {rows.shape[1]} values per row, the weights "
+                f"{form.weights.shape[0]}"
+            )
+        m, k, nn = rows.shape[0], form.weights.shape[0], form.weights.shape[1]
+        order = g.graph["order"]
+        at = order.index(n)
+        _remove(g, n)
+        r_t, o_t = f"{src}.rows", f"{src}.gemm_out"
+        tensors[r_t] = Tensor((m, k), "quant")
+        tensors[o_t] = Tensor((m, nn), "quant")
+        base = {
+            k: a[k] for k in ("kind", "kernel", "strides", "dilations", "pads", "group") if k in a
+        }
+        base.update(x_q=a["x_q"], x_shift=form.x_shift)
+        names = [f"{src}.im2col", f"{src}.gemm", f"{src}.fold"]
+        add_op(g, names[0], "im2col", [x], [r_t], attrs=base, source=src)
+        add_op(
+            g,
+            names[1],
+            "qgemm",
+            [r_t],
+            [o_t],
+            attrs={
+                "form": form,
+                "m": m,
+                "k": k,
+                "n": nn,
+                "w_dtype": a["w_dtype"],
+                "kind": a["kind"],
+            },
+            source=src,
+        )
+        add_op(g, names[2], "fold_rows", [o_t], [y], attrs={"how": how}, source=src)
+        for i, name in enumerate(names):
+            order.remove(name)
+            order.insert(at + i, name)
+    rebuild_edges(g)
+    return g
+
+
+def weight_format(w: np.ndarray, declared: str) -> str:
+    """The format of centered weights: the declared integer format, or a narrower one when
+    the source said so (QONNX bit widths)."""
+    if declared in ("int8", "uint8"):
+        if w.size and (w.min() < -128 or w.max() > 127):
+            return "int9"
+        return "int8"
+    return declared
+
+
+def assign_units(g, config):
+    """Each qgemm to the LUT core (its weight format, int8 activations) or the array (a mode
+    weight*int8), else to the host; the choice and the mode go into the op."""
+    lut_formats = []
+    if config.lut is not None and config.lut.activation == "int8":
+        from qaccel.isa import Geometry
+
+        lut_formats = list(Geometry.of(config).lut_modes)
+    array_modes = [str(p) for p in config.array.modes] if config.array else []
+    for n in ops_in_order(g):
+        node = g.nodes[n]
+        if node["op"] != "qgemm":
+            continue
+        a = node["attrs"]
+        wf = weight_format(a["form"].weights, a.get("w_dtype", "int8"))
+        a["w_format"] = wf
+        mode = f"{wf}*int8"
+        if wf in lut_formats:
+            node["unit"], a["mode"] = "lut", mode
+        elif mode in array_modes:
+            node["unit"], a["mode"] = "array", mode
+        else:
+            node["unit"], a["mode"] = "host", mode
+            a["why_host"] = f"no unit runs {mode}"
+    return g
+
+
+def codegen(g, config):
+    """Each accelerator qgemm -> a Program (``compiler.gemm.lower_gemm``: tiling, double
+    buffering, tokens, scratchpad and accumulator allocation) and its predicted timing."""
+    from compiler.gemm import lower_gemm
+    from compiler.quant import epilogue_of
+    from sim.fast import run_fast
+
+    for n in ops_in_order(g):
+        node = g.nodes[n]
+        if node["op"] != "qgemm" or node["unit"] == "host":
+            continue
+        a = node["attrs"]
+        form = a["form"]
+        try:
+            program = lower_gemm(
+                config,
+                form.weights,
+                m=a["m"],
+                mode=a["mode"],
+                unit=node["unit"],
+                epilogue=epilogue_of(form),
+                acc_out="int32",
+                name=node["source"],
+            )
+        except (ProgramError, ValueError) as e:
+            raise CompileError(
+                f"node {node['source']}: cannot be mapped onto {config.name}: {e}"
+            ) from None
+        a["program"] = program
+        a["timing"] = run_fast(program)
+    return g
+
+
+PIPELINE: list[tuple[str, Pass]] = [
+    ("fold_constants", fold_constants),
+    ("fold_batchnorm", fold_batchnorm),
+    ("fuse_qlinear", fuse_qlinear),
+    ("fold_constants", fold_constants),
+    ("eliminate_dead", eliminate_dead),
+    ("lower_gemms", lower_gemms),
+    ("assign_units", assign_units),
+    ("codegen", codegen),
+]
+
+
+def run_pipeline(g, config, *, until: str | None = None, status=None):
+    """Every pass in order, ``verify`` after each; stop after ``until`` if given."""
+    for i, (name, fn) in enumerate(PIPELINE):
+        if status:
+            status(i, len(PIPELINE), name)
+        g = fn(g, config)
+        verify(g)
+        if name == until:
+            break
+    return g

@@ -1,0 +1,223 @@
+"""Quantized arithmetic the compiler targets, stated once: ONNX's QuantizeLinear and
+DequantizeLinear, and how a quantized Conv / MatMul / Gemm (a ``qlinear`` op) becomes one
+integer GEMM with a post-processing epilogue.
+
+A ``qlinear`` op computes, for activation codes x (zero point zx, scale sx), weight codes w
+(zero points zw_n, scales sw_n per output channel n) and int32 bias codes b_n (scale sx*sw_n):
+
+    acc_n = sum_k (x_k - zx) * (w_kn - zw_n) + b_n
+    y_n   = clamp(round(acc_n * sx * sw_n / sy) + zy, lo, hi)
+
+On the accelerator the activation codes are int8: uint8 codes and their zero point move down
+by 128 (exact). The weights become w - zw (they must fit the weight format), the zero-point
+term folds into the bias, ``-zx * sum_k (w_kn - zw_n)``, and the real multiplier becomes the
+dyadic b / 2**c of ``qaccel.formats.dyadic``. Convolutions are GEMMs over im2col patches; the
+padding is the activation's zero point, so it reads as real 0. A grouped convolution is one
+GEMM with block-diagonal weights.
+
+**Rounding.** onnxruntime multiplies the int32 accumulator by the float32 multiplier and
+rounds half to even; the accelerator multiplies by the dyadic b / 2**c (31-bit b) and rounds
+half to even. The two agree except where acc * M lies within float32 rounding of a half-way
+point, so the accelerator's codes are within 1 LSB of onnxruntime's everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.graph import CompileError, QParams
+from sim.post_model import postprocess
+
+__all__ = ["GemmForm", "dequantize", "gemm_form", "im2col", "qlinear_reference", "quantize"]
+
+UINT8_SHIFT = 128
+
+
+def _along(v: np.ndarray, q: QParams, ndim: int) -> np.ndarray:
+    if q.axis is None or v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[q.axis % ndim] = v.size
+    return v.reshape(shape)
+
+
+def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    scale = _along(q.scale.astype(np.float32), q, x.ndim)
+    zp = _along(q.zero_point.astype(np.int64), q, x.ndim)
+    lo, hi = q.code_range
+    return np.clip(np.rint(x / scale).astype(np.int64) + zp, lo, hi)
+
+
+def dequantize(codes: np.ndarray, q: QParams) -> np.ndarray:
+    """ONNX DequantizeLinear: (code - zero_point) * scale, in float32."""
+    codes = np.asarray(codes, dtype=np.int64)
+    scale = _along(q.scale.astype(np.float32), q, codes.ndim)
+    zp = _along(q.zero_point.astype(np.int64), q, codes.ndim)
+    return ((codes - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+def conv_out_size(size: int, k: int, stride: int, pad0: int, pad1: int, dilation: int) -> int:
+    return (size + pad0 + pad1 - dilation * (k - 1) - 1) // stride + 1
+
+
+def conv_attrs(a: dict, w_shape, source: str) -> dict:
+    """A Conv's geometry from its ONNX attributes and weight shape (2-D only)."""
+    if len(w_shape) != 4:
+        raise CompileError(f"node {source}: only 2-D convolutions are supported")
+    if a.get("auto_pad", "NOTSET") != "NOTSET":
+        raise CompileError(f"node {source}: auto_pad is not supported; give pads")
+    return {
+        "kind": "conv",
+        "kernel": tuple(w_shape[2:]),
+        "strides": tuple(a.get("strides", [1, 1])),
+        "dilations": tuple(a.get("dilations", [1, 1])),
+        "pads": tuple(a.get("pads", [0, 0, 0, 0])),
+        "group": int(a.get("group", 1)),
+    }
+
+
+def im2col(x: np.ndarray, attrs: dict, pad_value: int) -> np.ndarray:
+    """N x C x H x W codes -> (N * OH * OW) x (C * KH * KW) patches, padded with ``pad_value``;
+    columns ordered (c, kh, kw), the order of an ONNX weight's trailing axes."""
+    n, c, h, w = x.shape
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["strides"]
+    dh, dw = attrs["dilations"]
+    pt, pl, pb, pr = attrs["pads"]
+    oh = conv_out_size(h, kh, sh, pt, pb, dh)
+    ow = conv_out_size(w, kw, sw, pl, pr, dw)
+    padded = np.full((n, c, h + pt + pb, w + pl + pr), pad_value, dtype=np.int64)
+    padded[:, :, pt : pt + h, pl : pl + w] = x
+    cols = np.empty((n, oh, ow, c, kh, kw), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = padded[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh]
+            patch = patch[:, :, :, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+            cols[:, :, :, :, i, j] = patch.transpose(0, 2, 3, 1)
+    return cols.reshape(n * oh * ow, c * kh * kw)
+
+
+@dataclass(frozen=True)
+class GemmForm:
+    """A qlinear op as the accelerator runs it: y = epilogue((x + x_shift) @ weights)."""
+
+    weights: np.ndarray  # K x N, w - zw: values of the weight format
+    x_shift: int  # added to the input codes: -128 for uint8 activations, else 0
+    bias: np.ndarray  # N int32: b - zx * colsum(w - zw)
+    multiplier: np.ndarray  # N reals: sx * sw_n / sy (empty when the output is the int32 acc)
+    zero_point: int
+    lo: int
+    hi: int
+    out_signed: bool
+    out_dtype: str  # "int8", "uint8" or "int32"
+
+
+def _weight_matrix(w: np.ndarray, zw: np.ndarray, attrs: dict) -> np.ndarray:
+    """K x N matrix of w - zw: a MatMul's weights as they are; a Conv's (OC, C/g, KH, KW)
+    placed block-diagonally for its groups, rows in im2col order."""
+    w = np.asarray(w, dtype=np.int64)
+    if attrs["kind"] == "matmul":
+        return w - zw.reshape(1, -1)
+    oc, cg, kh, kw = w.shape
+    group = attrs["group"]
+    per = kh * kw
+    centered = (w - zw.reshape(-1, 1, 1, 1)).reshape(oc, cg * per)
+    out = np.zeros((cg * group * per, oc), dtype=np.int64)
+    og = oc // group
+    for gi in range(group):
+        out[gi * cg * per : (gi + 1) * cg * per, gi * og : (gi + 1) * og] = centered[
+            gi * og : (gi + 1) * og
+        ].T
+    return out
+
+
+def gemm_form(attrs: dict, w: np.ndarray, bias: np.ndarray | None, source: str) -> GemmForm:
+    """The integer GEMM and epilogue of a qlinear op (module docstring)."""
+    xq: QParams = attrs["x_q"]
+    yq: QParams | None = attrs["y_q"]
+    n = w.shape[0] if attrs["kind"] == "conv" else w.shape[1]
+    zw = np.broadcast_to(np.asarray(attrs["w_zp"], dtype=np.int64).reshape(-1), (n,))
+    sw = np.broadcast_to(np.asarray(attrs["w_scale"], dtype=np.float64).reshape(-1), (n,))
+    weights = _weight_matrix(w, zw, attrs)
+    x_shift = -UINT8_SHIFT if xq.dtype == "uint8" else 0
+    zx = int(xq.zero_point.reshape(-1)[0]) + x_shift
+    b = np.zeros(n, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
+    folded = b - zx * weights.sum(axis=0)
+    if folded.size and (folded.min() < -(2**31) or folded.max() >= 2**31):
+        raise CompileError(
+            f"{source}: the bias with the activation zero point folded in does not fit 32 bits"
+        )
+    if yq is None:
+        return GemmForm(weights, x_shift, folded, np.zeros(0), 0, 0, 0, True, "int32")
+    sx = float(xq.scale.reshape(-1)[0])
+    multiplier = sx * sw / float(yq.scale.reshape(-1)[0])
+    zy = int(yq.zero_point.reshape(-1)[0])
+    lo, hi = attrs.get("clamp") or yq.code_range
+    return GemmForm(weights, x_shift, folded, multiplier, zy, lo, hi, yq.dtype == "int8", yq.dtype)
+
+
+def gemm_rows(x: np.ndarray, attrs: dict) -> tuple[np.ndarray, tuple]:
+    """The GEMM's input rows (M x K codes, not yet shifted) and how to fold its M x N result
+    back: ("conv", n, oh, ow) or ("matmul", leading shape)."""
+    xq: QParams = attrs["x_q"]
+    if attrs["kind"] == "conv":
+        zx = int(xq.zero_point.reshape(-1)[0])
+        cols = im2col(x, attrs, zx)
+        n, _, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
+        pt, pl, pb, pr = attrs["pads"]
+        oh, ow = conv_out_size(h, kh, sh, pt, pb, dh), conv_out_size(w, kw, sw, pl, pr, dw)
+        return cols, ("conv", n, oh, ow)
+    return x.reshape(-1, x.shape[-1]), ("matmul", x.shape[:-1])
+
+
+def fold_rows(y: np.ndarray, how: tuple) -> np.ndarray:
+    """The GEMM's M x N result in the op's output layout (NCHW for a Conv)."""
+    if how[0] == "conv":
+        _, n, oh, ow = how
+        return y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2)
+    return y.reshape(*how[1], y.shape[-1])
+
+
+def epilogue_of(form: GemmForm):
+    """The ``compiler.gemm.Epilogue`` of a GemmForm (None for an int32 output)."""
+    from dataclasses import replace
+
+    from compiler.gemm import Epilogue
+
+    if form.out_dtype == "int32":
+        return None
+    ep = Epilogue.requant(form.multiplier, zero_point=form.zero_point, out_signed=form.out_signed)
+    return replace(ep, bias=form.bias, lo=form.lo, hi=form.hi)
+
+
+def gemm_reference(a: np.ndarray, form: GemmForm) -> np.ndarray:
+    """The accelerator's result for input rows ``a`` (shifted codes): the exact integer
+    product, then the post-processing unit's contract (``sim.post_model``)."""
+    acc = a.astype(np.int64) @ form.weights
+    ep = epilogue_of(form)
+    if ep is None:
+        return acc + form.bias
+    codes, _, _ = postprocess(
+        acc,
+        np.zeros(acc.shape, dtype=bool),
+        bias=ep.bias,
+        b=ep.b,
+        c=ep.c,
+        zero_point=ep.zero_point,
+        lo=ep.lo,
+        hi=ep.hi,
+        out_signed=ep.out_signed,
+    )
+    codes = codes.astype(np.int64)
+    return np.where(codes >= 128, codes - 256, codes) if ep.out_signed else codes
+
+
+def qlinear_reference(x: np.ndarray, attrs: dict, form: GemmForm) -> np.ndarray:
+    """A qlinear op on the host, exactly as the accelerator computes it."""
+    rows, how = gemm_rows(x, attrs)
+    return fold_rows(gemm_reference(rows + form.x_shift, form), how)
