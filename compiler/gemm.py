@@ -496,7 +496,7 @@ def _lower_array(
     # Weights: one scratchpad row per step, per n tile (weight-stationary: a weight tile's PE
     # rows in order, so a chunk of tiles is contiguous).
     wp = np.zeros((steps * lanes, tiles_n * tn), dtype=np.int64)
-    wp[:k, :n] = weights
+    wp[:k, :n] = weights & ((1 << spec.w_code_bits) - 1)  # signed values -> their codes
     w_rows = []
     for j in range(tiles_n):
         words = pack_lanes(wp[:, j * tn : (j + 1) * tn].T, lanes, spec.w_code_bits).T  # steps x tn

@@ -323,3 +323,18 @@ def test_blocking_reuses_a_rows_across_n_tiles():
         if i.opcode.name == "LOAD" and x_spec.address <= i.fields["dram_addr"] < x_end
     )
     assert a_rows == -(-k // g.rows) * m  # every row of A once, for all four n tiles
+
+
+@pytest.mark.parametrize("mode", ["int4*int8", "int2*int8", "int8*int8"])
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_signed_weight_values_equal_their_codes(mode, dataflow):
+    """Integer weights given as signed values (-8..7 for int4) compute what their two's
+    complement codes compute: the lowering keeps only the format's bits."""
+    rng = np.random.default_rng(SEED)
+    bits = formats.get_format(mode.partition("*")[0]).bits
+    w = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), (24, 6))
+    x = rng.integers(-128, 128, (5, 24))
+    y = run_program(
+        lower_gemm(TINY, w, m=5, mode=mode, dataflow=dataflow, acc_out="int32"), {"x": x}
+    ).outputs["y"]
+    assert np.array_equal(y, x @ w)
