@@ -160,6 +160,20 @@ class CompiledModel:
 
         return execute(self.graph, inputs, programs=programs, keep_all=keep_all, hook=hook)
 
+    def accelerator_jobs(self, inputs: dict) -> list[tuple[str, object, dict, object]]:
+        """(layer, Program, its inputs, its predicted timing) of every accelerator layer on
+        ``inputs``: what ``hw.accel_bench.verify_model`` runs on the RTL."""
+        jobs = []
+
+        def capture(name, ins, outs):
+            node = self.graph.nodes[name]
+            if node["op"] == "qgemm" and node["unit"] != "host":
+                a = node["attrs"]
+                jobs.append((node["source"], a["program"], {"x": ins[0]}, a["timing"]))
+
+        self.run(inputs, hook=capture)
+        return jobs
+
     # --- saving -------------------------------------------------------------------------
 
     def save(self, directory) -> Path:
@@ -313,15 +327,63 @@ def load_compiled(directory) -> CompiledModel:
     return CompiledModel(g, config, meta["compile_s"], meta.get("extra", {}))
 
 
+QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "Quant",
+    "BipolarQuant",
+}
+
+
+def is_quantized(model) -> bool:
+    """Whether an ONNX model carries its own quantization (QDQ, QOperator or QONNX)."""
+    return any(n.op_type in QUANTIZED_OPS for n in model.graph.node)
+
+
 def compile_model(
-    model, config: qconfig.AcceleratorConfig, *, batch: int = 1, status=None
+    model,
+    config: qconfig.AcceleratorConfig,
+    *,
+    batch: int = 1,
+    calibration: list | None = None,
+    precision: str | None = None,
+    clip: str = "minmax",
+    status=None,
 ) -> CompiledModel:
-    """Compile ``model`` (a quantized ONNX model, or its path) for ``config``: the frontend,
-    then ``compiler.passes.PIPELINE``. A model it cannot take raises CompileError."""
+    """Compile ``model`` (an ONNX model, or its path) for ``config``. A quantized model
+    (onnxruntime QDQ or QOperator, QONNX) is taken as it is; a float model is first quantized
+    by ``compiler.ptq`` on ``calibration`` (a list of input batches) with the per-layer
+    ``precision`` and ``clip``. Then the frontend and ``compiler.passes.PIPELINE``. A model
+    it cannot take raises CompileError."""
+    import onnx
+
     from compiler.onnx_frontend import load_onnx
     from compiler.passes import run_pipeline
+    from compiler.qonnx import from_qonnx, is_qonnx
 
     start = time.perf_counter()
+    if isinstance(model, str | Path):
+        try:
+            model = onnx.load(str(model))
+        except Exception as e:  # protobuf's DecodeError and friends
+            raise CompileError(f"{model}: not an ONNX model ({e})") from None
+    if is_qonnx(model):
+        model = from_qonnx(model)
+    if not is_quantized(model):
+        from compiler.ptq import quantize_model
+
+        if calibration is None:
+            raise CompileError(
+                "the model is not quantized: give a calibration set (--calib) for the "
+                "compiler's post-training quantization"
+            )
+        model = quantize_model(model, calibration, precision=precision, clip=clip)
+    elif precision:
+        raise CompileError("--precision applies to float models; this model is quantized")
     g = load_onnx(model, batch=batch)
     g = run_pipeline(g, config, status=status)
     if not any(g.nodes[n]["op"] == "qgemm" for n in g):

@@ -77,6 +77,13 @@ def load_onnx(model, *, batch: int = 1):
     graph = model.graph
 
     g = new_graph(graph.name or "model")
+    from compiler.ptq import METADATA_PREFIX
+
+    g.graph["weight_formats"] = {
+        p.key[len(METADATA_PREFIX) :]: p.value
+        for p in model.metadata_props
+        if p.key.startswith(METADATA_PREFIX)
+    }
     consts = g.graph["constants"]
     for init in graph.initializer:
         consts[init.name] = numpy_helper.to_array(init)

@@ -222,12 +222,19 @@ def _fuse_qdq(g, n: str) -> bool:
     if not xs[1].per_tensor:
         return False
     out = node["outputs"][0]
-    _chain, clamp_ops, t = [], [], out
-    while True:  # [Relu | Clip]* then QuantizeLinear, each the only reader
+    clamp_ops, t, bias_add = [], out, None
+    while True:  # [Add bias] [Relu | Clip]* then QuantizeLinear, each the only reader
         cons = consumers(g, t)
         if len(cons) != 1 or t in g.graph["outputs"]:
             return False
         c = g.nodes[cons[0]]
+        if c["op"] == "Add" and bias_add is None and not clamp_ops and node["op"] == "MatMul":
+            other = [i for i in c["inputs"] if i != t]
+            n_out = consts[ws[0]].shape[-1]
+            if len(other) == 1 and other[0] in consts and consts[other[0]].size == n_out:
+                bias_add = (cons[0], other[0])
+                t = c["outputs"][0]
+                continue
         if c["op"] in ("Relu", "Clip") and all(not i or i in consts for i in c["inputs"][1:]):
             clamp_ops.append(cons[0])
             t = c["outputs"][0]
@@ -254,18 +261,21 @@ def _fuse_qdq(g, n: str) -> bool:
     if kind == "matmul" and len(g.graph["tensors"][ins[0]].shape) < 2:
         return False
     bias = None
-    if len(ins) > 2 and ins[2]:
-        bias = _bias_codes(g, ins[2], xs[1], wq, src)
+    bias_t = ins[2] if len(ins) > 2 and ins[2] else (bias_add[1] if bias_add else None)
+    if bias_t:
+        bias = _bias_codes(g, bias_t, xs[1], wq, src)
         if bias is None:
             return False
-    attrs.update(x_q=xs[1], y_q=yq, w_dtype=wq.dtype)
+        bias = bias.reshape(-1)
+    declared = g.graph.get("weight_formats", {}).get(src, wq.dtype)
+    attrs.update(x_q=xs[1], y_q=yq, w_dtype=declared)
     attrs["w_zp"], attrs["w_scale"] = _weight_q(w, wq, kind, src)
     attrs["clamp"] = _clamp(g, clamp_ops, yq)
     _add_qlinear(g, n, xs[0], qn["outputs"][0], attrs, w, bias, src)
     g.graph["tensors"][qn["outputs"][0]] = replace(
         g.graph["tensors"][qn["outputs"][0]], kind="quant", q=yq
     )
-    for m in [n, *clamp_ops, q_node]:
+    for m in [n, *([bias_add[0]] if bias_add else []), *clamp_ops, q_node]:
         for t in g.nodes[m]["outputs"]:
             if t != qn["outputs"][0]:
                 g.graph["tensors"].pop(t, None)
@@ -477,6 +487,27 @@ def assign_units(g, config):
     return g
 
 
+def _weight_codes(values: np.ndarray, fmt: str) -> np.ndarray:
+    """Weight values as the codes the units take (integer formats: the values themselves)."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    if f.kind == "int":
+        return values
+    lookup = {}
+    for code in range(1 << f.bits):
+        try:
+            v = float(f.decode(np.array([code]))[0])
+        except ValueError:  # ternary's code 2 is not a value
+            continue
+        if v == v:
+            lookup.setdefault(v, code)
+    bad = [v for v in np.unique(values).tolist() if v not in lookup]
+    if bad:
+        raise CompileError(f"weights {bad[:4]} are not values of {fmt}")
+    return np.vectorize(lambda v: lookup[v], otypes=[np.int64])(values)
+
+
 def codegen(g, config):
     """Each accelerator qgemm -> a Program (``compiler.gemm.lower_gemm``: tiling, double
     buffering, tokens, scratchpad and accumulator allocation) and its predicted timing."""
@@ -493,7 +524,7 @@ def codegen(g, config):
         try:
             program = lower_gemm(
                 config,
-                form.weights,
+                _weight_codes(form.weights, a["w_format"]),
                 m=a["m"],
                 mode=a["mode"],
                 unit=node["unit"],

@@ -146,7 +146,7 @@ def _run_qlinear_elementwise(op: str, ins: list, a: dict):
 
 def execute(g, inputs: dict, *, programs: str = "reference", keep_all: bool = False, hook=None):
     """Run ``g`` on ``inputs`` (name -> array); return the model outputs (every tensor with
-    ``keep_all``). ``hook(op_name, outputs)`` sees each op's results."""
+    ``keep_all``). ``hook(op_name, inputs, outputs)`` sees each op's operands and results."""
     consts = g.graph["constants"]
     values = dict(inputs)
     for name in g.graph["inputs"]:
@@ -170,7 +170,7 @@ def execute(g, inputs: dict, *, programs: str = "reference", keep_all: bool = Fa
         for t, v in zip(node["outputs"], outs, strict=False):
             values[t] = v
         if hook:
-            hook(n, outs)
+            hook(n, ins, outs)
         if remaining is not None:
             for t in remaining.get(i, ()):
                 values.pop(t, None)

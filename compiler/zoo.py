@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["cnn", "mlp", "quantize", "resnet18", "transformer_block"]
+__all__ = ["cnn", "mlp", "qonnx_mlp", "quantize", "resnet18", "transformer_block"]
 
 OPSET = 17
 IR_VERSION = 10  # onnxruntime 1.31 reads IR versions up to 13; onnx 1.23 writes 14
@@ -211,3 +211,68 @@ def quantize(
             weight_type=types[weight],
         )
         return onnx.load(dst)
+
+
+def qonnx_mlp(
+    sizes=(64, 32, 10), *, weight_bits=(2, 2), batch: int | str = "N", seed: int = 0
+) -> onnx.ModelProto:
+    """A QONNX MLP as Brevitas exports one: 8-bit signed ``Quant`` on the input and on every
+    hidden activation, per-channel ``Quant`` weights of ``weight_bits`` per layer (2 with
+    narrow range: ternary; 1: ``BipolarQuant``), MatMul + Add + Relu."""
+    b = _Builder(seed)
+    domain = "qonnx.custom_op.general"
+
+    def quant(x, scale, bits, *, narrow=0, zp=0.0):
+        ins = [x, b.const("s", scale), b.const("z", zp), b.const("bw", float(bits))]
+        out = b.name("quant")
+        b.nodes.append(
+            helper.make_node(
+                "Quant",
+                ins,
+                [out],
+                name=out,
+                domain=domain,
+                signed=1,
+                narrow=narrow,
+                rounding_mode="ROUND",
+            )
+        )
+        return out
+
+    x = quant("x", 4.0 / 127, 8)
+    for i, (k, n) in enumerate(itertools.pairwise(sizes)):
+        bits = weight_bits[i]
+        w = b.rng.normal(0, np.sqrt(2 / k), (k, n))
+        if bits == 1:
+            out = b.name("bipolar")
+            scale = np.abs(w).mean(axis=0, keepdims=True)
+            b.nodes.append(
+                helper.make_node(
+                    "BipolarQuant",
+                    [b.const("w", w), b.const("s", scale)],
+                    [out],
+                    name=out,
+                    domain=domain,
+                )
+            )
+            wq = out
+        else:
+            narrow = 1 if bits == 2 else 0
+            top = (1 << (bits - 1)) - 1 or 1
+            scale = np.abs(w).max(axis=0, keepdims=True) / top
+            wq = quant(b.const("w", w), scale, bits, narrow=narrow)
+        y = b.node("MatMul", [x, wq], f"fc{i}_mm")
+        y = b.node("Add", [y, b.const("fc_b", b.rng.normal(0, 0.1, n))], f"fc{i}")
+        x = quant(b.node("Relu", [y]) if i < len(sizes) - 2 else y, 8.0 / 127, 8)
+    graph = helper.make_graph(
+        b.nodes,
+        "qonnx_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, sizes[0]])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, sizes[-1]])],
+        b.inits,
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(domain, 1)],
+        ir_version=IR_VERSION,
+    )

@@ -35,7 +35,7 @@ from hw.rtl_bench import SIMULATORS, read_results, run_cocotb
 from qaccel import csr
 from sim.dram import DramTiming
 
-__all__ = ["RtlRun", "compare", "predict_timing", "run_on_rtl", "verify_program"]
+__all__ = ["RtlRun", "compare", "predict_timing", "run_on_rtl", "verify_model", "verify_program"]
 
 # cocotbext-axi 0.1.28 still calls cocotb 1.x APIs that cocotb 2 deprecates (see hw.csr_bench).
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"cocotbext\.axi\.")
@@ -153,6 +153,39 @@ def verify_program(program, inputs, *, simulator: str = "icarus", build_dir: Pat
     )
     compare(want, got, timing)
     return want, got
+
+
+@dataclass
+class LayerCheck:
+    """One accelerator layer of a model on the RTL: its cycles there and as predicted."""
+
+    layer: str
+    rtl_cycles: int
+    sim_cycles: int
+    error: str | None  # None: outputs bit for bit and every counter equal
+
+
+def verify_model(model, inputs: dict, *, simulator: str = "icarus", build_dir: Path):
+    """Run every accelerator layer of a compiled model (``compiler.network.CompiledModel``)
+    on ``inputs`` through the RTL, in one simulation, each layer fed what the simulator fed
+    it; compare outputs with the executor and the counters with the fast engine's
+    prediction. Returns a LayerCheck per layer."""
+    from sim.executor import run_program
+
+    jobs = model.accelerator_jobs(inputs)
+    runs = run_on_rtl(
+        model.config, [(p, x) for _, p, x, _ in jobs], simulator=simulator, build_dir=build_dir
+    )
+    checks = []
+    for (name, program, x, timing), got in zip(jobs, runs, strict=True):
+        want = run_program(program, x)
+        try:
+            compare(want, got, timing.counters)
+            error = None
+        except AssertionError as e:
+            error = str(e)
+        checks.append(LayerCheck(name, got.counters["CYCLES"], timing.counters["CYCLES"], error))
+    return checks
 
 
 def predict_timing(program):

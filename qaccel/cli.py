@@ -151,10 +151,69 @@ def cmd_gemm(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def cmd_compile(args: argparse.Namespace) -> None:
+    from compiler.network import compile_model
+
+    cfg = config.load_config(args.config)
+    calib = _calibration(args.calib) if args.calib else None
+    with _ProgressBar("compiling") as progress:
+        model = compile_model(
+            args.model,
+            cfg,
+            batch=args.batch,
+            calibration=calib,
+            precision=args.precision,
+            status=progress,
+        )
+    model.save(args.output)
+    print(model.format_report())
+    print(f"\ncompiled in {model.compile_s:.2f} s; wrote {args.output}")
+
+
+def _calibration(path: str) -> list:
+    """The arrays of a .npz (or one .npy): each a calibration batch of the model's input."""
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the calibration set {path}: {e}") from None
+    if isinstance(data, np.ndarray):
+        return [data]
+    with data:
+        return [data[k] for k in data.files]
+
+
+def _is_model_dir(path: str) -> bool:
+    return (Path(path) / "model.json").exists()
+
+
+def cmd_run_model(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from compiler.network import load_compiled
+
+    model = load_compiled(args.program)
+    inputs = _named_arrays(args.input)
+    with _Progress() as progress:
+        progress("running the model: host ops and the accelerator layers on the executor")
+        outputs = model.run(inputs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, values in outputs.items():
+        np.save(out / f"{name}.npy", values)
+        print(f"wrote {out / (name + '.npy')} {tuple(np.shape(values))} {np.asarray(values).dtype}")
+    (out / "report.txt").write_text(model.format_report() + "\n")
+    print(model.format_report())
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     import json
 
     import numpy as np
+
+    if _is_model_dir(args.program):
+        return cmd_run_model(args)
 
     from qaccel.program import load_program
     from sim.report import run_and_report, summary
@@ -244,8 +303,37 @@ def _build_dir(path: str | None, what: str) -> Path:
     return Path(path) if path else Path(tempfile.mkdtemp(prefix=f"qaccel-{what}-"))
 
 
+def cmd_verify_model(args: argparse.Namespace) -> int:
+    from compiler.network import load_compiled
+    from hw.accel_bench import verify_model
+
+    model = load_compiled(args.program)
+    inputs = _named_arrays(args.input)
+    build = _build_dir(args.build, "verify")
+    with _Progress() as progress:
+        progress(f"the model on the simulator, then its accelerator layers on {args.rtl}")
+        checks = verify_model(model, inputs, simulator=args.rtl, build_dir=build)
+    rows = [
+        [c.layer, f"{c.rtl_cycles:,}", f"{c.sim_cycles:,}", "equal" if c.error is None else c.error]
+        for c in checks
+    ]
+    print(_table(["layer", "RTL cycles", "simulator cycles", "outputs and counters"], rows))
+    bad = [c for c in checks if c.error is not None]
+    if bad:
+        raise ValueError(f"RTL and simulator differ on {len(bad)} layers (logs in {build})")
+    total = sum(c.rtl_cycles for c in checks)
+    print(
+        f"\n{args.rtl}: {len(checks)} layers, outputs bit for bit and every counter equal to "
+        f"the simulator's; {total:,} cycles in all"
+    )
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from hw.accel_bench import TIMING_FREE, compare, run_on_rtl
+
+    if _is_model_dir(args.program):
+        return cmd_verify_model(args)
     from qaccel.program import load_program
     from sim.executor import run_program
     from sim.fast import run_fast
@@ -380,9 +468,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the Program's folder")
     p.set_defaults(func=cmd_gemm)
     p = sub.add_parser(
-        "run", help="run a Program on the simulator: outputs, counters, statistics, trace"
+        "compile", help="compile a quantized ONNX / QONNX model (or float + --calib) for a config"
     )
-    p.add_argument("program", help="a Program's folder")
+    p.add_argument("model", help="an ONNX model")
+    p.add_argument("--config", required=True, help="a TOML configuration")
+    p.add_argument("-o", "--output", required=True, help="the compiled model's folder")
+    p.add_argument("--batch", type=int, default=1, help="the batch size (default 1)")
+    p.add_argument(
+        "--calib", help="a float model's calibration inputs: .npz of arrays (or one .npy)"
+    )
+    p.add_argument(
+        "--precision",
+        help='per-layer formats for a float model, e.g. "conv1=int8*int8,fc*=int2*int8"',
+    )
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser(
+        "run",
+        help="run a compiled model or a Program on the simulator: outputs, counters, statistics",
+    )
+    p.add_argument("program", help="a compiled model's or a Program's folder")
     p.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input tensor"
     )
@@ -417,8 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataflow", choices=["ws", "os"], help="default: the configuration's")
     p.add_argument("--mode", help="weight*activation, e.g. int8*int8 (default: the first mode)")
     p.set_defaults(func=cmd_simulate)
-    p = sub.add_parser("verify", help="run a Program on the accelerator's RTL and the executor")
-    p.add_argument("program", help="a Program's folder")
+    p = sub.add_parser(
+        "verify", help="run a compiled model or a Program on the accelerator's RTL and the simulator"
+    )
+    p.add_argument("program", help="a compiled model's or a Program's folder")
     p.add_argument(
         "--input", action="append", default=[], metavar="NAME=FILE.npy", help="an input tensor"
     )

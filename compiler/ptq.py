@@ -1,0 +1,277 @@
+"""The compiler's own post-training quantization: a float ONNX model and calibration inputs
+-> a QDQ model the frontend reads like onnxruntime's.
+
+- Every Conv, MatMul and Gemm with constant weights gets QuantizeLinear -> DequantizeLinear
+  on its input and its output (after a Relu / Clip that is its only reader): per-tensor int8
+  activations, asymmetric, from the calibration ranges (``clip`` "minmax", "percentile" at
+  99.99 %, or "mse": the range with the least squared error on the calibration values).
+- Weights: per output channel, symmetric, in the layer's weight format (``precision``):
+  integer formats int2..int8 (scale from the largest magnitude, or by least squared error for
+  4 bits and fewer), ternary (threshold 0.7 mean |w|, scale the mean kept magnitude) and
+  binary (sign, scale the mean magnitude). The codes are stored in int8 containers, so
+  onnxruntime can run the result; the true format of each layer is kept in the model's
+  metadata (``qaccel.weight_format.<node>``), which the frontend reads.
+- Bias: int32 at scale s_x * s_w.
+- The host ops between layers (residual adds, pools, softmax) run on the dequantized values.
+
+``precision``: comma-separated ``PATTERN=WEIGHT*ACTIVATION``, patterns matched against node
+names with ``fnmatch`` (the first that matches wins), e.g. ``conv1=int8*int8,fc*=int2*int8``.
+Layers no pattern names are int8*int8.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compiler.graph import CompileError
+
+__all__ = ["METADATA_PREFIX", "WEIGHT_FORMATS", "parse_precision", "quantize_model"]
+
+METADATA_PREFIX = "qaccel.weight_format."
+WEIGHT_FORMATS = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary")
+CLIPS = ("minmax", "percentile", "mse")
+
+
+def parse_precision(spec: str | None) -> list[tuple[str, str]]:
+    """``"conv1=int8*int8,fc*=int2*int8"`` -> [(pattern, weight format)]."""
+    if not spec:
+        return []
+    rules = []
+    for item in spec.split(","):
+        pattern, sep, pair = item.strip().partition("=")
+        w, star, a = pair.partition("*")
+        if not sep or not pattern or not star:
+            raise CompileError(f"precision rule {item!r} is not PATTERN=WEIGHT*ACTIVATION")
+        if w not in WEIGHT_FORMATS:
+            raise CompileError(
+                f"precision rule {item!r}: weight format {w!r} is not one the compiler's "
+                f"quantizer makes ({', '.join(WEIGHT_FORMATS)})"
+            )
+        if a != "int8":
+            raise CompileError(
+                f"precision rule {item!r}: activations are int8 (the requantized 8-bit codes "
+                f"every layer passes on), not {a!r}"
+            )
+        rules.append((pattern, w))
+    return rules
+
+
+def _levels(fmt: str) -> tuple[int, int]:
+    if fmt == "ternary":
+        return -1, 1
+    if fmt == "binary":
+        return -1, 1
+    bits = int(fmt[3:])
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def quantize_weights(w: np.ndarray, axis: int, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes as values of ``fmt``, per-channel scales) for weights ``w``, channels along
+    ``axis``."""
+    wc = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0).reshape(w.shape[axis], -1)
+    lo, hi = _levels(fmt)
+    codes = np.zeros_like(wc, dtype=np.int64)
+    scales = np.zeros(wc.shape[0])
+    for c, row in enumerate(wc):
+        mag = np.abs(row)
+        if not mag.any():
+            scales[c] = 1.0
+            continue
+        if fmt == "binary":
+            s, q = mag.mean(), np.where(row >= 0, 1, -1)
+        elif fmt == "ternary":
+            keep = mag > 0.7 * mag.mean()
+            s = mag[keep].mean() if keep.any() else mag.max()
+            q = np.where(keep, np.sign(row), 0).astype(np.int64)
+        else:
+            best = None
+            top = mag.max() / max(hi, 1)
+            grid = [1.0] if hi >= 15 else np.linspace(0.3, 1.0, 36)
+            for f in grid:
+                s_ = top * f
+                q_ = np.clip(np.rint(row / s_), lo, hi)
+                err = np.sum((q_ * s_ - row) ** 2)
+                if best is None or err < best[0]:
+                    best = (err, s_, q_)
+            _, s, q = best
+        codes[c], scales[c] = q, s
+    shape = [w.shape[axis]] + [d for i, d in enumerate(w.shape) if i != axis]
+    codes = np.moveaxis(codes.reshape(shape), 0, axis)
+    return codes, scales
+
+
+def _activation_range(values: np.ndarray, clip: str) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    lo, hi = min(float(v.min()), 0.0), max(float(v.max()), 0.0)
+    if clip == "percentile":
+        lo = min(float(np.percentile(v, 0.01)), 0.0)
+        hi = max(float(np.percentile(v, 99.99)), 0.0)
+    elif clip == "mse":
+        best = None
+        for f in np.linspace(0.5, 1.0, 11):
+            a, b = lo * f, hi * f
+            s = max(b - a, 1e-12) / 255
+            zp = np.round(-128 - a / s)
+            q = (np.clip(np.rint(v / s) + zp, -128, 127) - zp) * s
+            err = np.sum((q - v) ** 2)
+            if best is None or err < best[0]:
+                best = (err, a, b)
+        _, lo, hi = best
+    return lo, hi
+
+
+def _act_qparams(lo: float, hi: float) -> tuple[np.float32, np.int8]:
+    scale = max(hi - lo, 1e-8) / 255
+    zp = int(np.clip(np.round(-128 - lo / scale), -128, 127))
+    return np.float32(scale), np.int8(zp)
+
+
+def quantize_model(
+    model: onnx.ModelProto, calibration: list, *, precision: str | None = None, clip: str = "minmax"
+) -> onnx.ModelProto:
+    """A QDQ model quantized from float ``model`` on the ``calibration`` input batches (module
+    docstring)."""
+    from compiler.onnx_frontend import load_onnx
+    from compiler.runtime import execute
+
+    if clip not in CLIPS:
+        raise CompileError(f"clip must be one of {', '.join(CLIPS)}, not {clip!r}")
+    if not calibration:
+        raise CompileError("a float model needs a calibration set (--calib) to be quantized")
+    rules = parse_precision(precision)
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    input_names = [vi.name for vi in graph.input if vi.name not in inits]
+    if len(input_names) != 1:
+        raise CompileError(f"the quantizer takes models with one input, not {len(input_names)}")
+    batches = [np.asarray(c, dtype=np.float32) for c in calibration]
+    ir = load_onnx(model, batch=batches[0].shape[0])
+    seen: dict[str, list] = {}
+    for batch in batches:
+        ir_b = (
+            ir if batch.shape[0] == batches[0].shape[0] else load_onnx(model, batch=batch.shape[0])
+        )
+        values = execute(ir_b, {input_names[0]: batch}, keep_all=True)
+        for t, v in values.items():
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+                seen.setdefault(t, []).append(v.reshape(-1))
+    ranges = {t: _activation_range(np.concatenate(v), clip) for t, v in seen.items()}
+
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node)
+    nodes, new_inits, meta = [], [], {}
+    qdq_of: dict[str, str] = {}  # float tensor -> its fake-quantized copy
+
+    def qdq(t: str, out: str | None = None) -> str:
+        if t in qdq_of:
+            return qdq_of[t]
+        if t not in ranges:
+            raise CompileError(f"tensor {t!r} never took a value during calibration")
+        s, z = _act_qparams(*ranges[t])
+        base = t.replace("/", "_")
+        new_inits.append(numpy_helper.from_array(np.array(s, np.float32), f"{base}_scale"))
+        new_inits.append(numpy_helper.from_array(np.array(z, np.int8), f"{base}_zp"))
+        q, d = f"{base}_q", out or f"{base}_dq"
+        nodes.append(helper.make_node("QuantizeLinear", [t, f"{base}_scale", f"{base}_zp"], [q]))
+        nodes.append(helper.make_node("DequantizeLinear", [q, f"{base}_scale", f"{base}_zp"], [d]))
+        qdq_of[t] = d
+        return d
+
+    outputs = {o.name for o in graph.output}
+
+    def requantize(t: str) -> None:
+        """Readers of the layer output ``t`` read its fake-quantized copy; a model output
+        keeps its name on the copy."""
+        if t not in outputs:
+            rename[t] = qdq(t)
+            return
+        raw = f"{t}_float"
+        for n in nodes:
+            for i, x in enumerate(n.output):
+                if x == t:
+                    n.output[i] = raw
+        ranges[raw] = ranges[t]
+        qdq(raw, out=t)
+
+    rename: dict[str, str] = {}
+    pending: dict[str, str] = {}  # output tensor to fake-quantize once its writer is placed
+    for node in graph.node:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        for i, t in enumerate(node.input):
+            if t in rename:
+                node.input[i] = rename[t]
+        quantizable = (
+            node.op_type in ("Conv", "MatMul", "Gemm")
+            and len(node.input) > 1
+            and node.input[1] in inits
+            and inits[node.input[1]].ndim in (2, 4)
+        )
+        if node.op_type == "Gemm" and quantizable:
+            a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            quantizable = not a.get("transA", 0) and a.get("alpha", 1.0) == 1.0
+        if not quantizable:
+            nodes.append(node)
+            for t in node.output:
+                if t in pending:
+                    pending.pop(t)
+                    requantize(t)
+            continue
+        name = node.name = node.name or node.output[0]
+        fmt = next((w for p, w in rules if fnmatch.fnmatchcase(name, p)), "int8")
+        if node.input[0] not in qdq_of.values():
+            node.input[0] = qdq(node.input[0])
+        w = inits[node.input[1]]
+        trans_b = node.op_type == "Gemm" and any(x.name == "transB" and x.i for x in node.attribute)
+        axis = 0 if node.op_type == "Conv" or trans_b else 1
+        codes, scales = quantize_weights(w, axis, fmt)
+        wn = f"{name}_wq"
+        new_inits.append(numpy_helper.from_array(codes.astype(np.int8), wn))
+        new_inits.append(numpy_helper.from_array(scales.astype(np.float32), f"{wn}_scale"))
+        new_inits.append(numpy_helper.from_array(np.zeros(len(scales), np.int8), f"{wn}_zp"))
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [wn, f"{wn}_scale", f"{wn}_zp"], [f"{wn}_dq"], axis=axis
+            )
+        )
+        node.input[1] = f"{wn}_dq"
+        if len(node.input) > 2 and node.input[2] in inits:
+            sx = _act_qparams(*ranges[_source_of(qdq_of, node.input[0])])[0]
+            bs = (np.float64(sx) * scales.astype(np.float32)).astype(np.float32)
+            b = np.rint(inits[node.input[2]].astype(np.float64) / bs).astype(np.int32)
+            bn = f"{name}_bq"
+            new_inits.append(numpy_helper.from_array(b, bn))
+            new_inits.append(numpy_helper.from_array(bs, f"{bn}_scale"))
+            new_inits.append(numpy_helper.from_array(np.zeros(len(bs), np.int32), f"{bn}_zp"))
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", [bn, f"{bn}_scale", f"{bn}_zp"], [f"{bn}_dq"], axis=0
+                )
+            )
+            node.input[2] = f"{bn}_dq"
+        meta[name] = fmt
+        nodes.append(node)
+        out = node.output[0]
+        after = readers.get(out, [])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and out not in outputs:
+            pending[after[0].output[0]] = out
+        else:
+            requantize(out)
+    used = {t for n in nodes for t in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    g = helper.make_graph(nodes, graph.name, graph.input, graph.output, keep + new_inits)
+    out_model = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+    for name, fmt in meta.items():
+        out_model.metadata_props.append(
+            onnx.StringStringEntryProto(key=METADATA_PREFIX + name, value=fmt)
+        )
+    return out_model
+
+
+def _source_of(qdq_of: dict, dq: str) -> str:
+    return next(t for t, d in qdq_of.items() if d == dq)
