@@ -57,7 +57,8 @@ def _pool_attrs(a: dict, x) -> tuple:
 def max_pool(ins, a):
     x = ins[0]
     kernel, strides, pads, dil = _pool_attrs(a, x)
-    return [_pool_windows(x, kernel, strides, pads, -np.inf, dil).max(axis=-1).astype(x.dtype)]
+    low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min  # integer codes too
+    return [_pool_windows(x, kernel, strides, pads, low, dil).max(axis=-1).astype(x.dtype)]
 
 
 def average_pool(ins, a):

@@ -15,8 +15,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compiler.graph import CompileError, Tensor, add_op, new_graph
+from compiler.host_ops import HOST_OPS, QLINEAR_OPS
 
-__all__ = ["load_onnx"]
+__all__ = ["KNOWN_OPS", "load_onnx"]
+
+KNOWN_OPS = (
+    set(HOST_OPS)
+    | set(QLINEAR_OPS)
+    | {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
+    | {"MatMulInteger", "ConvInteger", "Quant", "BipolarQuant", "Trunc"}
+)
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
@@ -114,6 +122,11 @@ def load_onnx(model, *, batch: int = 1):
             and not node.domain.startswith("finn")
         ):
             raise CompileError(f"node {name}: op {op} of domain {node.domain!r} is not supported")
+        if op not in KNOWN_OPS:
+            raise CompileError(
+                f"node {name}: op {op} is not supported (neither the accelerator nor the host "
+                "runs it)"
+            )
         add_op(g, name, op, list(node.input), list(node.output), attrs=_attrs(node))
     g.graph["outputs"] = [vi.name for vi in graph.output]
     _fill_shapes(g, shapes)

@@ -2,7 +2,7 @@
 with ``graph.verify`` after every one.
 
     fold_constants -> fold_batchnorm -> fuse_qlinear -> fold_constants -> eliminate_dead
-    -> lower_gemms -> assign_units -> codegen
+    -> lower_gemms -> assign_units -> codegen -> predict_timing
 
 A ``qlinear`` op is a quantized Conv / MatMul / Gemm with constant weights, from either
 format: QDQ (DequantizeLinear -> Conv/MatMul/Gemm [-> Relu/Clip] -> QuantizeLinear) or
@@ -477,7 +477,10 @@ def assign_units(g, config):
         wf = weight_format(a["form"].weights, a.get("w_dtype", "int8"))
         a["w_format"] = wf
         mode = f"{wf}*int8"
-        if wf in lut_formats:
+        if wf == "binary" and not np.all(np.abs(a["form"].weights) == 1):
+            node["unit"], a["mode"] = "host", mode
+            a["why_host"] = "binary weights cannot hold the zeros of a grouped convolution"
+        elif wf in lut_formats:
             node["unit"], a["mode"] = "lut", mode
         elif mode in array_modes:
             node["unit"], a["mode"] = "array", mode
@@ -513,7 +516,6 @@ def codegen(g, config):
     buffering, tokens, scratchpad and accumulator allocation) and its predicted timing."""
     from compiler.gemm import lower_gemm
     from compiler.quant import epilogue_of
-    from sim.fast import run_fast
 
     for n in ops_in_order(g):
         node = g.nodes[n]
@@ -537,7 +539,18 @@ def codegen(g, config):
                 f"node {node['source']}: cannot be mapped onto {config.name}: {e}"
             ) from None
         a["program"] = program
-        a["timing"] = run_fast(program)
+    return g
+
+
+def predict_timing(g, config):
+    """Each accelerator layer's cycles, busy and stall counters: the fast engine on its
+    Program (equal to the cycle engine and the RTL)."""
+    from sim.fast import run_fast
+
+    for n in ops_in_order(g):
+        node = g.nodes[n]
+        if node["op"] == "qgemm" and node["unit"] != "host":
+            node["attrs"]["timing"] = run_fast(node["attrs"]["program"])
     return g
 
 
@@ -550,16 +563,23 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("lower_gemms", lower_gemms),
     ("assign_units", assign_units),
     ("codegen", codegen),
+    ("predict_timing", predict_timing),
 ]
 
 
 def run_pipeline(g, config, *, until: str | None = None, status=None):
     """Every pass in order, ``verify`` after each; stop after ``until`` if given."""
+    import time
+
+    seconds = {}
     for i, (name, fn) in enumerate(PIPELINE):
         if status:
             status(i, len(PIPELINE), name)
+        start = time.perf_counter()
         g = fn(g, config)
         verify(g)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        g.graph["pass_s"] = seconds
         if name == until:
             break
     return g

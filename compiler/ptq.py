@@ -201,6 +201,7 @@ def quantize_model(
 
     rename: dict[str, str] = {}
     pending: dict[str, str] = {}  # output tensor to fake-quantize once its writer is placed
+    bias_inputs: dict[str, tuple[str, str]] = {}  # Add output -> (float bias, int32 bias)
     for node in graph.node:
         node = onnx.NodeProto.FromString(node.SerializeToString())
         for i, t in enumerate(node.input):
@@ -216,6 +217,12 @@ def quantize_model(
             a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
             quantizable = not a.get("transA", 0) and a.get("alpha", 1.0) == 1.0
         if not quantizable:
+            for t in node.output:
+                if t in bias_inputs:  # a MatMul's bias Add reads the int32 bias
+                    const, dq = bias_inputs[t]
+                    for i, x in enumerate(node.input):
+                        if x == const:
+                            node.input[i] = dq
             nodes.append(node)
             for t in node.output:
                 if t in pending:
@@ -240,10 +247,12 @@ def quantize_model(
             )
         )
         node.input[1] = f"{wn}_dq"
-        if len(node.input) > 2 and node.input[2] in inits:
-            sx = _act_qparams(*ranges[_source_of(qdq_of, node.input[0])])[0]
+        sx = _act_qparams(*ranges[_source_of(qdq_of, node.input[0])])[0]
+
+        def bias_dq(bias_name: str, sx=sx, scales=scales, name=name) -> str:
+            """The float bias as int32 codes at scale s_x * s_w."""
             bs = (np.float64(sx) * scales.astype(np.float32)).astype(np.float32)
-            b = np.rint(inits[node.input[2]].astype(np.float64) / bs).astype(np.int32)
+            b = np.rint(inits[bias_name].astype(np.float64).reshape(-1) / bs).astype(np.int32)
             bn = f"{name}_bq"
             new_inits.append(numpy_helper.from_array(b, bn))
             new_inits.append(numpy_helper.from_array(bs, f"{bn}_scale"))
@@ -253,15 +262,32 @@ def quantize_model(
                     "DequantizeLinear", [bn, f"{bn}_scale", f"{bn}_zp"], [f"{bn}_dq"], axis=0
                 )
             )
-            node.input[2] = f"{bn}_dq"
+            return f"{bn}_dq"
+
+        if len(node.input) > 2 and node.input[2] in inits:
+            node.input[2] = bias_dq(node.input[2])
         meta[name] = fmt
-        nodes.append(node)
         out = node.output[0]
-        after = readers.get(out, [])
-        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and out not in outputs:
-            pending[after[0].output[0]] = out
-        else:
+        end = out  # the layer ends after a bias Add (MatMul) and a Relu / Clip it alone feeds
+        after = readers.get(end, [])
+        if (
+            node.op_type == "MatMul"
+            and len(after) == 1
+            and after[0].op_type == "Add"
+            and end not in outputs
+        ):
+            other = [t for t in after[0].input if t != end]
+            if len(other) == 1 and other[0] in inits and inits[other[0]].size == scales.size:
+                bias_inputs[after[0].output[0]] = (other[0], bias_dq(other[0]))
+                end = after[0].output[0]
+                after = readers.get(end, [])
+        nodes.append(node)
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and end not in outputs:
+            end = after[0].output[0]
+        if end == out:
             requantize(out)
+        else:
+            pending[end] = out
     used = {t for n in nodes for t in n.input}
     keep = [i for i in graph.initializer if i.name in used]
     g = helper.make_graph(nodes, graph.name, graph.input, graph.output, keep + new_inits)
