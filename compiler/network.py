@@ -202,8 +202,16 @@ class CompiledModel:
                     path = f"layers/{i:03d}"
                     v.save(d / path)
                     attrs[key] = {"$program": path}
-                elif key == "timing":
-                    attrs[key] = {"$timing": v.counters}
+                elif key == "timing":  # the figures the report needs, not each instruction's
+                    attrs[key] = {
+                        "$timing": {
+                            "counters": v.counters,
+                            "sram": v.sram,
+                            "dram_read_bytes": v.dram_read_bytes,
+                            "dram_write_bytes": v.dram_write_bytes,
+                            "causes": v.causes,
+                        }
+                    }
                 else:
                     attrs[key] = _encode(v, f"{i}.{key}", arrays)
             ops.append(
@@ -293,13 +301,10 @@ def _decode(v, arrays: dict, d: Path, config):
 
         return load_program(d / body, config)
     if tag == "$timing":
-        return _SavedTiming(body)
+        from sim.cycle import Timing
+
+        return Timing(insns=[], **body)
     raise ValueError(f"unknown tag {tag!r} in model.json")
-
-
-@dataclass
-class _SavedTiming:
-    counters: dict
 
 
 def load_compiled(directory) -> CompiledModel:

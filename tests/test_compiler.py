@@ -284,3 +284,72 @@ def test_wrong_input_shape_is_an_error():
     cm = compile_model(_quantized("mlp", "qdq", "int8", True), TINY, batch=4)
     with pytest.raises(ValueError, match="must have shape"):
         cm.run({"x": np.zeros((3, 64), np.float32)})
+
+
+# --- the command line and the RTL ------------------------------------------------------------
+
+
+def test_cli_compile_run(tmp_path, capsys):
+    from qaccel.cli import main
+
+    model = _quantized("cnn", "qoperator", "uint8", True)
+    onnx.save(model, tmp_path / "cnn.onnx")
+    x = _inputs((2, 1, 8, 8), SEED)[0]
+    np.save(tmp_path / "x.npy", x)
+    prog, out = tmp_path / "prog", tmp_path / "out"
+    args = ["compile", str(tmp_path / "cnn.onnx"), "--config", "configs/tiny.toml"]
+    assert main([*args, "-o", str(prog), "--batch", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "unit" in text and "host fallbacks" in text and "MaxPool" in text
+    assert main(["run", str(prog), "--input", f"x={tmp_path / 'x.npy'}", "--out", str(out)]) == 0
+    got = np.load(out / "fc24.npy")
+    assert np.array_equal(got, compile_model(model, TINY, batch=2).run({"x": x})["fc24"])
+    assert np.abs(got - ort_outputs(model, x)[0]).max() <= 1.0001 * (got.max() - got.min())
+
+
+def test_cli_compile_float_model_with_calibration(tmp_path, capsys):
+    from qaccel.cli import main
+
+    onnx.save(zoo.mlp(), tmp_path / "mlp.onnx")
+    np.savez(tmp_path / "calib.npz", a=_inputs((8, 64), SEED)[0], b=_inputs((8, 64), SEED + 1)[0])
+    args = ["compile", str(tmp_path / "mlp.onnx"), "--config", "configs/lut.toml"]
+    args += ["-o", str(tmp_path / "p"), "--calib", str(tmp_path / "calib.npz")]
+    assert main([*args, "--precision", "fc*=int2*int8"]) == 0
+    assert "int2*int8->int8  lut" in capsys.readouterr().out
+    assert main([*args[:-2], "--precision", "fc*=int2*int8"]) == 1
+    assert "calibration set" in capsys.readouterr().err
+
+
+def test_model_on_icarus_equals_the_simulator(tmp_path, capsys):
+    """`qaccel verify` of a compiled model: each accelerator layer (array and LUT core) on
+    the RTL, outputs bit for bit and every counter equal to the simulator's."""
+    from qaccel.cli import main
+
+    model = zoo.qonnx_mlp((16, 12, 4), weight_bits=(2, 8))
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", _inputs((2, 16), SEED)[0])
+    prog = str(tmp_path / "prog")
+    assert (
+        main(
+            [
+                "compile",
+                str(tmp_path / "m.onnx"),
+                "--config",
+                "configs/lut.toml",
+                "-o",
+                prog,
+                "--batch",
+                "2",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    code = main(
+        ["verify", prog, "--input", f"x={tmp_path / 'x.npy'}", "--build", str(tmp_path / "b")]
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    rows = [line for line in text.splitlines() if line.startswith("fc")]
+    assert len(rows) == 2 and all(r.endswith("equal") for r in rows), text
+    assert "2 layers, outputs bit for bit and every counter equal" in text
