@@ -22,7 +22,7 @@ __all__ = ["KNOWN_OPS", "load_onnx"]
 KNOWN_OPS = (
     set(HOST_OPS)
     | set(QLINEAR_OPS)
-    | {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}
+    | {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
     | {"MatMulInteger", "ConvInteger", "Quant", "BipolarQuant", "Trunc"}
 )
 

@@ -191,6 +191,27 @@ def fuse_qlinear(g, config):
             _add_qlinear(g, n, ins[0], node["outputs"][0], attrs, w, bias, src)
             tensors[node["outputs"][0]] = replace(tensors[node["outputs"][0]], kind="quant", q=yq)
             _remove(g, n)
+        elif op == "QGemm":  # com.microsoft: A, a_s, a_zp, B, b_s, b_zp, [C, y_s, y_zp]
+            a = node["attrs"]
+            if (
+                ins[3] not in consts
+                or len(ins) < 9
+                or not ins[7]
+                or a.get("transA", 0)
+                or a.get("alpha", 1.0) != 1.0
+            ):
+                continue
+            trans_b = bool(a.get("transB", 0))
+            xq = qparams_of(consts[ins[1]], consts[ins[2]])
+            wq = qparams_of(consts[ins[4]], consts[ins[5]], 1)
+            yq = qparams_of(consts[ins[7]], consts[ins[8]])
+            w = consts[ins[3]].T if trans_b else consts[ins[3]]
+            bias = consts[ins[6]].reshape(-1) if ins[6] else None
+            attrs = {"kind": "matmul", "x_q": xq, "y_q": yq, "w_dtype": wq.dtype}
+            attrs["w_zp"], attrs["w_scale"] = wq.zero_point, wq.scale
+            _add_qlinear(g, n, ins[0], node["outputs"][0], attrs, w, bias, src)
+            tensors[node["outputs"][0]] = replace(tensors[node["outputs"][0]], kind="quant", q=yq)
+            _remove(g, n)
         elif op in ("MatMulInteger", "ConvInteger"):
             if ins[1] not in consts:
                 continue

@@ -252,7 +252,13 @@ def quantize_model(
         def bias_dq(bias_name: str, sx=sx, scales=scales, name=name) -> str:
             """The float bias as int32 codes at scale s_x * s_w."""
             bs = (np.float64(sx) * scales.astype(np.float32)).astype(np.float32)
-            b = np.rint(inits[bias_name].astype(np.float64).reshape(-1) / bs).astype(np.int32)
+            b = np.rint(inits[bias_name].astype(np.float64).reshape(-1) / bs)
+            if np.any(np.abs(b) > 2**31 - 1):
+                raise CompileError(
+                    f"node {name}: its bias does not fit int32 at the scale s_x * s_w "
+                    f"({float(sx):.3g} x weights): the input's calibration range is too narrow"
+                )
+            b = b.astype(np.int32)
             bn = f"{name}_bq"
             new_inits.append(numpy_helper.from_array(b, bn))
             new_inits.append(numpy_helper.from_array(bs, f"{bn}_scale"))

@@ -63,6 +63,15 @@ def _run_qlinear_family(op: str, ins: list, a: dict):
         aq = qparams_of(1.0, _opt(ins, 2) if _opt(ins, 2) is not None else np.int8(0))
         bq = qparams_of(1.0, _opt(ins, 3) if _opt(ins, 3) is not None else np.int8(0))
         return [_qlinear_host_matmul(ins[0], aq, ins[1], bq, None).astype(np.int64)]
+    if op == "QGemm":  # dequantize, the float Gemm, quantize (or a float output)
+        xs = dequantize(ins[0], qparams_of(ins[1], ins[2]))
+        ws = dequantize(ins[3], qparams_of(ins[4], ins[5], 0 if a.get("transB", 0) else 1))
+        c = _opt(ins, 6)
+        if c is not None:
+            c = c.astype(np.float32) * np.float32(ins[1]) * np.asarray(ins[4], np.float32)
+        fa = {k: v for k, v in a.items() if k in ("transA", "transB", "alpha")}
+        (y,) = HOST_OPS["Gemm"]([xs, ws] + ([c] if c is not None else []), fa)
+        return [y if _opt(ins, 7) is None else quantize(y, qparams_of(ins[7], _opt(ins, 8)))]
     if op in ("QLinearConv", "ConvInteger"):
         from compiler.quant import conv_attrs, gemm_form, qlinear_reference
 
@@ -94,7 +103,7 @@ def run_op(node: dict, ins: list, *, programs: str) -> list:
         return [dequantize(ins[0], q)]
     if op in QLINEAR_OPS:
         return _run_qlinear_elementwise(op, ins, a)
-    if op in ("QLinearMatMul", "MatMulInteger", "QLinearConv", "ConvInteger"):
+    if op in ("QLinearMatMul", "MatMulInteger", "QLinearConv", "ConvInteger", "QGemm"):
         return _run_qlinear_family(op, ins, a)
     if op == "qlinear":
         rows, how = gemm_rows(ins[0], a)

@@ -1,0 +1,191 @@
+"""Random small networks through the compiler (hypothesis): convolutions of every shape the
+lowering takes (kernel, stride, padding, groups), dense layers, pooling, residual adds and
+host-only ops, quantized by onnxruntime (QDQ or QOperator, int8 or uint8, per tensor or per
+channel) or by the compiler's PTQ with random per-layer precisions, compiled for a random
+preset. Each one compiles and the simulator matches the integer reference bit for bit and
+onnxruntime within 1 LSB, or it fails with a CompileError; nothing else may happen.
+
+``make test`` runs 100 graphs; ``make test-all`` adds 4 x 250.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler import zoo
+from compiler.graph import CompileError
+from compiler.network import compile_model
+from compiler.ptq import quantize_model
+from qaccel import config
+
+logging.getLogger("root").setLevel(logging.ERROR)
+
+CONFIGS = [config.load_config(f"configs/{n}.toml") for n in ("tiny", "edge", "lut")]
+
+
+class _Net:
+    def __init__(self, rng):
+        self.rng, self.nodes, self.inits, self.n = rng, [], [], 0
+
+    def name(self, base):
+        self.n += 1
+        return f"{base}{self.n}"
+
+    def const(self, value, dtype=np.float32):
+        name = self.name("c")
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def node(self, op, inputs, **attrs):
+        out = self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+
+@st.composite
+def networks(draw):
+    """(float model, input shape)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    net = _Net(rng)
+    batch = draw(st.integers(1, 3))
+    if draw(st.booleans()):  # an image
+        c, h, w = draw(st.integers(1, 4)), draw(st.integers(3, 9)), draw(st.integers(3, 9))
+        shape, x = [batch, c, h, w], "x"
+        for _ in range(draw(st.integers(1, 3))):
+            kind = draw(st.sampled_from(["conv", "conv", "depthwise", "pool", "residual", "relu"]))
+            if kind in ("conv", "depthwise", "residual"):
+                k = draw(st.integers(1, min(3, h, w)))
+                if kind == "residual":  # same-size output: an odd kernel, half of it padded
+                    k = 1 if k < 3 else 3
+                stride = 1 if kind == "residual" else draw(st.integers(1, 2))
+                pad = (k - 1) // 2 if kind == "residual" else draw(st.integers(0, k - 1))
+                group = c if kind == "depthwise" else 1
+                cout = c if kind in ("residual", "depthwise") else draw(st.integers(1, 8))
+                wt = rng.normal(0, 1 / np.sqrt(k * k * c / group), (cout, c // group, k, k))
+                y = net.node(
+                    "Conv",
+                    [x, net.const(wt), net.const(rng.normal(0, 0.1, cout))],
+                    kernel_shape=[k, k],
+                    strides=[stride, stride],
+                    pads=[pad] * 4,
+                    group=group,
+                )
+                if draw(st.booleans()):
+                    y = net.node("Relu", [y])
+                x = net.node("Add", [x, y]) if kind == "residual" else y
+                h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+                c = cout
+            elif kind == "pool" and min(h, w) >= 2:
+                op = draw(st.sampled_from(["MaxPool", "AveragePool"]))
+                x = net.node(op, [x], kernel_shape=[2, 2], strides=[2, 2])
+                h, w = h // 2, w // 2
+            else:
+                x = net.node("Relu", [x])
+        if draw(st.booleans()):
+            x = net.node("GlobalAveragePool", [x])
+            h = w = 1
+        x = net.node("Flatten", [x], axis=1)
+        k = c * h * w
+    else:
+        k = draw(st.integers(1, 40))
+        shape, x = [batch, k], "x"
+    for _ in range(draw(st.integers(1, 2))):  # dense layers
+        n = draw(st.integers(1, 24))
+        wt = rng.normal(0, 1 / np.sqrt(k), (k, n))
+        if draw(st.booleans()):
+            x = net.node("Gemm", [x, net.const(wt.T), net.const(rng.normal(0, 0.1, n))], transB=1)
+        else:
+            x = net.node(
+                "Add", [net.node("MatMul", [x, net.const(wt)]), net.const(rng.normal(0, 0.1, n))]
+            )
+        if draw(st.booleans()):  # (onnxruntime's QLinearSoftmax of one value is not 1)
+            x = net.node(draw(st.sampled_from(["Relu", "Sigmoid", "Softmax"][: 2 + (n > 1)])), [x])
+        k = n
+    graph = helper.make_graph(
+        net.nodes,
+        "fuzz",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [batch, k])],
+        net.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return model, shape
+
+
+@st.composite
+def cases(draw):
+    model, shape = draw(networks())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    calib = [rng.normal(size=shape).astype(np.float32) for _ in range(2)]
+    if draw(st.booleans()):
+        quantized = zoo.quantize(
+            model,
+            calib,
+            fmt=draw(st.sampled_from(["qdq", "qoperator"])),
+            activation=draw(st.sampled_from(["int8", "uint8"])),
+            per_channel=draw(st.booleans()),
+        )
+    else:
+        fmts = ["int8", "int4", "int2", "ternary", "binary", "int3"]
+        spec = ",".join(
+            f"{op}*={draw(st.sampled_from(fmts))}*int8" for op in ("conv", "matmul", "gemm")
+        )
+        try:
+            quantized = quantize_model(model, calib, precision=spec)
+        except CompileError:  # a clean refusal by the quantizer
+            quantized = None
+    x = rng.normal(size=shape).astype(np.float32)
+    return quantized, shape, x, draw(st.sampled_from(CONFIGS))
+
+
+def check(case) -> None:
+    quantized, shape, x, cfg = case
+    if quantized is None:
+        return
+    try:
+        cm = compile_model(quantized, cfg, batch=shape[0])
+    except CompileError:
+        return  # a clean refusal, naming what and why
+    sim = cm.run({"x": x})
+    ref = cm.run({"x": x}, programs="reference")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(
+        quantized.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
+    (want,) = sess.run(None, {"x": x})
+    (name,) = cm.graph.graph["outputs"]
+    assert np.array_equal(sim[name], ref[name])
+    lsb = cm.output_scale(name)
+    if lsb is None:  # a float output after host ops (softmax, sigmoid): float tolerance
+        np.testing.assert_allclose(sim[name], want, rtol=1e-4, atol=1e-5)
+    else:
+        assert np.abs(sim[name] - want).max() <= lsb * (1 + 1e-4)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(cases())
+def test_random_networks(case):
+    check(case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", range(4))
+def test_random_networks_thousand(shard):
+    """4 shards x 250 graphs (``make test-all``)."""
+
+    @settings(
+        max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    )
+    @given(cases())
+    def run(case):
+        check(case)
+
+    run()
