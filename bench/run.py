@@ -17,12 +17,21 @@ import array_synth  # noqa: E402
 import engine_speed  # noqa: E402
 import format_speed  # noqa: E402
 import lut_vs_mac  # noqa: E402
+import resnet18_compile  # noqa: E402
 import scalesim_compare  # noqa: E402
 import utilization  # noqa: E402
 
 SECTIONS = {
     m.__name__: m
-    for m in (format_speed, array_synth, lut_vs_mac, engine_speed, scalesim_compare, utilization)
+    for m in (
+        format_speed,
+        array_synth,
+        lut_vs_mac,
+        engine_speed,
+        scalesim_compare,
+        utilization,
+        resnet18_compile,
+    )
 }
 
 
