@@ -571,7 +571,9 @@ def predict_timing(g, config):
     for n in ops_in_order(g):
         node = g.nodes[n]
         if node["op"] == "qgemm" and node["unit"] != "host":
-            node["attrs"]["timing"] = run_fast(node["attrs"]["program"], check=False)  # built checked
+            node["attrs"]["timing"] = run_fast(
+                node["attrs"]["program"], check=False
+            )  # built checked
     return g
 
 

@@ -66,11 +66,21 @@ def run_qonnx_op(op: str, ins: list, a: dict) -> list:
     if op == "Quant":
         codes = _quant_codes(x, scale, zp, float(np.asarray(ins[3])), a)
         return [((codes - zp) * scale).astype(np.float32)]
-    # Trunc: drop (in_bits - out_bits) low bits of the integer value
-    in_bits, out_bits = float(np.asarray(ins[3])), float(np.asarray(ins[4]))
-    y = np.rint(x / scale + zp)
-    y = _ROUND[a.get("rounding_mode", "FLOOR")](y / 2.0 ** (in_bits - out_bits))
-    return [((y - zp) * scale * 2.0 ** (in_bits - out_bits)).astype(np.float32)]
+    # Trunc: the integer value's low bits dropped (v1: in_bitwidth - out_bitwidth of them;
+    # v2: log2(out_scale / scale)), clamped to the output width, then rounded
+    if len(ins) >= 6:  # v2: x, scale, zeropt, in_bitwidth, out_scale, out_bitwidth
+        out_scale, out_bits = np.asarray(ins[4], np.float64), float(np.asarray(ins[5]))
+        step = 2.0 ** np.round(np.log2(out_scale / scale))
+    else:
+        out_bits = float(np.asarray(ins[4]))
+        step = 2.0 ** (float(np.asarray(ins[3])) - out_bits)
+        out_scale = scale * step
+    mode = str(a.get("rounding_mode", "FLOOR")).upper()
+    if mode not in _ROUND:
+        raise CompileError(f"Trunc rounding_mode {mode!r} is not supported")
+    lo, hi = quant_range(int(out_bits), bool(a.get("signed", 1)), bool(a.get("narrow", 0)))
+    y = np.clip(np.rint(x / scale + zp) / step, lo, hi)
+    return [((_ROUND[mode](y) - zp / step) * out_scale).astype(np.float32)]
 
 
 def _weight_format(op: str, bits: int, a: dict, source: str) -> str:

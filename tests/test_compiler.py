@@ -353,3 +353,20 @@ def test_model_on_icarus_equals_the_simulator(tmp_path, capsys):
     rows = [line for line in text.splitlines() if line.startswith("fc")]
     assert len(rows) == 2 and all(r.endswith("equal") for r in rows), text
     assert "2 layers, outputs bit for bit and every counter equal" in text
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_qonnx_trunc_on_the_host(version):
+    """Trunc drops low bits of the integer value (v1: in - out bit widths; v2: from the
+    output scale), clamps to the output width and rounds as asked."""
+    from compiler.qonnx import run_qonnx_op
+
+    x = np.array([-37.0, -5.0, 0.0, 3.0, 17.0, 100.0, 600.0], np.float32) * 0.5
+    ins = [x, np.float32(0.5), np.float32(0.0)]
+    if version == 1:  # in_bitwidth 7, out_bitwidth 4: 3 bits dropped
+        ins += [np.float32(7), np.float32(4)]
+    else:  # in_bitwidth, out_scale (8x the input's), out_bitwidth
+        ins += [np.float32(10), np.float32(0.5 * 8), np.float32(4)]
+    (y,) = run_qonnx_op("Trunc", ins, {"rounding_mode": "FLOOR", "signed": 1})
+    # integers -37, -5, 0, 3, 17, 100, 600 over 8, clamped to [-8, 7], floored, times 4
+    assert y.tolist() == [-20.0, -4.0, 0.0, 0.0, 8.0, 28.0, 28.0]
