@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import helper
 
 from compiler.quant import conv_out_size
 
@@ -221,6 +222,7 @@ HOST_OPS = {
     "Sqrt": _unary(np.sqrt),
     "Erf": _unary(_erf),
     "Neg": lambda ins, a: [-ins[0]],
+    "Cast": lambda ins, a: [np.asarray(ins[0]).astype(helper.tensor_dtype_to_np_dtype(a["to"]))],
     "Identity": lambda ins, a: [ins[0]],
     "Softmax": softmax,
     "LayerNormalization": layer_norm,

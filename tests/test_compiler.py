@@ -370,3 +370,37 @@ def test_qonnx_trunc_on_the_host(version):
     (y,) = run_qonnx_op("Trunc", ins, {"rounding_mode": "FLOOR", "signed": 1})
     # integers -37, -5, 0, 3, 17, 100, 600 over 8, clamped to [-8, 7], floored, times 4
     assert y.tolist() == [-20.0, -4.0, 0.0, 0.0, 8.0, 28.0, 28.0]
+
+
+def test_matmul_integer_runs_on_the_array():
+    """MatMulInteger (int32 out, zero points folded into the host's bias add) on the array,
+    equal to onnxruntime exactly."""
+    rng = np.random.default_rng(SEED)
+    w = rng.integers(-128, 128, (20, 6)).astype(np.int8)
+    inits = [
+        onnx.numpy_helper.from_array(w, "w"),
+        onnx.numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        onnx.numpy_helper.from_array(np.array(131, np.uint8), "zx"),
+        onnx.numpy_helper.from_array(np.array(3, np.int8), "zw"),
+        onnx.numpy_helper.from_array(np.array(0.01, np.float32), "out_scale"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zx"], ["xq"], name="q"),
+        helper.make_node("MatMulInteger", ["xq", "w", "zx", "zw"], ["acc"], name="mmi"),
+        helper.make_node("Cast", ["acc"], ["accf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["accf", "out_scale"], ["y"], name="scale"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mmi",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 6])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    cm = compile_model(model, TINY, batch=3)
+    assert [n["unit"] for n in cm.layers] == ["array"]
+    x = _inputs((3, 20), SEED)[0] * 3
+    got = cm.run({"x": x})["y"]
+    assert np.array_equal(got, cm.run({"x": x}, programs="reference")["y"])
+    assert np.array_equal(got, ort_outputs(model, x, optimized=True)[0])
