@@ -202,6 +202,43 @@ def _reduce(fn):
     return run
 
 
+def gather(ins, a):
+    return [np.take(ins[0], np.asarray(ins[1]).astype(np.int64), axis=a.get("axis", 0))]
+
+
+def slice_(ins, a):
+    x = ins[0]
+    starts, ends = (np.asarray(v, dtype=np.int64) for v in ins[1:3])
+    axes = np.asarray(ins[3], dtype=np.int64) if len(ins) > 3 and ins[3] is not None else None
+    steps = np.asarray(ins[4], dtype=np.int64) if len(ins) > 4 and ins[4] is not None else None
+    axes = range(len(starts)) if axes is None else axes
+    index = [slice(None)] * x.ndim
+    for i, ax in enumerate(axes):
+        step = 1 if steps is None else int(steps[i])
+        index[_axis(int(ax), x.ndim)] = slice(int(starts[i]), int(ends[i]), step)
+    return [x[tuple(index)]]
+
+
+def pad(ins, a):
+    x, pads = ins[0], np.asarray(ins[1], dtype=np.int64)
+    if a.get("mode", "constant") != "constant":
+        raise ValueError(f"Pad mode {a.get('mode')!r} is not supported")
+    value = ins[2] if len(ins) > 2 and ins[2] is not None else 0
+    half = len(pads) // 2
+    return [np.pad(x, list(zip(pads[:half], pads[half:], strict=True)), constant_values=value)]
+
+
+def split(ins, a):
+    x, ax = ins[0], a.get("axis", 0)
+    sizes = ins[1] if len(ins) > 1 and ins[1] is not None else a.get("split")
+    if sizes is None:
+        n = a.get("num_outputs")
+        if n is None:
+            raise ValueError("Split needs split sizes or num_outputs")
+        return list(np.array_split(x, n, axis=ax))
+    return list(np.split(x, np.cumsum(np.asarray(sizes))[:-1], axis=ax))
+
+
 HOST_OPS = {
     "Add": _binary(np.add),
     "Sub": _binary(np.subtract),
@@ -238,6 +275,27 @@ HOST_OPS = {
     "Flatten": flatten,
     "Transpose": lambda ins, a: [np.transpose(ins[0], a.get("perm"))],
     "Concat": concat,
+    "Gather": gather,
+    "Slice": slice_,
+    "Pad": pad,
+    "Split": split,
+    "Expand": lambda ins, a: [ins[0] * np.ones(np.asarray(ins[1], dtype=np.int64), ins[0].dtype)],
+    "ConstantOfShape": lambda ins, a: [
+        np.full(np.asarray(ins[0], dtype=np.int64), a.get("value", np.zeros(1, F32)).reshape(-1)[0])
+    ],
+    "Shape": lambda ins, a: [np.array(np.shape(ins[0]), dtype=np.int64)],
+    "Min": lambda ins, a: [np.minimum.reduce(ins)],
+    "Max": lambda ins, a: [np.maximum.reduce(ins)],
+    "Abs": lambda ins, a: [np.abs(ins[0])],
+    "Floor": lambda ins, a: [np.floor(ins[0])],
+    "Ceil": lambda ins, a: [np.ceil(ins[0])],
+    "Reciprocal": _unary(lambda x: 1 / x),
+    "Log": _unary(np.log),
+    "HardSigmoid": lambda ins, a: [
+        np.clip(F32(a.get("alpha", 0.2)) * ins[0] + F32(a.get("beta", 0.5)), 0, 1).astype(F32)
+    ],
+    "HardSwish": _unary(lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    "Gelu": _unary(lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2)))),
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
 }

@@ -53,6 +53,14 @@ def fold_constants(g, config):
         node = g.nodes[n]
         if node["op"] in ("qlinear", "im2col", "qgemm", "fold_rows"):
             continue
+        if node["op"] == "Shape" and node["inputs"][0] in g.graph["tensors"]:
+            # static shapes: a Shape is a constant (PyTorch exports compute reshapes with it)
+            shape = np.array(g.graph["tensors"][node["inputs"][0]].shape, dtype=np.int64)
+            a = node["attrs"]
+            consts[node["outputs"][0]] = shape[a.get("start", 0) : a.get("end")]
+            g.graph["tensors"].pop(node["outputs"][0], None)
+            _remove(g, n)
+            continue
         if not all((not t) or t in consts for t in node["inputs"]):
             continue
         if node["op"] == "DequantizeLinear" and any(

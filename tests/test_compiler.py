@@ -404,3 +404,49 @@ def test_matmul_integer_runs_on_the_array():
     got = cm.run({"x": x})["y"]
     assert np.array_equal(got, cm.run({"x": x}, programs="reference")["y"])
     assert np.array_equal(got, ort_outputs(model, x, optimized=True)[0])
+
+
+def test_pytorch_style_flatten_with_shape_ops():
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape (how PyTorch exports a flatten) is
+    folded from the static shapes; Pad, Slice and HardSwish run on the host."""
+    rng = np.random.default_rng(SEED)
+
+    def c(name, value, dtype=np.float32):
+        return onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    inits = [
+        c("w1", rng.normal(0, 0.3, (4, 2, 3, 3))),
+        c("b1", rng.normal(0, 0.1, 4)),
+        c("pads", [0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+        c("zero", [0], np.int64),
+        c("minus1", [-1], np.int64),
+        c("s0", [0], np.int64),
+        c("s1", [2], np.int64),
+        c("ax", [1], np.int64),
+        c("w2", rng.normal(0, 0.2, (64, 5))),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["xp"], name="pad"),
+        helper.make_node("Slice", ["xp", "s0", "s1", "ax"], ["xs"], name="slice"),
+        helper.make_node("Conv", ["xs", "w1", "b1"], ["y1"], name="conv", kernel_shape=[3, 3]),
+        helper.make_node("HardSwish", ["y1"], ["h"], name="hswish"),
+        helper.make_node("Shape", ["h"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], name="gather", axis=0),
+        helper.make_node("Concat", ["n", "minus1"], ["flat_shape"], name="cat", axis=0),
+        helper.make_node("Reshape", ["h", "flat_shape"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "w2"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "torchish",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.checker.check_model(model)
+    q = zoo.quantize(model, _inputs((2, 3, 4, 4), SEED, 3))
+    cm = compile_model(q, TINY, batch=2)
+    assert [n["unit"] for n in cm.layers] == ["array", "array"]
+    assert "Shape" not in {op for _, op in cm.host_ops()}
+    check_model(cm, q, _inputs((2, 3, 4, 4), SEED + 7)[0])
