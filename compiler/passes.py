@@ -468,6 +468,7 @@ def lower_gemms(g, config):
                 "n": nn,
                 "w_dtype": a["w_dtype"],
                 "kind": a["kind"],
+                "x_dtype": a["x_q"].dtype,
             },
             source=src,
         )
@@ -490,33 +491,66 @@ def weight_format(w: np.ndarray, declared: str) -> str:
 
 
 def assign_units(g, config):
-    """Each qgemm to the LUT core (its weight format, int8 activations) or the array (a mode
-    weight*int8), else to the host; the choice and the mode go into the op."""
-    lut_formats = []
-    if config.lut is not None and config.lut.activation == "int8":
-        from qaccel.isa import Geometry
+    """Each qgemm to a unit by its weight format: the LUT core when it has the format, else an
+    array mode ``weight*int8`` or ``weight*uint8``, else the host. Activation codes move
+    between int8 and uint8 exactly (by 128, the zero point with them), so a layer takes either
+    activation the unit has, its own first. The choice and the mode go into the op."""
+    from qaccel.isa import Geometry
 
-        lut_formats = list(Geometry.of(config).lut_modes)
-    array_modes = [str(p) for p in config.array.modes] if config.array else []
+    geo = Geometry.of(config)
+    lut = {(w, geo.lut_activation) for w in geo.lut_modes} if config.lut is not None else set()
+    array = {(p.weight, p.activation) for p in config.array.modes} if config.array else set()
     for n in ops_in_order(g):
         node = g.nodes[n]
         if node["op"] != "qgemm":
             continue
         a = node["attrs"]
-        wf = weight_format(a["form"].weights, a.get("w_dtype", "int8"))
+        form = a["form"]
+        wf = weight_format(form.weights, a.get("w_dtype", "int8"))
         a["w_format"] = wf
-        mode = f"{wf}*int8"
-        if wf == "binary" and not np.all(np.abs(a["form"].weights) == 1):
-            node["unit"], a["mode"] = "host", mode
+        own = a["x_dtype"]
+        acts = [own, "int8" if own == "uint8" else "uint8"]
+        choice = next(
+            (
+                (unit, act)
+                for unit, pairs in (("lut", lut), ("array", array))
+                for act in acts
+                if (wf, act) in pairs
+            ),
+            None,
+        )
+        if wf == "binary" and not np.all(np.abs(form.weights) == 1):
+            node["unit"], a["mode"] = "host", f"{wf}*int8"
             a["why_host"] = "binary weights cannot hold the zeros of a grouped convolution"
-        elif wf in lut_formats:
-            node["unit"], a["mode"] = "lut", mode
-        elif mode in array_modes:
-            node["unit"], a["mode"] = "array", mode
+        elif choice is None:
+            node["unit"], a["mode"] = "host", f"{wf}*int8"
+            a["why_host"] = f"no unit runs {wf} weights with 8-bit activations"
         else:
-            node["unit"], a["mode"] = "host", mode
-            a["why_host"] = f"no unit runs {mode}"
+            unit, act = choice
+            node["unit"], a["mode"] = unit, f"{wf}*{act}"
+            _retarget(g, n, act)
     return g
+
+
+def _retarget(g, name: str, activation: str) -> None:
+    """Feed qgemm ``name`` ``activation`` codes: its input shift (in the im2col before it)
+    and the zero-point term folded into its bias follow."""
+    node = g.nodes[name]
+    a = node["attrs"]
+    form = a["form"]
+    shift = {("uint8", "int8"): -128, ("int8", "uint8"): 128}.get((a["x_dtype"], activation), 0)
+    if shift == form.x_shift:
+        return
+    bias = form.bias - (shift - form.x_shift) * form.weights.sum(axis=0)
+    if bias.size and (bias.min() < -(2**31) or bias.max() >= 2**31):
+        raise CompileError(
+            f"node {node['source']}: the bias with the activation zero point folded in does "
+            "not fit 32 bits"
+        )
+    a["form"] = replace(form, x_shift=shift, bias=bias)
+    for pred in g.predecessors(name):
+        if g.nodes[pred]["op"] == "im2col":
+            g.nodes[pred]["attrs"]["x_shift"] = shift
 
 
 def _weight_codes(values: np.ndarray, fmt: str) -> np.ndarray:

@@ -450,3 +450,77 @@ def test_pytorch_style_flatten_with_shape_ops():
     assert [n["unit"] for n in cm.layers] == ["array", "array"]
     assert "Shape" not in {op for _, op in cm.host_ops()}
     check_model(cm, q, _inputs((2, 3, 4, 4), SEED + 7)[0])
+
+
+def _odd_config(name: str, array: dict | None = None, lut: dict | None = None):
+    cfg = {
+        "name": name,
+        "memory": {
+            "scratchpad_kib": 8,
+            "scratchpad_banks": 2,
+            "accumulator_kib": 4,
+            "accumulator_banks": 2,
+        },
+        "dram": {"bytes_per_cycle": 4, "latency_cycles": 7},
+    }
+    if array:
+        cfg["array"] = array
+    if lut:
+        cfg["lut"] = lut
+    return config.config_from_dict(cfg)
+
+
+ODD_CONFIGS = {
+    "3x5 ws int8": _odd_config(
+        "ws35",
+        {
+            "rows": 3,
+            "cols": 5,
+            "dataflow": "ws",
+            "modes": [{"weight": "int8", "activation": "int8"}],
+        },
+    ),
+    "2x7 os int8*uint8": _odd_config(
+        "os27",
+        {
+            "rows": 2,
+            "cols": 7,
+            "dataflow": "os",
+            "modes": [{"weight": "int8", "activation": "uint8"}],
+        },
+    ),
+    "LUT core alone, uint8": _odd_config(
+        "lut_u8",
+        lut={
+            "group": 2,
+            "tile_m": 3,
+            "tile_n": 5,
+            "weight_bits": [2, 4],
+            "ternary": True,
+            "activation": "uint8",
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_CONFIGS))
+@pytest.mark.parametrize("activation", ["int8", "uint8"])
+def test_configurations_nobody_wrote(name, activation):
+    """Odd arrays, one dataflow, one mode, uint8-only units, a LUT core alone: the models
+    map onto whatever unit has their weight format (activations moved between int8 and uint8
+    exactly), else to the host, and still match."""
+    cfg = ODD_CONFIGS[name]
+    cnn = _quantized("cnn", "qdq", activation, True)
+    cm = compile_model(cnn, cfg, batch=2)
+    units = {n["unit"] for n in cm.layers}
+    assert units == ({"host"} if cfg.array is None else {"array"})
+    check_model(cm, cnn, _inputs((2, 1, 8, 8), SEED + 2)[0])
+    q = zoo.qonnx_mlp((24, 16, 6), weight_bits=(2, 4))
+    cm = compile_model(q, cfg, batch=3)
+    x = _inputs((3, 24), SEED)[0]
+    name_out = cm.graph.graph["outputs"][0]
+    assert np.array_equal(
+        cm.run({"x": x})[name_out], cm.run({"x": x}, programs="reference")[name_out]
+    )
+    if cfg.lut is not None:
+        assert [n["attrs"]["mode"] for n in cm.layers] == ["ternary*uint8", "int4*uint8"]

@@ -27,7 +27,33 @@ from qaccel import config
 
 logging.getLogger("root").setLevel(logging.ERROR)
 
-CONFIGS = [config.load_config(f"configs/{n}.toml") for n in ("tiny", "edge", "lut")]
+_MEMORY = {"scratchpad_kib": 4, "scratchpad_banks": 2, "accumulator_kib": 2, "accumulator_banks": 2}
+CONFIGS = [config.load_config(f"configs/{n}.toml") for n in ("tiny", "edge", "lut")] + [
+    config.config_from_dict(  # an odd array, one dataflow, uint8 activations only
+        {
+            "name": "odd53",
+            "array": {
+                "rows": 5,
+                "cols": 3,
+                "dataflow": "os",
+                "modes": [
+                    {"weight": "int8", "activation": "uint8"},
+                    {"weight": "int4", "activation": "uint8"},
+                ],
+            },
+            "memory": _MEMORY,
+            "dram": {"bytes_per_cycle": 8, "latency_cycles": 5},
+        }
+    ),
+    config.config_from_dict(  # a LUT core alone
+        {
+            "name": "lut_alone",
+            "lut": {"group": 4, "tile_m": 2, "tile_n": 8, "weight_bits": [1, 2, 3, 4]},
+            "memory": _MEMORY,
+            "dram": {"bytes_per_cycle": 8, "latency_cycles": 5},
+        }
+    ),
+]
 
 
 class _Net:
