@@ -155,7 +155,9 @@ def _run_qlinear_elementwise(op: str, ins: list, a: dict):
 
 def execute(g, inputs: dict, *, programs: str = "reference", keep_all: bool = False, hook=None):
     """Run ``g`` on ``inputs`` (name -> array); return the model outputs (every tensor with
-    ``keep_all``). ``hook(op_name, inputs, outputs)`` sees each op's operands and results."""
+        ``keep_all``). ``hook(op_name, inputs, outputs)`` sees each op's operands and results; what
+    it returns, when not None, replaces the results (a test can feed every op a third party's
+    values of its inputs)."""
     consts = g.graph["constants"]
     values = dict(inputs)
     for name in g.graph["inputs"]:
@@ -179,7 +181,11 @@ def execute(g, inputs: dict, *, programs: str = "reference", keep_all: bool = Fa
         for t, v in zip(node["outputs"], outs, strict=False):
             values[t] = v
         if hook:
-            hook(n, ins, outs)
+            replaced = hook(n, ins, outs)
+            if replaced is not None:
+                outs = replaced
+                for t, v in zip(node["outputs"], outs, strict=False):
+                    values[t] = v
         if remaining is not None:
             for t in remaining.get(i, ()):
                 values.pop(t, None)
