@@ -30,7 +30,8 @@ from compiler.graph import (
     rebuild_edges,
     verify,
 )
-from compiler.quant import conv_attrs, gemm_form
+from compiler.ptq import FLOAT_WEIGHTS
+from compiler.quant import conv_attrs, float_weight_codes, gemm_form, weight_units
 from compiler.runtime import qparams_of, run_op
 from qaccel import config as qconfig
 from qaccel.program import ProgramError
@@ -244,6 +245,9 @@ def _fuse_qdq(g, n: str) -> bool:
     node = g.nodes[n]
     consts, ins, src = g.graph["constants"], node["inputs"], node["source"]
     xs, ws = _dq_source(g, ins[0]), _dq_source(g, ins[1])
+    declared = g.graph.get("weight_formats", {}).get(src)
+    if ws is None and declared in FLOAT_WEIGHTS and ins[1] in consts:
+        ws = _float_weights(g, node, declared)
     if xs is None or ws is None or xs[0] in consts:
         return False
     if ws[0] not in consts:
@@ -310,6 +314,18 @@ def _fuse_qdq(g, n: str) -> bool:
                 g.graph["tensors"].pop(t, None)
         _remove(g, m)
     return True
+
+
+def _float_weights(g, node, fmt: str):
+    """Float weights the quantizer rounded to ``fmt`` (``compiler.ptq``): a constant of the
+    integers the accumulator sees and their QParams."""
+    w = g.graph["constants"][node["inputs"][1]]
+    trans_b = node["op"] == "Gemm" and node["attrs"].get("transB", 0)
+    axis = 0 if node["op"] == "Conv" or trans_b else w.ndim - 1
+    ints, scales = float_weight_codes(w, fmt, axis)
+    name = f"{node['source']}.float_weights"
+    g.graph["constants"][name] = ints
+    return name, QParams(scales.astype(np.float64), np.zeros(1, np.int64), fmt, axis)
 
 
 def _quant_output(g, t: str):
@@ -560,6 +576,7 @@ def _weight_codes(values: np.ndarray, fmt: str) -> np.ndarray:
     f = formats.get_format(fmt)
     if f.kind == "int":
         return values
+    units = 2.0 ** weight_units(fmt)  # the compiler's integers are value * units
     lookup = {}
     for code in range(1 << f.bits):
         try:
@@ -567,7 +584,7 @@ def _weight_codes(values: np.ndarray, fmt: str) -> np.ndarray:
         except ValueError:  # ternary's code 2 is not a value
             continue
         if v == v:
-            lookup.setdefault(v, code)
+            lookup.setdefault(v * units, code)
     bad = [v for v in np.unique(values).tolist() if v not in lookup]
     if bad:
         raise CompileError(f"weights {bad[:4]} are not values of {fmt}")

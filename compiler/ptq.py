@@ -32,7 +32,10 @@ from compiler.graph import CompileError
 __all__ = ["METADATA_PREFIX", "WEIGHT_FORMATS", "parse_precision", "quantize_model"]
 
 METADATA_PREFIX = "qaccel.weight_format."
-WEIGHT_FORMATS = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary")
+INT_WEIGHTS = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary")
+# float weights with a power-of-two scale per channel; stored as their exact float values
+FLOAT_WEIGHTS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1")
+WEIGHT_FORMATS = INT_WEIGHTS + FLOAT_WEIGHTS
 CLIPS = ("minmax", "percentile", "mse")
 
 
@@ -67,6 +70,21 @@ def _levels(fmt: str) -> tuple[int, int]:
         return -1, 1
     bits = int(fmt[3:])
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def float_weights(w: np.ndarray, axis: int, fmt: str) -> np.ndarray:
+    """Weights rounded to ``fmt`` with a power-of-two scale per channel (the largest magnitude
+    at most the format's largest value): float32 values, exact."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    wc = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0)
+    out = np.empty_like(wc)
+    for c in range(wc.shape[0]):
+        top = np.abs(wc[c]).max()
+        e = int(np.ceil(np.log2(top / f.max_magnitude))) if top > 0 else 0
+        out[c] = f.decode(f.encode(wc[c] / 2.0**e)) * 2.0**e
+    return np.moveaxis(out, 0, axis).astype(np.float32)
 
 
 def quantize_weights(w: np.ndarray, axis: int, fmt: str) -> tuple[np.ndarray, np.ndarray]:
@@ -199,6 +217,30 @@ def quantize_model(
         ranges[raw] = ranges[t]
         qdq(raw, out=t)
 
+    def finish(node, channels: int, bias_dq) -> None:
+        """The layer ends after a bias Add (MatMul; its bias made int32 by ``bias_dq`` when
+        given) and a Relu / Clip it alone feeds: that output is requantized."""
+        out = end = node.output[0]
+        after = readers.get(end, [])
+        if node.op_type == "MatMul" and len(after) == 1 and after[0].op_type == "Add":
+            other = [t for t in after[0].input if t != end]
+            if (
+                end not in outputs
+                and len(other) == 1
+                and other[0] in inits
+                and inits[other[0]].size == channels
+            ):
+                if bias_dq is not None:
+                    bias_inputs[after[0].output[0]] = (other[0], bias_dq(other[0]))
+                end = after[0].output[0]
+                after = readers.get(end, [])
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and end not in outputs:
+            end = after[0].output[0]
+        if end == out:
+            requantize(out)
+        else:
+            pending[end] = out
+
     rename: dict[str, str] = {}
     pending: dict[str, str] = {}  # output tensor to fake-quantize once its writer is placed
     bias_inputs: dict[str, tuple[str, str]] = {}  # Add output -> (float bias, int32 bias)
@@ -236,6 +278,14 @@ def quantize_model(
         w = inits[node.input[1]]
         trans_b = node.op_type == "Gemm" and any(x.name == "transB" and x.i for x in node.attribute)
         axis = 0 if node.op_type == "Conv" or trans_b else 1
+        if fmt in FLOAT_WEIGHTS:  # exact float values; the frontend recovers the codes
+            wn = f"{name}_wf"
+            new_inits.append(numpy_helper.from_array(float_weights(w, axis, fmt), wn))
+            node.input[1] = wn
+            meta[name] = fmt
+            nodes.append(node)
+            finish(node, w.shape[0 if axis == 0 else -1], None)
+            continue
         codes, scales = quantize_weights(w, axis, fmt)
         wn = f"{name}_wq"
         new_inits.append(numpy_helper.from_array(codes.astype(np.int8), wn))
@@ -273,27 +323,8 @@ def quantize_model(
         if len(node.input) > 2 and node.input[2] in inits:
             node.input[2] = bias_dq(node.input[2])
         meta[name] = fmt
-        out = node.output[0]
-        end = out  # the layer ends after a bias Add (MatMul) and a Relu / Clip it alone feeds
-        after = readers.get(end, [])
-        if (
-            node.op_type == "MatMul"
-            and len(after) == 1
-            and after[0].op_type == "Add"
-            and end not in outputs
-        ):
-            other = [t for t in after[0].input if t != end]
-            if len(other) == 1 and other[0] in inits and inits[other[0]].size == scales.size:
-                bias_inputs[after[0].output[0]] = (other[0], bias_dq(other[0]))
-                end = after[0].output[0]
-                after = readers.get(end, [])
         nodes.append(node)
-        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and end not in outputs:
-            end = after[0].output[0]
-        if end == out:
-            requantize(out)
-        else:
-            pending[end] = out
+        finish(node, scales.size, bias_dq)
     used = {t for n in nodes for t in n.input}
     keep = [i for i in graph.initializer if i.name in used]
     g = helper.make_graph(nodes, graph.name, graph.input, graph.output, keep + new_inits)

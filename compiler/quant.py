@@ -64,6 +64,38 @@ def conv_out_size(size: int, k: int, stride: int, pad0: int, pad1: int, dilation
     return (size + pad0 + pad1 - dilation * (k - 1) - 1) // stride + 1
 
 
+def weight_units(fmt: str) -> int:
+    """Fraction bits of a weight format's values in the accumulator with 8-bit integer
+    activations: the compiler holds weights as integers, value * 2**bits (0 for integers)."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    if f.kind in ("int", "binary", "ternary"):
+        return 0
+    return formats.accumulator_format(f, formats.get_format("int8"), 1).frac_bits
+
+
+def float_weight_codes(w: np.ndarray, fmt: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float weights that are exact values of ``fmt`` times a power of two per channel (as
+    ``compiler.ptq`` writes them) -> (integers value * 2**weight_units, per-channel scales).
+    Raises CompileError when they are not."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    units = 2.0 ** weight_units(fmt)
+    wc = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0)
+    ints = np.empty(wc.shape, dtype=np.int64)
+    scales = np.empty(wc.shape[0])
+    for c in range(wc.shape[0]):
+        top = np.abs(wc[c]).max()
+        e = int(np.ceil(np.log2(top / f.max_magnitude))) if top > 0 else 0
+        values = wc[c] / 2.0**e
+        if not np.array_equal(f.decode(f.encode(values)), values):
+            raise CompileError(f"weights declared {fmt} are not {fmt} values times a power of two")
+        ints[c], scales[c] = np.rint(values * units), 2.0**e / units
+    return np.moveaxis(ints, 0, axis), scales
+
+
 def conv_attrs(a: dict, w_shape, source: str) -> dict:
     """A Conv's geometry from its ONNX attributes and weight shape (2-D only)."""
     if len(w_shape) != 4:

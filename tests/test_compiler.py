@@ -524,3 +524,38 @@ def test_configurations_nobody_wrote(name, activation):
     )
     if cfg.lut is not None:
         assert [n["attrs"]["mode"] for n in cm.layers] == ["ternary*uint8", "int4*uint8"]
+
+
+@pytest.mark.parametrize("cfg", ["tiny", "edge"])
+def test_float_weight_formats_from_the_quantizer(cfg):
+    """FP4 (and other float) weights with int8 activations: the quantizer rounds each channel
+    to the format times a power of two, the frontend recovers the codes, the array's
+    fp4_e2m1*int8 mode runs them; a float format no unit has (fp8_e4m3*int8) falls back to the
+    host. Equal to the reference, within 1 LSB of onnxruntime on the quantized model."""
+    from compiler.ptq import quantize_model
+
+    model = zoo.cnn()
+    calib = _inputs((8, 1, 8, 8), SEED, 2)
+    precision = "conv*=fp4_e2m1*int8,pw*=fp4_e2m1*int8,fc*=fp8_e4m3*int8"
+    q = quantize_model(model, calib, precision=precision)
+    cm = compile_model(q, CONFIGS[cfg], batch=2)
+    got = {(n["source"][:2], n["unit"], n["attrs"]["mode"]) for n in cm.layers}
+    assert got == {
+        ("co", "array", "fp4_e2m1*int8"),
+        ("dw", "array", "int8*int8"),
+        ("pw", "array", "fp4_e2m1*int8"),
+        ("fc", "host", "fp8_e4m3*int8"),
+    }
+    check_model(cm, q, _inputs((2, 1, 8, 8), SEED + 4)[0])
+
+
+def test_float_weights_that_are_not_format_values_are_refused():
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(zoo.mlp(), _inputs((4, 64), SEED), precision="*=fp4_e2m1*int8")
+    init = next(i for i in q.graph.initializer if i.name.endswith("_wf"))
+    w = onnx.numpy_helper.to_array(init).copy()
+    w[0, 0] = 0.123456  # not an FP4 value times the channel's power of two
+    init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    with pytest.raises(CompileError, match="not fp4_e2m1 values times a power of two"):
+        compile_model(q, TINY, batch=4)

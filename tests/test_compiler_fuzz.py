@@ -161,7 +161,7 @@ def cases(draw):
             per_channel=draw(st.booleans()),
         )
     else:
-        fmts = ["int8", "int4", "int2", "ternary", "binary", "int3"]
+        fmts = ["int8", "int4", "int2", "ternary", "binary", "int3", "fp4_e2m1", "fp8_e4m3"]
         spec = ",".join(
             f"{op}*={draw(st.sampled_from(fmts))}*int8" for op in ("conv", "matmul", "gemm")
         )
