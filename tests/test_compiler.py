@@ -559,3 +559,21 @@ def test_float_weights_that_are_not_format_values_are_refused():
     init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
     with pytest.raises(CompileError, match="not fp4_e2m1 values times a power of two"):
         compile_model(q, TINY, batch=4)
+
+
+def test_a_tensor_larger_than_dram_is_an_error():
+    import dataclasses
+
+    small = _odd_config(
+        "onemib",
+        {
+            "rows": 4,
+            "cols": 4,
+            "dataflow": "os",
+            "modes": [{"weight": "int8", "activation": "int8"}],
+        },
+    )
+    small = dataclasses.replace(small, dram=dataclasses.replace(small.dram, size_mib=1))
+    model = _quantized("mlp", "qdq", "int8", True)
+    with pytest.raises(CompileError, match=r"cannot be mapped onto onemib: .*1048576-byte DRAM"):
+        compile_model(model, small, batch=20000)
