@@ -90,7 +90,7 @@ def conv(ins, a):
     og = oc // group
     for gi in range(group):
         xs = x[:, gi * cg : (gi + 1) * cg]
-        cols = _float_im2col(im2col, xs, attrs)
+        cols = im2col(xs, attrs, 0.0)
         outs.append(cols @ w[gi * og : (gi + 1) * og].reshape(og, -1).T)
     y = np.concatenate(outs, axis=1)
     if len(ins) > 2 and ins[2] is not None:
@@ -99,12 +99,6 @@ def conv(ins, a):
     oh = conv_out_size(h, kh, attrs["strides"][0], pt, pb, attrs["dilations"][0])
     ow = conv_out_size(wd, kw, attrs["strides"][1], pl, pr, attrs["dilations"][1])
     return [y.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2).astype(F32)]
-
-
-def _float_im2col(im2col, x, attrs):
-    # im2col works on integers; scale floats into exact int64 fixed point and back
-    scale = 2.0**40
-    return im2col(np.rint(x * scale).astype(np.int64), attrs, 0).astype(np.float64) / scale
 
 
 def gemm(ins, a):

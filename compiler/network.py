@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,6 @@ class CompiledModel:
     graph: object
     config: qconfig.AcceleratorConfig
     compile_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def layers(self) -> list[dict]:
@@ -233,7 +232,6 @@ class CompiledModel:
             "ops": ops,
             "cycles": self.cycles,
             "compile_s": self.compile_s,
-            "extra": self.extra,
         }
         np.savez(
             d / "constants.npz",
@@ -340,7 +338,7 @@ def load_compiled(directory) -> CompiledModel:
             unit=op["unit"],
             source=op["source"],
         )
-    return CompiledModel(g, config, meta["compile_s"], meta.get("extra", {}))
+    return CompiledModel(g, config, meta["compile_s"])
 
 
 QUANTIZED_OPS = {

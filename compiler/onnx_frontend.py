@@ -95,8 +95,11 @@ def load_onnx(model, *, batch: int = 1):
     consts = g.graph["constants"]
     for init in graph.initializer:
         consts[init.name] = numpy_helper.to_array(init)
-    shapes = {}
+    shapes, types = {}, g.graph.setdefault("elem_types", {})
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        elem = vi.type.tensor_type.elem_type
+        if elem in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            types[vi.name] = "int8" if elem == onnx.TensorProto.INT8 else "uint8"
         s = _dims(vi, batch)
         if s is not None:
             shapes[vi.name] = s

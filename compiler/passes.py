@@ -226,9 +226,12 @@ def fuse_qlinear(g, config):
                 continue
             w = consts[ins[1]]
             dt = {np.int8: "int8", np.uint8: "uint8"}[w.dtype.type]
-            xdt = "int8" if node["attrs"].get("_x_dtype") == "int8" else None
             xz = consts[ins[2]] if len(ins) > 2 and ins[2] else None
-            xq = qparams_of(1.0, None, None, xdt or "uint8") if xz is None else qparams_of(1.0, xz)
+            if xz is None:  # the zero point 0 of the input's own type
+                xdt = g.graph.get("elem_types", {}).get(ins[0], "uint8")
+                xq = qparams_of(1.0, np.zeros(1, {"int8": np.int8}.get(xdt, np.uint8)))
+            else:
+                xq = qparams_of(1.0, xz)
             wz = consts[ins[3]] if len(ins) > 3 and ins[3] else np.zeros(1, w.dtype)
             wq = qparams_of(1.0, wz, 0 if op == "ConvInteger" else 1)
             kind, w = _shape_weights(op, w, node["attrs"], src)
@@ -382,14 +385,11 @@ def _bias_codes(g, t: str, xq: QParams, wq: QParams, source: str):
         codes, q = consts[src[0]].astype(np.int64), src[1]
         if np.allclose(q.scale.astype(np.float64) * np.ones_like(target), target, rtol=1e-5):
             return codes
-        return np.rint(dequantize_np(codes, q) / target).astype(np.int64)
+        real = (codes - q.zero_point.astype(np.int64)) * q.scale.astype(np.float64)
+        return np.rint(real / target).astype(np.int64)
     if t in consts:
         return np.rint(consts[t].astype(np.float64) / target).astype(np.int64)
     return None
-
-
-def dequantize_np(codes, q: QParams):
-    return (codes - q.zero_point.astype(np.int64)) * q.scale.astype(np.float64)
 
 
 def _clamp(g, clamp_ops: list[str], yq: QParams):

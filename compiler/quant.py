@@ -113,8 +113,9 @@ def conv_attrs(a: dict, w_shape, source: str) -> dict:
 
 
 def im2col(x: np.ndarray, attrs: dict, pad_value: int) -> np.ndarray:
-    """N x C x H x W codes -> (N * OH * OW) x (C * KH * KW) patches, padded with ``pad_value``;
-    columns ordered (c, kh, kw), the order of an ONNX weight's trailing axes."""
+    """N x C x H x W values (codes or floats) -> (N * OH * OW) x (C * KH * KW) patches, padded
+    with ``pad_value``; columns ordered (c, kh, kw), the order of an ONNX weight's trailing
+    axes."""
     n, c, h, w = x.shape
     kh, kw = attrs["kernel"]
     sh, sw = attrs["strides"]
@@ -122,9 +123,10 @@ def im2col(x: np.ndarray, attrs: dict, pad_value: int) -> np.ndarray:
     pt, pl, pb, pr = attrs["pads"]
     oh = conv_out_size(h, kh, sh, pt, pb, dh)
     ow = conv_out_size(w, kw, sw, pl, pr, dw)
-    padded = np.full((n, c, h + pt + pb, w + pl + pr), pad_value, dtype=np.int64)
+    dtype = np.float64 if x.dtype.kind == "f" else np.int64
+    padded = np.full((n, c, h + pt + pb, w + pl + pr), pad_value, dtype=dtype)
     padded[:, :, pt : pt + h, pl : pl + w] = x
-    cols = np.empty((n, oh, ow, c, kh, kw), dtype=np.int64)
+    cols = np.empty((n, oh, ow, c, kh, kw), dtype=dtype)
     for i in range(kh):
         for j in range(kw):
             patch = padded[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh]

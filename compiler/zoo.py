@@ -122,10 +122,8 @@ def transformer_block(
         return b.node("LayerNormalization", [x, scale, b.const("ln_b", np.zeros(dim))], axis=-1)
 
     def split_heads(x):  # (N, S, D) -> (N, H, S, hd)
-        shape = b.inits.append(
-            numpy_helper.from_array(np.array([0, seq, heads, hd], np.int64), b.name("shape"))
-        )
-        shape = b.inits[-1].name
+        shape = b.name("shape")
+        b.inits.append(numpy_helper.from_array(np.array([0, seq, heads, hd], np.int64), shape))
         x = b.node("Reshape", [x, shape])
         return b.node("Transpose", [x], perm=[0, 2, 1, 3])
 
