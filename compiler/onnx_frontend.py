@@ -17,7 +17,15 @@ from onnx import helper, numpy_helper
 from compiler.graph import CompileError, Tensor, add_op, new_graph
 from compiler.host_ops import HOST_OPS, QLINEAR_OPS
 
-__all__ = ["KNOWN_OPS", "load_onnx"]
+__all__ = ["FLOAT8_TYPES", "KNOWN_OPS", "load_onnx"]
+
+# ONNX float8 element types -> the formats of their codes (qaccel.formats); the FNUZ variants
+# and the 4-bit types have no reader here
+FLOAT8_TYPES = {
+    onnx.TensorProto.FLOAT8E4M3FN: "fp8_e4m3",
+    onnx.TensorProto.FLOAT8E5M2: "fp8_e5m2",
+}
+_CODE_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32}
 
 KNOWN_OPS = (
     set(HOST_OPS)
@@ -93,13 +101,22 @@ def load_onnx(model, *, batch: int = 1):
         if p.key.startswith(METADATA_PREFIX)
     }
     consts = g.graph["constants"]
-    for init in graph.initializer:
-        consts[init.name] = numpy_helper.to_array(init)
     shapes, types = {}, g.graph.setdefault("elem_types", {})
+    elem = {}  # every tensor's ONNX element type, where known
+    for init in graph.initializer:
+        elem[init.name] = init.data_type
+        value = numpy_helper.to_array(init)
+        if init.data_type in FLOAT8_TYPES:  # held as their 8-bit codes
+            value = np.asarray(value).view(np.uint8).copy()
+            types[init.name] = FLOAT8_TYPES[init.data_type]
+        consts[init.name] = value
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        elem = vi.type.tensor_type.elem_type
-        if elem in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
-            types[vi.name] = "int8" if elem == onnx.TensorProto.INT8 else "uint8"
+        t = vi.type.tensor_type.elem_type
+        elem[vi.name] = t
+        if t in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            types[vi.name] = "int8" if t == onnx.TensorProto.INT8 else "uint8"
+        elif t in FLOAT8_TYPES:
+            types[vi.name] = FLOAT8_TYPES[t]
         s = _dims(vi, batch)
         if s is not None:
             shapes[vi.name] = s
@@ -130,10 +147,35 @@ def load_onnx(model, *, batch: int = 1):
                 f"node {name}: op {op} is not supported (neither the accelerator nor the host "
                 "runs it)"
             )
-        add_op(g, name, op, list(node.input), list(node.output), attrs=_attrs(node))
+        attrs = _attrs(node)
+        if op in ("QuantizeLinear", "DequantizeLinear"):
+            _code_type(name, node, attrs, elem)
+        elif any(elem.get(t) in FLOAT8_TYPES for t in node.input):
+            raise CompileError(
+                f"node {name}: op {op} reads float8 values directly; only QuantizeLinear and "
+                "DequantizeLinear may"
+            )
+        add_op(g, name, op, list(node.input), list(node.output), attrs=attrs)
     g.graph["outputs"] = [vi.name for vi in graph.output]
     _fill_shapes(g, shapes)
     return g
+
+
+def _code_type(name: str, node, attrs: dict, elem: dict) -> None:
+    """A Quantize/DequantizeLinear's codes: float8 ones named in ``attrs["dtype"]``, other
+    types that are not int8, uint8 or int32 refused."""
+    codes = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
+    t = elem.get(codes)
+    if t is None or t in _CODE_TYPES:
+        return
+    if t not in FLOAT8_TYPES:
+        raise CompileError(
+            f"node {name}: {node.op_type} with {onnx.TensorProto.DataType.Name(t)} codes is not "
+            "supported (int8, uint8, int32, FLOAT8E4M3FN and FLOAT8E5M2 are)"
+        )
+    if node.op_type == "QuantizeLinear" and attrs.get("saturate", 1) == 0:
+        raise CompileError(f"node {name}: float8 QuantizeLinear needs saturate=1")
+    attrs["dtype"] = FLOAT8_TYPES[t]
 
 
 def _fill_shapes(g, shapes: dict) -> None:

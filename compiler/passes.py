@@ -31,7 +31,15 @@ from compiler.graph import (
     verify,
 )
 from compiler.ptq import FLOAT_WEIGHTS
-from compiler.quant import conv_attrs, float_weight_codes, gemm_form, weight_units
+from compiler.quant import (
+    FLOAT_ACTIVATIONS,
+    conv_attrs,
+    float_ints,
+    float_weight_codes,
+    gemm_form,
+    unit_scale,
+    units,
+)
 from compiler.runtime import qparams_of, run_op
 from qaccel import config as qconfig
 from qaccel.program import ProgramError
@@ -126,8 +134,8 @@ def _dq_source(g, t: str):
     if ins[1] not in consts or (len(ins) > 2 and ins[2] and ins[2] not in consts):
         return None
     zp = consts[ins[2]] if len(ins) > 2 and ins[2] else None
-    dtype = None
-    if ins[0] in consts:
+    dtype = node["attrs"].get("dtype")
+    if ins[0] in consts and dtype is None:
         dtype = {np.int8: "int8", np.uint8: "uint8", np.int32: "int32"}.get(
             consts[ins[0]].dtype.type
         )
@@ -248,13 +256,21 @@ def _fuse_qdq(g, n: str) -> bool:
     node = g.nodes[n]
     consts, ins, src = g.graph["constants"], node["inputs"], node["source"]
     xs, ws = _dq_source(g, ins[0]), _dq_source(g, ins[1])
+    if ws is not None and ws[1].dtype in FLOAT_ACTIVATIONS and ws[0] in consts:
+        fmt = ws[1].dtype  # float8 weight codes -> the compiler's integers
+        name = f"{src}.float8_weights"
+        consts[name] = float_ints(consts[ws[0]], fmt)
+        ws = (name, replace(ws[1], scale=ws[1].scale.astype(np.float64) * 2.0 ** -units(fmt)))
     declared = g.graph.get("weight_formats", {}).get(src)
     if ws is None and declared in FLOAT_WEIGHTS and ins[1] in consts:
         ws = _float_weights(g, node, declared)
     if xs is None or ws is None or xs[0] in consts:
         return False
     if ws[0] not in consts:
+        if xs[1].dtype in FLOAT_ACTIVATIONS or ws[1].dtype in FLOAT_ACTIVATIONS:
+            return False  # the host runs it in float
         return _fuse_dynamic_matmul(g, n, xs, ws)
+
     if not xs[1].per_tensor:
         return False
     out = node["outputs"][0]
@@ -375,20 +391,21 @@ def _fuse_dynamic_matmul(g, n: str, xs, ws) -> bool:
 
 
 def _bias_codes(g, t: str, xq: QParams, wq: QParams, source: str):
-    """Int32 bias codes at scale sx * sw: a DequantizeLinear of int32 codes at that scale,
-    or a float constant quantized to it."""
+    """Int32 bias codes at scale sx * sw (sx of one unit of the input's integers,
+    ``unit_scale``): a DequantizeLinear of int32 codes at that scale, or a float constant
+    quantized to it."""
     consts = g.graph["constants"]
     src = _dq_source(g, t)
-    sx = np.float64(xq.scale.reshape(-1)[0])
-    target = sx * wq.scale.astype(np.float64)
+    target = unit_scale(xq) * wq.scale.astype(np.float64)
     if src is not None and src[0] in consts and src[1].dtype == "int32":
         codes, q = consts[src[0]].astype(np.int64), src[1]
         if np.allclose(q.scale.astype(np.float64) * np.ones_like(target), target, rtol=1e-5):
             return codes
         real = (codes - q.zero_point.astype(np.int64)) * q.scale.astype(np.float64)
         return np.rint(real / target).astype(np.int64)
-    if t in consts:
-        return np.rint(consts[t].astype(np.float64) / target).astype(np.int64)
+    if t in consts:  # too large for int64 is too large for 32 bits: gemm_form says so
+        codes = np.rint(consts[t].astype(np.float64) / target)
+        return np.clip(codes, -(2**62), 2**62).astype(np.int64)
     return None
 
 
@@ -510,7 +527,8 @@ def assign_units(g, config):
     """Each qgemm to a unit by its weight format: the LUT core when it has the format, else an
     array mode ``weight*int8`` or ``weight*uint8``, else the host. Activation codes move
     between int8 and uint8 exactly (by 128, the zero point with them), so a layer takes either
-    activation the unit has, its own first. The choice and the mode go into the op."""
+    activation the unit has, its own first; float8 activations take a mode of their own
+    format. The choice and the mode go into the op."""
     from qaccel.isa import Geometry
 
     geo = Geometry.of(config)
@@ -525,7 +543,8 @@ def assign_units(g, config):
         wf = weight_format(form.weights, a.get("w_dtype", "int8"))
         a["w_format"] = wf
         own = a["x_dtype"]
-        acts = [own, "int8" if own == "uint8" else "uint8"]
+        acts = [own] if own in FLOAT_ACTIVATIONS else [own, "int8" if own == "uint8" else "uint8"]
+        act_name = own if own in FLOAT_ACTIVATIONS else "int8"
         choice = next(
             (
                 (unit, act)
@@ -539,8 +558,9 @@ def assign_units(g, config):
             node["unit"], a["mode"] = "host", f"{wf}*int8"
             a["why_host"] = "binary weights cannot hold the zeros of a grouped convolution"
         elif choice is None:
-            node["unit"], a["mode"] = "host", f"{wf}*int8"
-            a["why_host"] = f"no unit runs {wf} weights with 8-bit activations"
+            node["unit"], a["mode"] = "host", f"{wf}*{act_name}"
+            what = f"{own}" if own in FLOAT_ACTIVATIONS else "8-bit"
+            a["why_host"] = f"no unit runs {wf} weights with {what} activations"
         else:
             unit, act = choice
             node["unit"], a["mode"] = unit, f"{wf}*{act}"
@@ -576,7 +596,7 @@ def _weight_codes(values: np.ndarray, fmt: str) -> np.ndarray:
     f = formats.get_format(fmt)
     if f.kind == "int":
         return values
-    units = 2.0 ** weight_units(fmt)  # the compiler's integers are value * units
+    one = 2.0 ** units(fmt)  # the compiler's integers are value * 2**units
     lookup = {}
     for code in range(1 << f.bits):
         try:
@@ -584,7 +604,7 @@ def _weight_codes(values: np.ndarray, fmt: str) -> np.ndarray:
         except ValueError:  # ternary's code 2 is not a value
             continue
         if v == v:
-            lookup.setdefault(v * units, code)
+            lookup.setdefault(v * one, code)
     bad = [v for v in np.unique(values).tolist() if v not in lookup]
     if bad:
         raise CompileError(f"weights {bad[:4]} are not values of {fmt}")

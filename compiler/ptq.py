@@ -12,11 +12,18 @@
   onnxruntime can run the result; the true format of each layer is kept in the model's
   metadata (``qaccel.weight_format.<node>``), which the frontend reads.
 - Bias: int32 at scale s_x * s_w.
+- Float activations (FP8 E4M3 / E5M2): the layer's input gets QuantizeLinear ->
+  DequantizeLinear to ONNX's float8 type (opset 19; the model is converted when older), after
+  the int8 requantization of the layer before it, as the hardware does it. The scale maps the
+  calibration range's largest magnitude to a power of two T, the format's largest below its
+  maximum, or smaller where the layer's bias in the accumulator's fixed point would not fit the
+  post-processing unit's 32 bits.
 - The host ops between layers (residual adds, pools, softmax) run on the dequantized values.
 
 ``precision``: comma-separated ``PATTERN=WEIGHT*ACTIVATION``, patterns matched against node
-names with ``fnmatch`` (the first that matches wins), e.g. ``conv1=int8*int8,fc*=int2*int8``.
-Layers no pattern names are int8*int8.
+names with ``fnmatch`` (the first that matches wins), e.g. ``conv1=int8*int8,fc*=int2*int8``
+or ``fc2=fp8_e4m3*fp8_e4m3``. Layers no pattern names are int8*int8. A pair that no unit of
+the configuration has compiles to the host, and the report says why.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compiler.graph import CompileError
+from compiler.quant import FLOAT_ACTIVATIONS, float_weight_codes, units
 
 __all__ = ["METADATA_PREFIX", "WEIGHT_FORMATS", "parse_precision", "quantize_model"]
 
@@ -37,10 +45,12 @@ INT_WEIGHTS = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary"
 FLOAT_WEIGHTS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1")
 WEIGHT_FORMATS = INT_WEIGHTS + FLOAT_WEIGHTS
 CLIPS = ("minmax", "percentile", "mse")
+ACTIVATIONS = ("int8", *FLOAT_ACTIVATIONS)
+FLOAT8_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8 codes
 
 
-def parse_precision(spec: str | None) -> list[tuple[str, str]]:
-    """``"conv1=int8*int8,fc*=int2*int8"`` -> [(pattern, weight format)]."""
+def parse_precision(spec: str | None) -> list[tuple[str, str, str]]:
+    """``"conv1=int8*int8,fc*=int2*int8"`` -> [(pattern, weight format, activation format)]."""
     if not spec:
         return []
     rules = []
@@ -54,12 +64,12 @@ def parse_precision(spec: str | None) -> list[tuple[str, str]]:
                 f"precision rule {item!r}: weight format {w!r} is not one the compiler's "
                 f"quantizer makes ({', '.join(WEIGHT_FORMATS)})"
             )
-        if a != "int8":
+        if a not in ACTIVATIONS:
             raise CompileError(
                 f"precision rule {item!r}: activations are int8 (the requantized 8-bit codes "
-                f"every layer passes on), not {a!r}"
+                f"every layer passes on) or float8 ({', '.join(FLOAT_ACTIVATIONS)}), not {a!r}"
             )
-        rules.append((pattern, w))
+        rules.append((pattern, w, a))
     return rules
 
 
@@ -161,6 +171,8 @@ def quantize_model(
     if not calibration:
         raise CompileError("a float model needs a calibration set (--calib) to be quantized")
     rules = parse_precision(precision)
+    if any(a in FLOAT_ACTIVATIONS for _, _, a in rules):
+        model = _at_least_opset(model, FLOAT8_OPSET)
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     input_names = [vi.name for vi in graph.input if vi.name not in inits]
@@ -202,6 +214,21 @@ def quantize_model(
         return d
 
     outputs = {o.name for o in graph.output}
+
+    def float8_qdq(t: str, fmt: str, scale: float) -> str:
+        """``t`` through QuantizeLinear -> DequantizeLinear to float8 ``fmt``."""
+        key = (t, fmt, float(scale))
+        if key in qdq_of:
+            return qdq_of[key]
+        base = f"{t.replace('/', '_')}_{fmt}"
+        elem = {"fp8_e4m3": onnx.TensorProto.FLOAT8E4M3FN, "fp8_e5m2": onnx.TensorProto.FLOAT8E5M2}
+        new_inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"))
+        new_inits.append(helper.make_tensor(f"{base}_zp", elem[fmt], [], [0.0]))
+        names = [f"{base}_scale", f"{base}_zp"]
+        nodes.append(helper.make_node("QuantizeLinear", [t, *names], [f"{base}_q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{base}_q", *names], [f"{base}_dq"]))
+        qdq_of[key] = f"{base}_dq"
+        return f"{base}_dq"
 
     def requantize(t: str) -> None:
         """Readers of the layer output ``t`` read its fake-quantized copy; a model output
@@ -272,21 +299,34 @@ def quantize_model(
                     requantize(t)
             continue
         name = node.name = node.name or node.output[0]
-        fmt = next((w for p, w in rules if fnmatch.fnmatchcase(name, p)), "int8")
+        fmt, act = next(
+            ((w, a) for p, w, a in rules if fnmatch.fnmatchcase(name, p)), ("int8", "int8")
+        )
         if node.input[0] not in qdq_of.values():
             node.input[0] = qdq(node.input[0])
         w = inits[node.input[1]]
         trans_b = node.op_type == "Gemm" and any(x.name == "transB" and x.i for x in node.attribute)
         axis = 0 if node.op_type == "Conv" or trans_b else 1
+        if fmt in FLOAT_WEIGHTS:
+            wf = float_weights(w, axis, fmt)
+            w_scales = float_weight_codes(wf, fmt, axis)[1]  # as the frontend will read them
+        else:
+            codes, scales = quantize_weights(w, axis, fmt)
+            w_scales = scales.astype(np.float32).astype(np.float64)
+        sx = _act_qparams(*ranges[_source_of(qdq_of, node.input[0])])[0]
+        if act in FLOAT_ACTIVATIONS:
+            bias = _layer_bias(node, inits, readers, outputs, w_scales.size)
+            sx = _float8_scale(name, act, ranges[_source_of(qdq_of, node.input[0])], bias, w_scales)
+            node.input[0] = float8_qdq(node.input[0], act, sx)
+            sx = np.float32(sx * 2.0 ** -units(act))  # one unit of the input's integers
         if fmt in FLOAT_WEIGHTS:  # exact float values; the frontend recovers the codes
             wn = f"{name}_wf"
-            new_inits.append(numpy_helper.from_array(float_weights(w, axis, fmt), wn))
+            new_inits.append(numpy_helper.from_array(wf, wn))
             node.input[1] = wn
             meta[name] = fmt
             nodes.append(node)
             finish(node, w.shape[0 if axis == 0 else -1], None)
             continue
-        codes, scales = quantize_weights(w, axis, fmt)
         wn = f"{name}_wq"
         new_inits.append(numpy_helper.from_array(codes.astype(np.int8), wn))
         new_inits.append(numpy_helper.from_array(scales.astype(np.float32), f"{wn}_scale"))
@@ -297,7 +337,6 @@ def quantize_model(
             )
         )
         node.input[1] = f"{wn}_dq"
-        sx = _act_qparams(*ranges[_source_of(qdq_of, node.input[0])])[0]
 
         def bias_dq(bias_name: str, sx=sx, scales=scales, name=name) -> str:
             """The float bias as int32 codes at scale s_x * s_w."""
@@ -337,4 +376,59 @@ def quantize_model(
 
 
 def _source_of(qdq_of: dict, dq: str) -> str:
-    return next(t for t, d in qdq_of.items() if d == dq)
+    """The float tensor a fake-quantized copy was made from."""
+    t = next(t for t, d in qdq_of.items() if d == dq)
+    return _source_of(qdq_of, t[0]) if isinstance(t, tuple) else t
+
+
+def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if current >= version:
+        return model
+    from onnx import version_converter
+
+    try:
+        model = version_converter.convert_version(model, version)
+    except Exception as e:  # the converter raises whatever its adapters do
+        raise CompileError(
+            f"float8 activations need opset {version}; converting the model from opset "
+            f"{current} failed: {e}"
+        ) from None
+    model.ir_version = max(model.ir_version, 9)
+    return model
+
+
+def _layer_bias(node, inits: dict, readers: dict, outputs: set, channels: int):
+    """A layer's float bias: its third input, or the Add after a MatMul (None if none)."""
+    if len(node.input) > 2 and node.input[2] in inits:
+        return inits[node.input[2]].astype(np.float64).reshape(-1)
+    after = readers.get(node.output[0], [])
+    if node.op_type == "MatMul" and len(after) == 1 and after[0].op_type == "Add":
+        other = [t for t in after[0].input if t != node.output[0]]
+        if len(other) == 1 and other[0] in inits and inits[other[0]].size == channels:
+            return inits[other[0]].astype(np.float64).reshape(-1)
+    return None
+
+
+def _float8_scale(name: str, fmt: str, span, bias, w_scales) -> float:
+    """The input scale that maps the calibration range's largest magnitude to a power of two
+    T: the largest at most the format's maximum for which the bias, in the accumulator's
+    fixed point (2**-units(fmt) of the scale, times the weights'), fits in 2**30 (the
+    post-processing unit adds a 32-bit bias)."""
+    from qaccel import formats
+
+    top = max(abs(span[0]), abs(span[1]), 1e-12)
+    t = 2.0 ** np.floor(np.log2(formats.get_format(fmt).max_magnitude))
+    while True:
+        sx = top / t
+        if bias is None:
+            return sx
+        unit = np.float64(np.float32(sx)) * 2.0 ** -units(fmt) * np.asarray(w_scales)
+        if np.abs(bias / unit).max() < 2**30:
+            return sx
+        if t <= 1:
+            raise CompileError(
+                f"node {name}: its bias does not fit the post-processing unit's 32 bits in the "
+                f"{fmt} accumulator's fixed point even with the input scaled to at most 1.0"
+            )
+        t /= 2

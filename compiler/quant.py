@@ -9,11 +9,14 @@ A ``qlinear`` op computes, for activation codes x (zero point zx, scale sx), wei
     y_n   = clamp(round(acc_n * sx * sw_n / sy) + zy, lo, hi)
 
 On the accelerator the activation codes are int8: uint8 codes and their zero point move down
-by 128 (exact). The weights become w - zw (they must fit the weight format), the zero-point
-term folds into the bias, ``-zx * sum_k (w_kn - zw_n)``, and the real multiplier becomes the
-dyadic b / 2**c of ``qaccel.formats.dyadic``. Convolutions are GEMMs over im2col patches; the
-padding is the activation's zero point, so it reads as real 0. A grouped convolution is one
-GEMM with block-diagonal weights.
+by 128 (exact). Float activations (ONNX's FLOAT8E4M3FN and FLOAT8E5M2, zero point 0) keep their
+codes; the compiler's integer view of a float code is its value * 2**units(format), the
+fixed point the array accumulates exactly, and the scale carries 2**-units. The weights
+become w - zw (they must fit the weight format), the zero-point term folds into the bias,
+``-zx * sum_k (w_kn - zw_n)``, and the real multiplier becomes the dyadic b / 2**c of
+``qaccel.formats.dyadic``. Convolutions are GEMMs over im2col patches; the padding is the
+activation's zero point, so it reads as real 0. A grouped convolution is one GEMM with
+block-diagonal weights.
 
 **Rounding.** onnxruntime multiplies the int32 accumulator by the float32 multiplier and
 rounds half to even; the accelerator multiplies by the dyadic b / 2**c (31-bit b) and rounds
@@ -30,9 +33,51 @@ import numpy as np
 from compiler.graph import CompileError, QParams
 from sim.post_model import postprocess
 
-__all__ = ["GemmForm", "dequantize", "gemm_form", "im2col", "qlinear_reference", "quantize"]
+__all__ = [
+    "FLOAT_ACTIVATIONS",
+    "GemmForm",
+    "dequantize",
+    "gemm_form",
+    "im2col",
+    "qlinear_reference",
+    "quantize",
+    "units",
+]
 
 UINT8_SHIFT = 128
+# float activation formats: ONNX's float8 element types that the array's float modes take
+FLOAT_ACTIVATIONS = ("fp8_e4m3", "fp8_e5m2")
+
+
+def units(fmt: str) -> int:
+    """Fraction bits of the integers the compiler holds for values of ``fmt``: value *
+    2**units is an integer for every finite value (0 for integer formats). A product of two
+    such integers is the array's accumulator in the mode's fixed point."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    return 0 if f.kind in ("int", "binary", "ternary") else -f.lsb_exponent
+
+
+weight_units = units
+
+
+def float_ints(codes: np.ndarray, fmt: str) -> np.ndarray:
+    """Codes of a float format -> the compiler's integers, value * 2**units (exact)."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    values = f.decode(np.asarray(codes, dtype=np.int64))
+    if not np.isfinite(values).all():
+        raise CompileError(f"{fmt} codes hold a NaN or an infinity")
+    return np.rint(values * 2.0 ** units(fmt)).astype(np.int64)
+
+
+def unit_scale(q: QParams) -> float:
+    """The real value of one unit of the compiler's integer view of ``q``'s per-tensor codes:
+    the scale, divided by 2**units for float formats."""
+    s = float(q.scale.reshape(-1)[0])
+    return s * 2.0 ** -units(q.dtype) if q.dtype in FLOAT_ACTIVATIONS else s
 
 
 def _along(v: np.ndarray, q: QParams, ndim: int) -> np.ndarray:
@@ -44,9 +89,17 @@ def _along(v: np.ndarray, q: QParams, ndim: int) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
-    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), in float32."""
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), in float32;
+    float8 codes: x / scale rounded to the nearest value, ties to even, saturating."""
     x = np.asarray(x, dtype=np.float32)
     scale = _along(q.scale.astype(np.float32), q, x.ndim)
+    if q.dtype in FLOAT_ACTIVATIONS:
+        from qaccel import formats
+
+        v = (x / scale).astype(np.float64)
+        if np.isnan(v).any():
+            raise CompileError(f"a NaN cannot be quantized to {q.dtype} codes here")
+        return formats.get_format(q.dtype).encode(v).astype(np.int64)
     zp = _along(q.zero_point.astype(np.int64), q, x.ndim)
     lo, hi = q.code_range
     return np.clip(np.rint(x / scale).astype(np.int64) + zp, lo, hi)
@@ -56,6 +109,11 @@ def dequantize(codes: np.ndarray, q: QParams) -> np.ndarray:
     """ONNX DequantizeLinear: (code - zero_point) * scale, in float32."""
     codes = np.asarray(codes, dtype=np.int64)
     scale = _along(q.scale.astype(np.float32), q, codes.ndim)
+    if q.dtype in FLOAT_ACTIVATIONS:
+        from qaccel import formats
+
+        values = formats.get_format(q.dtype).decode(codes).astype(np.float32)
+        return (values * scale).astype(np.float32)
     zp = _along(q.zero_point.astype(np.int64), q, codes.ndim)
     return ((codes - zp).astype(np.float32) * scale).astype(np.float32)
 
@@ -64,35 +122,32 @@ def conv_out_size(size: int, k: int, stride: int, pad0: int, pad1: int, dilation
     return (size + pad0 + pad1 - dilation * (k - 1) - 1) // stride + 1
 
 
-def weight_units(fmt: str) -> int:
-    """Fraction bits of a weight format's values in the accumulator with 8-bit integer
-    activations: the compiler holds weights as integers, value * 2**bits (0 for integers)."""
-    from qaccel import formats
-
-    f = formats.get_format(fmt)
-    if f.kind in ("int", "binary", "ternary"):
-        return 0
-    return formats.accumulator_format(f, formats.get_format("int8"), 1).frac_bits
-
-
 def float_weight_codes(w: np.ndarray, fmt: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Float weights that are exact values of ``fmt`` times a power of two per channel (as
-    ``compiler.ptq`` writes them) -> (integers value * 2**weight_units, per-channel scales).
-    Raises CompileError when they are not."""
+    ``compiler.ptq`` writes them) -> (integers value * 2**units, per-channel scales). Of the
+    powers of two that keep every value exact, the largest: the smallest integers, so a bias
+    in the accumulator's units stays small. Raises CompileError when there is none."""
     from qaccel import formats
 
     f = formats.get_format(fmt)
-    units = 2.0 ** weight_units(fmt)
+    one = 2.0 ** units(fmt)
     wc = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0)
-    ints = np.empty(wc.shape, dtype=np.int64)
-    scales = np.empty(wc.shape[0])
+    ints = np.zeros(wc.shape, dtype=np.int64)
+    scales = np.ones(wc.shape[0])
+
+    def exact(v):
+        return np.array_equal(f.decode(f.encode(v)), v)
+
     for c in range(wc.shape[0]):
         top = np.abs(wc[c]).max()
-        e = int(np.ceil(np.log2(top / f.max_magnitude))) if top > 0 else 0
-        values = wc[c] / 2.0**e
-        if not np.array_equal(f.decode(f.encode(values)), values):
+        if top == 0:
+            continue
+        e = int(np.ceil(np.log2(top / f.max_magnitude)))
+        if not exact(wc[c] / 2.0**e):
             raise CompileError(f"weights declared {fmt} are not {fmt} values times a power of two")
-        ints[c], scales[c] = np.rint(values * units), 2.0**e / units
+        while exact(wc[c] / 2.0 ** (e + 1)):
+            e += 1
+        ints[c], scales[c] = np.rint(wc[c] / 2.0**e * one), 2.0**e / one
     return np.moveaxis(ints, 0, axis), scales
 
 
@@ -148,6 +203,13 @@ class GemmForm:
     hi: int
     out_signed: bool
     out_dtype: str  # "int8", "uint8" or "int32"
+    x_format: str = "int8"  # the input codes' format: int8, or a float format (FLOAT_ACTIVATIONS)
+
+    def x_ints(self, codes: np.ndarray) -> np.ndarray:
+        """Input codes (already shifted) as the integers the accumulator multiplies."""
+        if self.x_format in FLOAT_ACTIVATIONS:
+            return float_ints(codes, self.x_format)
+        return np.asarray(codes, dtype=np.int64)
 
 
 def _weight_matrix(w: np.ndarray, zw: np.ndarray, attrs: dict) -> np.ndarray:
@@ -177,21 +239,30 @@ def gemm_form(attrs: dict, w: np.ndarray, bias: np.ndarray | None, source: str) 
     zw = np.broadcast_to(np.asarray(attrs["w_zp"], dtype=np.int64).reshape(-1), (n,))
     sw = np.broadcast_to(np.asarray(attrs["w_scale"], dtype=np.float64).reshape(-1), (n,))
     weights = _weight_matrix(w, zw, attrs)
+    x_format = xq.dtype if xq.dtype in FLOAT_ACTIVATIONS else "int8"
     x_shift = -UINT8_SHIFT if xq.dtype == "uint8" else 0
     zx = int(xq.zero_point.reshape(-1)[0]) + x_shift
     b = np.zeros(n, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64)
     folded = b - zx * weights.sum(axis=0)
     if folded.size and (folded.min() < -(2**31) or folded.max() >= 2**31):
+        if x_format != "int8":
+            raise CompileError(
+                f"{source}: the bias in the accumulator's units (2**-{units(x_format)} of the "
+                f"{x_format} input's scale times the weights') does not fit the post-processing "
+                "unit's 32 bits; quantize the input to smaller values (a larger scale)"
+            )
         raise CompileError(
             f"{source}: the bias with the activation zero point folded in does not fit 32 bits"
         )
     if yq is None:
-        return GemmForm(weights, x_shift, folded, np.zeros(0), 0, 0, 0, True, "int32")
-    sx = float(xq.scale.reshape(-1)[0])
-    multiplier = sx * sw / float(yq.scale.reshape(-1)[0])
+        return GemmForm(weights, x_shift, folded, np.zeros(0), 0, 0, 0, True, "int32", x_format)
+    multiplier = unit_scale(xq) * sw / float(yq.scale.reshape(-1)[0])
     zy = int(yq.zero_point.reshape(-1)[0])
     lo, hi = attrs.get("clamp") or yq.code_range
-    return GemmForm(weights, x_shift, folded, multiplier, zy, lo, hi, yq.dtype == "int8", yq.dtype)
+    out_signed = yq.dtype == "int8"
+    return GemmForm(
+        weights, x_shift, folded, multiplier, zy, lo, hi, out_signed, yq.dtype, x_format
+    )
 
 
 def gemm_rows(x: np.ndarray, attrs: dict) -> tuple[np.ndarray, tuple]:
@@ -232,7 +303,10 @@ def epilogue_of(form: GemmForm):
 def gemm_reference(a: np.ndarray, form: GemmForm) -> np.ndarray:
     """The accelerator's result for input rows ``a`` (shifted codes): the exact integer
     product, then the post-processing unit's contract (``sim.post_model``)."""
-    acc = a.astype(np.int64) @ form.weights
+    x = form.x_ints(a)
+    top = int(np.abs(x).max(initial=0)) * int(np.abs(form.weights).max(initial=0)) * x.shape[-1]
+    wide = top >= 1 << 62  # float modes' fixed point can outgrow int64: Python integers
+    acc = x.astype(object) @ form.weights.astype(object) if wide else x @ form.weights
     ep = epilogue_of(form)
     if ep is None:
         return acc + form.bias

@@ -9,7 +9,14 @@ import numpy as np
 
 from compiler.graph import CompileError, QParams, ops_in_order
 from compiler.host_ops import HOST_OPS, QLINEAR_OPS
-from compiler.quant import dequantize, fold_rows, gemm_reference, gemm_rows, quantize
+from compiler.quant import (
+    FLOAT_ACTIVATIONS,
+    dequantize,
+    fold_rows,
+    gemm_reference,
+    gemm_rows,
+    quantize,
+)
 
 __all__ = ["execute", "qparams_of"]
 
@@ -18,7 +25,9 @@ _DTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.i
 
 def qparams_of(scale, zero_point, axis: int | None = 1, dtype: str | None = None) -> QParams:
     """QParams from a Quantize/DequantizeLinear's scale and zero point (the zero point's
-    element type is the codes'; none means uint8)."""
+    element type is the codes', unless ``dtype`` names it; none means uint8). Float codes
+    (``dtype`` in FLOAT_ACTIVATIONS, the frontend's name for an ONNX float8 type) have zero
+    point 0."""
     scale = np.asarray(scale, dtype=np.float32).reshape(-1)
     if zero_point is None:
         zp, dt = np.zeros(1, np.int64), dtype or "uint8"
@@ -28,6 +37,8 @@ def qparams_of(scale, zero_point, axis: int | None = 1, dtype: str | None = None
         if dt is None:
             raise CompileError(f"zero points of type {zp_arr.dtype} are not supported")
         zp = zp_arr.astype(np.int64).reshape(-1)
+    if dt in FLOAT_ACTIVATIONS and zp.any():
+        raise CompileError(f"a {dt} zero point must be 0 (the code of +0.0)")
     per = scale.size > 1 or zp.size > 1
     return QParams(scale, zp, dt, axis if per else None)
 
@@ -94,13 +105,11 @@ def run_op(node: dict, ins: list, *, programs: str) -> list:
     "reference" on the integer model."""
     op, a = node["op"], node["attrs"]
     if op == "QuantizeLinear":
-        q = qparams_of(ins[1], _opt(ins, 2), a.get("axis", 1))
+        q = qparams_of(ins[1], _opt(ins, 2), a.get("axis", 1), a.get("dtype"))
         return [quantize(ins[0], q)]
     if op == "DequantizeLinear":
-        q = qparams_of(
-            ins[1], _opt(ins, 2), a.get("axis", 1), _DTYPES.get(np.asarray(ins[0]).dtype)
-        )
-        return [dequantize(ins[0], q)]
+        dtype = a.get("dtype") or _DTYPES.get(np.asarray(ins[0]).dtype)
+        return [dequantize(ins[0], qparams_of(ins[1], _opt(ins, 2), a.get("axis", 1), dtype))]
     if op in QLINEAR_OPS:
         return _run_qlinear_elementwise(op, ins, a)
     if op in ("QLinearMatMul", "MatMulInteger", "QLinearConv", "ConvInteger", "QGemm"):

@@ -479,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        help='per-layer formats for a float model, e.g. "conv1=int8*int8,fc*=int2*int8"',
+        help='per-layer formats for a float model, e.g. "conv1=int8*int8,fc*=int2*int8" '
+        'or "fc=fp8_e4m3*fp8_e4m3"',
     )
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser(

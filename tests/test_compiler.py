@@ -258,7 +258,7 @@ def test_precision_errors():
     for spec, message in [
         ("fc", "not PATTERN=WEIGHT"),
         ("fc*=int9*int8", "weight format 'int9'"),
-        ("fc*=int4*fp8_e4m3", "activations are int8"),
+        ("fc*=int4*posit8_0", "activations are int8"),
     ]:
         with pytest.raises(CompileError, match=message):
             compile_model(zoo.mlp(), TINY, calibration=calib, precision=spec)
@@ -578,6 +578,163 @@ def test_float_weights_that_are_not_format_values_are_refused():
     init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
     with pytest.raises(CompileError, match="not fp4_e2m1 values times a power of two"):
         compile_model(q, TINY, batch=4)
+
+
+# --- float8 activations -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
+def test_float8_quantize_and_dequantize_equal_onnxruntime(fmt):
+    """The host's QuantizeLinear / DequantizeLinear with float8 codes: bit for bit what
+    onnxruntime computes, ties, saturation, subnormals and signed zeros included."""
+    from compiler.quant import dequantize, quantize
+    from compiler.runtime import qparams_of
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    grid = f.decode(f.finite_codes())
+    mids = (np.sort(grid)[1:] + np.sort(grid)[:-1]) / 2  # every tie
+    rng = np.random.default_rng(SEED)
+    scale = np.float32(0.375)
+    v = np.concatenate([grid, mids, [f.max_magnitude * 4, -f.max_magnitude * 4, -0.0]])
+    x = np.concatenate([v * scale, rng.normal(size=2000) * f.max_magnitude * scale / 8])
+    x = x.astype(np.float32)
+    elem = {"fp8_e4m3": TensorProto.FLOAT8E4M3FN, "fp8_e5m2": TensorProto.FLOAT8E5M2}[fmt]
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.size])],
+        [onnx.numpy_helper.from_array(scale, "s"), helper.make_tensor("z", elem, [], [0.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+    (want,) = ort_outputs(model, x)
+    q = qparams_of(scale, np.zeros(1, np.uint8), dtype=fmt)
+    got = dequantize(quantize(x, q), q)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # -0.0 too
+
+
+def _float8_matmul_model(fmt: str, bias_scale: float = 0.1) -> onnx.ModelProto:
+    """A hand-written QDQ MatMul with float8 weights (per-channel scales, any value) and
+    float8 activations, a float bias Add, Relu and an int8 output: as another tool writes."""
+    rng = np.random.default_rng(SEED)
+    elem = {"fp8_e4m3": TensorProto.FLOAT8E4M3FN, "fp8_e5m2": TensorProto.FLOAT8E5M2}[fmt]
+    f = __import__("qaccel.formats", fromlist=["get_format"]).get_format(fmt)
+    w_codes = rng.choice(f.finite_codes(), size=(24, 12)).astype(np.uint8)
+    w_scale = rng.uniform(0.001, 0.01, size=12).astype(np.float32)
+    inits = [
+        helper.make_tensor("w", elem, [24, 12], w_codes.tobytes(), raw=True),
+        onnx.numpy_helper.from_array(w_scale, "w_s"),
+        onnx.numpy_helper.from_array(np.float32(0.02), "x_s"),
+        helper.make_tensor("x_z", elem, [], [0.0]),
+        onnx.numpy_helper.from_array(rng.normal(size=12).astype(np.float32) * bias_scale, "b"),
+        onnx.numpy_helper.from_array(np.float32(0.05), "y_s"),
+        onnx.numpy_helper.from_array(np.int8(-3), "y_z"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "w_s"], ["wf"], axis=1),
+        helper.make_node("MatMul", ["xf", "wf"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "b"], ["biased"]),
+        helper.make_node("Relu", ["biased"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "y_s", "y_z"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "y_s", "y_z"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fp8_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 24 // 2])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
+def test_float8_qdq_model_runs_on_the_array(fmt, tmp_path):
+    """Float8 weights and activations as ONNX writes them: the array's float mode, exact
+    against the reference, within 1 LSB of onnxruntime; saved and loaded unchanged."""
+    # E5M2 products have 32 fraction bits: a bias fits the post-processing unit's 32 bits
+    # only when it is small against the scales
+    model = _float8_matmul_model(fmt, bias_scale=0.1 if fmt == "fp8_e4m3" else 1e-6)
+    cm = compile_model(model, TINY, batch=3)
+    ((unit, mode),) = {(n["unit"], n["attrs"]["mode"]) for n in cm.layers}
+    assert (unit, mode) == ("array", f"{fmt}*{fmt}")
+    x = _inputs((3, 24), SEED + 7)[0] * 4
+    assert check_model(cm, model, x) == 1.0  # measured: every element equal
+    cm.save(tmp_path / "prog")
+    assert np.array_equal(
+        load_compiled(tmp_path / "prog").run({"x": x})["y"], cm.run({"x": x})["y"]
+    )
+
+
+@pytest.mark.parametrize(
+    "precision",
+    [
+        "*=fp8_e4m3*fp8_e4m3",
+        "*=fp8_e5m2*fp8_e5m2",
+        "conv*=fp4_e2m1*fp8_e4m3,pw*=fp4_e2m1*fp8_e4m3,fc*=fp8_e4m3*fp8_e4m3,dw*=int8*int8",
+    ],
+)
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+@pytest.mark.parametrize("cfg", ["tiny", "edge"])
+def test_float8_activations_from_the_quantizer(precision, name, cfg):
+    """The compiler's PTQ with float8 activations: each layer's input quantized to float8
+    after the int8 requantization before it (as the hardware passes it), the array's float
+    modes; simulator == reference, within 1 LSB of onnxruntime on the quantized model."""
+    from compiler.ptq import quantize_model
+
+    build, shape = MODELS[name]
+    model = build()
+    calib = _inputs((8, *shape[1:]), SEED, 2)
+    q = quantize_model(model, calib, precision=precision)
+    cm = compile_model(q, CONFIGS[cfg], batch=shape[0])
+    modes = {n["attrs"]["mode"] for n in cm.layers}
+    assert {n["unit"] for n in cm.layers} == {"array"}
+    assert any("*fp8_" in m for m in modes), modes
+    exact = check_model(cm, q, _inputs(shape, SEED + 6)[0])
+    assert exact >= 0.99, exact
+
+
+def test_float8_layers_no_unit_has_run_on_the_host():
+    """lut.toml has no float mode: the layers fall back to the host, named with the reason,
+    and still compute the model."""
+    from compiler.ptq import quantize_model
+
+    model = zoo.mlp()
+    calib = _inputs((8, 64), SEED, 2)
+    q = quantize_model(model, calib, precision="*=fp8_e4m3*fp8_e4m3")
+    cm = compile_model(q, LUT, batch=4)
+    assert {n["unit"] for n in cm.layers} == {"host"}
+    reasons = {op for _, op in cm.host_ops()}
+    assert "qgemm (no unit runs fp8_e4m3 weights with fp8_e4m3 activations)" in reasons
+    check_model(cm, q, _inputs((4, 64), SEED + 2)[0])
+
+
+def test_float8_model_errors():
+    model = _float8_matmul_model("fp8_e4m3")
+    bad = onnx.ModelProto.FromString(model.SerializeToString())
+    zp = next(i for i in bad.graph.initializer if i.name == "x_z")
+    zp.CopyFrom(helper.make_tensor("x_z", TensorProto.FLOAT8E4M3FN, [], [1.0]))
+    with pytest.raises(CompileError, match="fp8_e4m3 zero point must be 0"):
+        compile_model(bad, TINY, batch=3)
+    fnuz = onnx.ModelProto.FromString(model.SerializeToString())
+    zp = next(i for i in fnuz.graph.initializer if i.name == "x_z")
+    zp.CopyFrom(helper.make_tensor("x_z", TensorProto.FLOAT8E4M3FNUZ, [], [0.0]))
+    with pytest.raises(CompileError, match="FLOAT8E4M3FNUZ codes is not supported"):
+        compile_model(fnuz, TINY, batch=3)
+    unsat = onnx.ModelProto.FromString(model.SerializeToString())
+    unsat.graph.node[0].attribute.append(helper.make_attribute("saturate", 0))
+    with pytest.raises(CompileError, match="needs saturate=1"):
+        compile_model(unsat, TINY, batch=3)
+    # a large bias does not fit the post-processing unit's 32 bits in the fixed point of
+    # E5M2 products (2**-32 of the scales)
+    with pytest.raises(CompileError, match=r"fc: the bias in the accumulator's units"):
+        compile_model(_float8_matmul_model("fp8_e5m2", bias_scale=1e6), TINY, batch=3)
 
 
 def test_a_tensor_larger_than_dram_is_an_error():
