@@ -1,6 +1,7 @@
 """ONNX -> the compiler's graph IR, one IR op per ONNX node, shapes made concrete.
 
-Reads float models, onnxruntime's QDQ and QOperator models, and QONNX models (``Quant``,
+Reads float models, onnxruntime's QDQ and QOperator models (int8, uint8 and float8 codes), the
+quantizer's posit Quantize / Dequantize (``compiler.format_ops``), and QONNX models (``Quant``,
 ``BipolarQuant``, ``Trunc``). Symbolic dimensions (a batch ``N``) take ``batch``; shapes come
 from ONNX shape inference and, where it has none (custom-domain ops), from running the graph
 on zeros.
@@ -14,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compiler.format_ops import DOMAIN, format_of
 from compiler.graph import CompileError, Tensor, add_op, new_graph
 from compiler.host_ops import HOST_OPS, QLINEAR_OPS
 
@@ -136,7 +138,10 @@ def load_onnx(model, *, batch: int = 1):
             consts[node.output[0]] = np.asarray(a["value"])
             continue
         op = node.op_type
-        if (
+        attrs = _attrs(node)
+        if node.domain == DOMAIN and format_of(op):  # posit Quantize / Dequantize
+            op, attrs["dtype"] = format_of(op)
+        elif (
             node.domain not in ("", "ai.onnx", "com.microsoft")
             and not node.domain.startswith("qonnx")
             and not node.domain.startswith("finn")
@@ -147,8 +152,7 @@ def load_onnx(model, *, batch: int = 1):
                 f"node {name}: op {op} is not supported (neither the accelerator nor the host "
                 "runs it)"
             )
-        attrs = _attrs(node)
-        if op in ("QuantizeLinear", "DequantizeLinear"):
+        if op in ("QuantizeLinear", "DequantizeLinear") and node.domain != DOMAIN:
             _code_type(name, node, attrs, elem)
         elif any(elem.get(t) in FLOAT8_TYPES for t in node.input):
             raise CompileError(

@@ -8,22 +8,27 @@
 - Weights: per output channel, symmetric, in the layer's weight format (``precision``):
   integer formats int2..int8 (scale from the largest magnitude, or by least squared error for
   4 bits and fewer), ternary (threshold 0.7 mean |w|, scale the mean kept magnitude) and
-  binary (sign, scale the mean magnitude). The codes are stored in int8 containers, so
-  onnxruntime can run the result; the true format of each layer is kept in the model's
-  metadata (``qaccel.weight_format.<node>``), which the frontend reads.
+  binary (sign, scale the mean magnitude), stored as codes in int8 containers so onnxruntime
+  can run the result; float and posit formats (FP8, FP6, FP4, 8-bit posits) rounded to the
+  format times a power of two per channel (the largest magnitude fits; up to eight powers of
+  two smaller where that rounds with less squared error), stored as their exact float
+  values. The true format of each layer is kept in the model's metadata
+  (``qaccel.weight_format.<node>``), which the frontend reads.
 - Bias: int32 at scale s_x * s_w.
-- Float activations (FP8 E4M3 / E5M2): the layer's input gets QuantizeLinear ->
-  DequantizeLinear to ONNX's float8 type (opset 19; the model is converted when older), after
-  the int8 requantization of the layer before it, as the hardware does it. The scale maps the
-  calibration range's largest magnitude to a power of two T, the format's largest below its
-  maximum, or smaller where the layer's bias in the accumulator's fixed point would not fit the
-  post-processing unit's 32 bits.
+- Float and posit activations (FP8 E4M3 / E5M2, posit8 with es 0..2): the layer's input gets
+  quantize -> dequantize to that format, after the int8 requantization of the layer before
+  it, as the hardware passes it on: ONNX's QuantizeLinear / DequantizeLinear with float8
+  codes, or the ``qaccel`` domain's posit functions (``compiler.format_ops``); the model is
+  converted to opset 19 when older. The scale maps the calibration values' largest magnitude
+  to a power of two, chosen by least squared error, among those where the layer's bias in the
+  accumulator's fixed point fits the post-processing unit's 32 bits.
 - The host ops between layers (residual adds, pools, softmax) run on the dequantized values.
 
 ``precision``: comma-separated ``PATTERN=WEIGHT*ACTIVATION``, patterns matched against node
 names with ``fnmatch`` (the first that matches wins), e.g. ``conv1=int8*int8,fc*=int2*int8``
-or ``fc2=fp8_e4m3*fp8_e4m3``. Layers no pattern names are int8*int8. A pair that no unit of
-the configuration has compiles to the host, and the report says why.
+or ``fc2=fp8_e4m3*fp8_e4m3``, ``*=posit8_0*posit8_0``. Layers no pattern names are
+int8*int8. A pair that no unit of the configuration has compiles to the host, and the report
+says why.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from compiler.format_ops import DOMAIN, FUNCTION_FORMATS, dequantize_function, quantize_function
 from compiler.graph import CompileError
 from compiler.quant import FLOAT_ACTIVATIONS, float_weight_codes, units
 
@@ -42,11 +48,12 @@ __all__ = ["METADATA_PREFIX", "WEIGHT_FORMATS", "parse_precision", "quantize_mod
 METADATA_PREFIX = "qaccel.weight_format."
 INT_WEIGHTS = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary")
 # float weights with a power-of-two scale per channel; stored as their exact float values
-FLOAT_WEIGHTS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1")
+FLOAT_WEIGHTS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1", *FUNCTION_FORMATS)
+SAMPLE = 1 << 16  # calibration values kept per tensor for the float activations' scale
 WEIGHT_FORMATS = INT_WEIGHTS + FLOAT_WEIGHTS
 CLIPS = ("minmax", "percentile", "mse")
 ACTIVATIONS = ("int8", *FLOAT_ACTIVATIONS)
-FLOAT8_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8 codes
+VALUE_CODES_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8 codes
 
 
 def parse_precision(spec: str | None) -> list[tuple[str, str, str]]:
@@ -67,7 +74,8 @@ def parse_precision(spec: str | None) -> list[tuple[str, str, str]]:
         if a not in ACTIVATIONS:
             raise CompileError(
                 f"precision rule {item!r}: activations are int8 (the requantized 8-bit codes "
-                f"every layer passes on) or float8 ({', '.join(FLOAT_ACTIVATIONS)}), not {a!r}"
+                f"every layer passes on) or a float or posit format "
+                f"({', '.join(FLOAT_ACTIVATIONS)}), not {a!r}"
             )
         rules.append((pattern, w, a))
     return rules
@@ -83,8 +91,10 @@ def _levels(fmt: str) -> tuple[int, int]:
 
 
 def float_weights(w: np.ndarray, axis: int, fmt: str) -> np.ndarray:
-    """Weights rounded to ``fmt`` with a power-of-two scale per channel (the largest magnitude
-    at most the format's largest value): float32 values, exact."""
+    """Weights rounded to ``fmt`` with a power-of-two scale per channel: the largest
+    magnitude at most the format's largest value, or up to eight powers of two smaller where
+    that rounds with less squared error (posits are most precise near 1). float32 values,
+    exact."""
     from qaccel import formats
 
     f = formats.get_format(fmt)
@@ -92,8 +102,14 @@ def float_weights(w: np.ndarray, axis: int, fmt: str) -> np.ndarray:
     out = np.empty_like(wc)
     for c in range(wc.shape[0]):
         top = np.abs(wc[c]).max()
-        e = int(np.ceil(np.log2(top / f.max_magnitude))) if top > 0 else 0
-        out[c] = f.decode(f.encode(wc[c] / 2.0**e)) * 2.0**e
+        first = int(np.ceil(np.log2(top / f.max_magnitude))) if top > 0 else 0
+        best = None
+        for e in range(first, first + 9):
+            q = f.decode(f.encode(wc[c] / 2.0**e)) * 2.0**e
+            err = np.sum((q - wc[c]) ** 2)
+            if best is None or err < best[0]:
+                best = (err, q)
+        out[c] = best[1]
     return np.moveaxis(out, 0, axis).astype(np.float32)
 
 
@@ -172,7 +188,7 @@ def quantize_model(
         raise CompileError("a float model needs a calibration set (--calib) to be quantized")
     rules = parse_precision(precision)
     if any(a in FLOAT_ACTIVATIONS for _, _, a in rules):
-        model = _at_least_opset(model, FLOAT8_OPSET)
+        model = _at_least_opset(model, VALUE_CODES_OPSET)
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     input_names = [vi.name for vi in graph.input if vi.name not in inits]
@@ -190,6 +206,8 @@ def quantize_model(
             if isinstance(v, np.ndarray) and v.dtype.kind == "f":
                 seen.setdefault(t, []).append(v.reshape(-1))
     ranges = {t: _activation_range(np.concatenate(v), clip) for t, v in seen.items()}
+    samples = {t: _sample(np.concatenate(v)) for t, v in seen.items()}
+    del seen
 
     readers: dict[str, list] = {}
     for node in graph.node:
@@ -215,20 +233,39 @@ def quantize_model(
 
     outputs = {o.name for o in graph.output}
 
-    def float8_qdq(t: str, fmt: str, scale: float) -> str:
-        """``t`` through QuantizeLinear -> DequantizeLinear to float8 ``fmt``."""
+    functions: dict[str, onnx.FunctionProto] = {}
+
+    def value_qdq(t: str, fmt: str, scale: float) -> str:
+        """``t`` through quantize -> dequantize to ``fmt``: ONNX's QuantizeLinear and
+        DequantizeLinear for float8, the ``qaccel`` domain's functions for posits."""
         key = (t, fmt, float(scale))
         if key in qdq_of:
             return qdq_of[key]
         base = f"{t.replace('/', '_')}_{fmt}"
-        elem = {"fp8_e4m3": onnx.TensorProto.FLOAT8E4M3FN, "fp8_e5m2": onnx.TensorProto.FLOAT8E5M2}
         new_inits.append(numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"))
-        new_inits.append(helper.make_tensor(f"{base}_zp", elem[fmt], [], [0.0]))
-        names = [f"{base}_scale", f"{base}_zp"]
-        nodes.append(helper.make_node("QuantizeLinear", [t, *names], [f"{base}_q"]))
-        nodes.append(helper.make_node("DequantizeLinear", [f"{base}_q", *names], [f"{base}_dq"]))
-        qdq_of[key] = f"{base}_dq"
-        return f"{base}_dq"
+        q, d = f"{base}_q", f"{base}_dq"
+        if fmt in FUNCTION_FORMATS:
+            opset = _default_opset(model)
+            for make in (quantize_function, dequantize_function):
+                fn = make(fmt, opset)
+                functions[fn.name] = fn
+            nodes.append(
+                helper.make_node(f"Quantize_{fmt}", [t, f"{base}_scale"], [q], domain=DOMAIN)
+            )
+            nodes.append(
+                helper.make_node(f"Dequantize_{fmt}", [q, f"{base}_scale"], [d], domain=DOMAIN)
+            )
+        else:
+            elem = {
+                "fp8_e4m3": onnx.TensorProto.FLOAT8E4M3FN,
+                "fp8_e5m2": onnx.TensorProto.FLOAT8E5M2,
+            }[fmt]
+            new_inits.append(helper.make_tensor(f"{base}_zp", elem, [], [0.0]))
+            names = [f"{base}_scale", f"{base}_zp"]
+            nodes.append(helper.make_node("QuantizeLinear", [t, *names], [q]))
+            nodes.append(helper.make_node("DequantizeLinear", [q, *names], [d]))
+        qdq_of[key] = d
+        return d
 
     def requantize(t: str) -> None:
         """Readers of the layer output ``t`` read its fake-quantized copy; a model output
@@ -316,8 +353,9 @@ def quantize_model(
         sx = _act_qparams(*ranges[_source_of(qdq_of, node.input[0])])[0]
         if act in FLOAT_ACTIVATIONS:
             bias = _layer_bias(node, inits, readers, outputs, w_scales.size)
-            sx = _float8_scale(name, act, ranges[_source_of(qdq_of, node.input[0])], bias, w_scales)
-            node.input[0] = float8_qdq(node.input[0], act, sx)
+            seen_x = samples[_source_of(qdq_of, node.input[0])]
+            sx = _float_scale(name, act, seen_x, bias, w_scales)
+            node.input[0] = value_qdq(node.input[0], act, sx)
             sx = np.float32(sx * 2.0 ** -units(act))  # one unit of the input's integers
         if fmt in FLOAT_WEIGHTS:  # exact float values; the frontend recovers the codes
             wn = f"{name}_wf"
@@ -367,7 +405,12 @@ def quantize_model(
     used = {t for n in nodes for t in n.input}
     keep = [i for i in graph.initializer if i.name in used]
     g = helper.make_graph(nodes, graph.name, graph.input, graph.output, keep + new_inits)
-    out_model = helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+    opsets = list(model.opset_import)
+    if functions:
+        opsets.append(helper.make_opsetid(DOMAIN, 1))
+    out_model = helper.make_model(
+        g, opset_imports=opsets, ir_version=model.ir_version, functions=list(functions.values())
+    )
     for name, fmt in meta.items():
         out_model.metadata_props.append(
             onnx.StringStringEntryProto(key=METADATA_PREFIX + name, value=fmt)
@@ -391,7 +434,7 @@ def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
         model = version_converter.convert_version(model, version)
     except Exception as e:  # the converter raises whatever its adapters do
         raise CompileError(
-            f"float8 activations need opset {version}; converting the model from opset "
+            f"float and posit activations need opset {version}; converting the model from opset "
             f"{current} failed: {e}"
         ) from None
     model.ir_version = max(model.ir_version, 9)
@@ -410,25 +453,44 @@ def _layer_bias(node, inits: dict, readers: dict, outputs: set, channels: int):
     return None
 
 
-def _float8_scale(name: str, fmt: str, span, bias, w_scales) -> float:
-    """The input scale that maps the calibration range's largest magnitude to a power of two
-    T: the largest at most the format's maximum for which the bias, in the accumulator's
-    fixed point (2**-units(fmt) of the scale, times the weights'), fits in 2**30 (the
-    post-processing unit adds a 32-bit bias)."""
+def _sample(values: np.ndarray) -> np.ndarray:
+    """At most SAMPLE of ``values``, evenly spaced."""
+    if values.size <= SAMPLE:
+        return values
+    return values[np.linspace(0, values.size - 1, SAMPLE).astype(np.int64)]
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _float_scale(name: str, fmt: str, values: np.ndarray, bias, w_scales) -> float:
+    """The input scale for float / posit codes: the calibration values' largest magnitude
+    maps to a power of two T, chosen by least squared error of the rounded values among
+    the format's maximum and up to sixteen powers of two below it, where the layer's bias, in
+    the accumulator's fixed point (2**-units(fmt) of the scale, times the weights'), fits in
+    2**30 (the post-processing unit adds a 32-bit bias)."""
     from qaccel import formats
 
-    top = max(abs(span[0]), abs(span[1]), 1e-12)
-    t = 2.0 ** np.floor(np.log2(formats.get_format(fmt).max_magnitude))
-    while True:
-        sx = top / t
-        if bias is None:
-            return sx
-        unit = np.float64(np.float32(sx)) * 2.0 ** -units(fmt) * np.asarray(w_scales)
-        if np.abs(bias / unit).max() < 2**30:
-            return sx
-        if t <= 1:
-            raise CompileError(
-                f"node {name}: its bias does not fit the post-processing unit's 32 bits in the "
-                f"{fmt} accumulator's fixed point even with the input scaled to at most 1.0"
-            )
-        t /= 2
+    f = formats.get_format(fmt)
+    top = max(float(np.abs(values).max(initial=0.0)), 1e-12)
+    v = values.astype(np.float32)
+    best = None
+    for k in range(17):
+        t = 2.0 ** (np.floor(np.log2(f.max_magnitude)) - k)
+        if t < 8 * f.smallest_positive:
+            break
+        sx = np.float32(top / t)
+        if bias is not None:
+            unit = np.float64(sx) * 2.0 ** -units(fmt) * np.asarray(w_scales)
+            if np.abs(bias / unit).max() >= 2**30:
+                continue
+        err = np.sum((f.decode(f.encode((v / sx).astype(np.float64))) * sx - v) ** 2)
+        if best is None or err < best[0]:
+            best = (err, float(sx))
+    if best is None:
+        raise CompileError(
+            f"node {name}: its bias does not fit the post-processing unit's 32 bits in the "
+            f"{fmt} accumulator's fixed point at any input scale the quantizer tries"
+        )
+    return best[1]

@@ -9,14 +9,14 @@ A ``qlinear`` op computes, for activation codes x (zero point zx, scale sx), wei
     y_n   = clamp(round(acc_n * sx * sw_n / sy) + zy, lo, hi)
 
 On the accelerator the activation codes are int8: uint8 codes and their zero point move down
-by 128 (exact). Float activations (ONNX's FLOAT8E4M3FN and FLOAT8E5M2, zero point 0) keep their
-codes; the compiler's integer view of a float code is its value * 2**units(format), the
-fixed point the array accumulates exactly, and the scale carries 2**-units. The weights
-become w - zw (they must fit the weight format), the zero-point term folds into the bias,
-``-zx * sum_k (w_kn - zw_n)``, and the real multiplier becomes the dyadic b / 2**c of
-``qaccel.formats.dyadic``. Convolutions are GEMMs over im2col patches; the padding is the
-activation's zero point, so it reads as real 0. A grouped convolution is one GEMM with
-block-diagonal weights.
+by 128 (exact). Float and posit activations (ONNX's FLOAT8E4M3FN and FLOAT8E5M2, 8-bit
+posits; zero point 0) keep their codes; the compiler's integer view of such a code is its
+value * 2**units(format), the fixed point the array accumulates exactly, and the scale
+carries 2**-units. The weights become w - zw (they must fit the weight format), the
+zero-point term folds into the bias, ``-zx * sum_k (w_kn - zw_n)``, and the real multiplier
+becomes the dyadic b / 2**c of ``qaccel.formats.dyadic``. Convolutions are GEMMs over im2col
+patches; the padding is the activation's zero point, so it reads as real 0. A grouped
+convolution is one GEMM with block-diagonal weights.
 
 **Rounding.** onnxruntime multiplies the int32 accumulator by the float32 multiplier and
 rounds half to even; the accelerator multiplies by the dyadic b / 2**c (31-bit b) and rounds
@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 UINT8_SHIFT = 128
-# float activation formats: ONNX's float8 element types that the array's float modes take
-FLOAT_ACTIVATIONS = ("fp8_e4m3", "fp8_e5m2")
+# activation formats whose codes stand for values: ONNX's float8 element types, and 8-bit
+# posits (``compiler.format_ops``), as the array's float and posit modes take them
+FLOAT_ACTIVATIONS = ("fp8_e4m3", "fp8_e5m2", "posit8_0", "posit8_1", "posit8_2")
 
 
 def units(fmt: str) -> int:
@@ -90,7 +91,8 @@ def _along(v: np.ndarray, q: QParams, ndim: int) -> np.ndarray:
 
 def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
     """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), in float32;
-    float8 codes: x / scale rounded to the nearest value, ties to even, saturating."""
+    float and posit codes: x / scale rounded as the format rounds (``qaccel.formats``: to
+    nearest, ties to even, saturating)."""
     x = np.asarray(x, dtype=np.float32)
     scale = _along(q.scale.astype(np.float32), q, x.ndim)
     if q.dtype in FLOAT_ACTIVATIONS:
@@ -131,22 +133,23 @@ def float_weight_codes(w: np.ndarray, fmt: str, axis: int) -> tuple[np.ndarray, 
 
     f = formats.get_format(fmt)
     one = 2.0 ** units(fmt)
+    span = int(np.ceil(np.log2(f.max_magnitude / f.smallest_positive))) + 1
     wc = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0)
     ints = np.zeros(wc.shape, dtype=np.int64)
     scales = np.ones(wc.shape[0])
-
-    def exact(v):
-        return np.array_equal(f.decode(f.encode(v)), v)
-
     for c in range(wc.shape[0]):
         top = np.abs(wc[c]).max()
         if top == 0:
             continue
-        e = int(np.ceil(np.log2(top / f.max_magnitude)))
-        if not exact(wc[c] / 2.0**e):
+        first = int(np.ceil(np.log2(top / f.max_magnitude)))  # the largest value fits
+        exact = [
+            e
+            for e in range(first, first + span + 1)
+            if np.array_equal(f.decode(f.encode(wc[c] / 2.0**e)), wc[c] / 2.0**e)
+        ]
+        if not exact:
             raise CompileError(f"weights declared {fmt} are not {fmt} values times a power of two")
-        while exact(wc[c] / 2.0 ** (e + 1)):
-            e += 1
+        e = max(exact)
         ints[c], scales[c] = np.rint(wc[c] / 2.0**e * one), 2.0**e / one
     return np.moveaxis(ints, 0, axis), scales
 

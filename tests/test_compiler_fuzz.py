@@ -1,8 +1,8 @@
 """Random small networks through the compiler (hypothesis): convolutions of every shape the
 lowering takes (kernel, stride, padding, groups), dense layers, pooling, residual adds and
 host-only ops, quantized by onnxruntime (QDQ or QOperator, int8 or uint8, per tensor or per
-channel) or by the compiler's PTQ with random per-layer precisions (float8 activations
-included), compiled for a random preset. Each one compiles and the simulator matches the
+channel) or by the compiler's PTQ with random per-layer precisions (float8 and posit
+activations included), compiled for a random preset. Each one compiles and the simulator matches the
 integer reference bit for bit and, op by op on the same inputs, onnxruntime within 1 LSB, or
 it fails with a CompileError; nothing else may happen.
 
@@ -166,6 +166,7 @@ def cases(draw):
             "fp8_e4m3*fp8_e4m3",
             "fp8_e5m2*fp8_e5m2",
             "fp4_e2m1*fp8_e4m3",
+            "posit8_0*posit8_0",
             "int8*fp8_e4m3",  # no unit has it: the host
         ]
         spec = ",".join(

@@ -1,0 +1,102 @@
+"""Quantize and dequantize for number formats ONNX has no element type for (posits), as
+functions of the model's own ``qaccel`` domain, so onnxruntime runs them and the frontend
+reads them as QuantizeLinear / DequantizeLinear with those codes.
+
+- ``qaccel.Quantize_<format>(x, scale) -> codes`` (uint8): x / scale in float32, rounded as
+  ``qaccel.formats`` encodes it (the format's own rounding, saturating). The body counts the
+  rounding boundaries below the value: a boundary is the largest float32 that still rounds
+  down, found from the encoder itself, so the two agree on every float32.
+- ``qaccel.Dequantize_<format>(codes, scale) -> x``: the code's value times the scale.
+
+Per-tensor scales only; no zero point (the code of 0 is 0).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["DOMAIN", "FUNCTION_FORMATS", "dequantize_function", "format_of", "quantize_function"]
+
+DOMAIN = "qaccel"
+# 8-bit posits: one zero, one NaR, every other code a value
+FUNCTION_FORMATS = ("posit8_0", "posit8_1", "posit8_2")
+
+
+def format_of(op_type: str) -> tuple[str, str] | None:
+    """("QuantizeLinear" or "DequantizeLinear", format) for one of this domain's ops."""
+    kind, _, fmt = op_type.partition("_")
+    if fmt in FUNCTION_FORMATS and kind in ("Quantize", "Dequantize"):
+        return f"{kind}Linear", fmt
+    return None
+
+
+def _order_key(x) -> np.ndarray:
+    """float32 values -> integers in the same order (so bisection walks every float32)."""
+    b = np.asarray(x, np.float32).view(np.int32).astype(np.int64)
+    return np.where(b < 0, -(b & 0x7FFFFFFF), b)
+
+
+def _from_key(k) -> np.ndarray:
+    k = np.asarray(k, np.int64)
+    return np.where(k < 0, (-k) | 0x80000000, k).astype(np.uint32).view(np.float32)
+
+
+@functools.cache
+def rounding_table(fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boundaries, codes, values): the format's finite values in increasing order with their
+    codes, and between neighbours the largest float32 that rounds to the lower one."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    codes = f.finite_codes()
+    values = f.decode(codes)
+    order = np.argsort(values, kind="stable")
+    codes, values = codes[order], values[order].astype(np.float32)
+    lo, hi = _order_key(values[:-1]), _order_key(values[1:])
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        down = f.encode(_from_key(mid).astype(np.float64)).astype(np.int64) == codes[:-1]
+        lo, hi = np.where(down, mid, lo), np.where(down, hi, mid)
+    return _from_key(lo), codes.astype(np.uint8), values
+
+
+def _const(name: str, value: np.ndarray):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+
+def quantize_function(fmt: str, opset: int) -> onnx.FunctionProto:
+    bounds, codes, _ = rounding_table(fmt)
+    nodes = [
+        _const("bounds", bounds),
+        _const("codes", codes),
+        _const("last", np.array([-1], np.int64)),
+        helper.make_node("Div", ["x", "scale"], ["v"]),
+        helper.make_node("Unsqueeze", ["v", "last"], ["column"]),
+        helper.make_node("Greater", ["column", "bounds"], ["above"]),
+        helper.make_node("Cast", ["above"], ["ones"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["ones", "last"], ["index"], keepdims=0),
+        helper.make_node("Gather", ["codes", "index"], ["y"]),
+    ]
+    return helper.make_function(
+        DOMAIN, f"Quantize_{fmt}", ["x", "scale"], ["y"], nodes, [helper.make_opsetid("", opset)]
+    )
+
+
+def dequantize_function(fmt: str, opset: int) -> onnx.FunctionProto:
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    values = f.decode(np.arange(1 << f.bits)).astype(np.float32)  # NaR: NaN
+    nodes = [
+        _const("values", values),
+        helper.make_node("Cast", ["x"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["values", "index"], ["v"]),
+        helper.make_node("Mul", ["v", "scale"], ["y"]),
+    ]
+    return helper.make_function(
+        DOMAIN, f"Dequantize_{fmt}", ["x", "scale"], ["y"], nodes, [helper.make_opsetid("", opset)]
+    )
