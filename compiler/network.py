@@ -20,6 +20,7 @@ import numpy as np
 
 from compiler.graph import CompileError, QParams, Tensor, new_graph, ops_in_order
 from compiler.quant import GemmForm
+from compiler.runtime import gemm_inputs
 from qaccel import config as qconfig
 
 __all__ = ["CompiledModel", "LayerRow", "compile_model", "load_compiled"]
@@ -78,7 +79,8 @@ class CompiledModel:
 
     def host_ops(self) -> list[tuple[str, str]]:
         """(node, op) of every op the host runs, glue (im2col, layouts) excluded."""
-        glue = {"im2col", "fold_rows", "qgemm", "QuantizeLinear", "DequantizeLinear"}
+        glue = {"im2col", "fold_rows", "residual_rows", "qgemm"}
+        glue |= {"QuantizeLinear", "DequantizeLinear"}
         out = []
         for n in ops_in_order(self.graph):
             node = self.graph.nodes[n]
@@ -179,7 +181,7 @@ class CompiledModel:
             node = self.graph.nodes[name]
             if node["op"] == "qgemm" and node["unit"] != "host":
                 a = node["attrs"]
-                jobs.append((node["source"], a["program"], {"x": ins[0]}, a["timing"]))
+                jobs.append((node["source"], a["program"], gemm_inputs(ins), a["timing"]))
 
         self.run(inputs, hook=capture)
         return jobs

@@ -5,8 +5,10 @@ with ``graph.verify`` after every one.
     -> lower_gemms -> assign_units -> codegen -> predict_timing
 
 A ``qlinear`` op is a quantized Conv / MatMul / Gemm with constant weights, from either
-format: QDQ (DequantizeLinear -> Conv/MatMul/Gemm [-> Relu/Clip] -> QuantizeLinear) or
-QOperator (QLinearConv, QLinearMatMul, MatMulInteger, ConvInteger). Lowering turns each into
+format: QDQ (DequantizeLinear -> Conv/MatMul/Gemm [-> Add bias] [-> Add residual] [->
+Relu/Clip] -> QuantizeLinear; the residual a DequantizeLinear of int8 codes whose scale is
+2**k times the accumulator's unit, ``quant.residual_shift``) or QOperator (QLinearConv,
+QLinearMatMul, MatMulInteger, ConvInteger). Lowering turns each into
 im2col (host) -> qgemm (the systolic array or the LUT core, or the host when neither has
 the weight format) -> fold_rows (host). Everything else runs on the host.
 """
@@ -37,6 +39,7 @@ from compiler.quant import (
     float_ints,
     float_weight_codes,
     gemm_form,
+    residual_shift,
     unit_scale,
     units,
 )
@@ -154,15 +157,16 @@ def _weight_q(codes: np.ndarray, q: QParams, kind: str, source: str) -> tuple:
     return q.zero_point, q.scale
 
 
-def _add_qlinear(g, anchor: str, x: str, y: str, attrs: dict, w, bias, source: str) -> None:
-    """Insert a qlinear op computing y from x in ``anchor``'s place."""
+def _add_qlinear(g, anchor: str, x, y: str, attrs: dict, w, bias, source: str) -> None:
+    """Insert a qlinear op computing y from x (a tensor, or [x, residual]) in ``anchor``'s
+    place."""
     attrs["form"] = gemm_form(attrs, w, bias, source)
     wname = f"{source}.weights"
     g.graph["constants"][wname] = np.asarray(w)
     attrs["w"] = wname
     order = g.graph["order"]
     name = f"{source}.qlinear"
-    add_op(g, name, "qlinear", [x], [y], attrs=attrs, source=source)
+    add_op(g, name, "qlinear", [x] if isinstance(x, str) else x, [y], attrs=attrs, source=source)
     order.remove(name)
     order.insert(order.index(anchor), name)
 
@@ -274,17 +278,35 @@ def _fuse_qdq(g, n: str) -> bool:
     if not xs[1].per_tensor:
         return False
     out = node["outputs"][0]
-    clamp_ops, t, bias_add = [], out, None
-    while True:  # [Add bias] [Relu | Clip]* then QuantizeLinear, each the only reader
+    clamp_ops, t, bias_add, res_add = [], out, None, None
+    # [Add bias] [Add residual] [Relu | Clip]* then QuantizeLinear, each the only reader
+    while True:
         cons = consumers(g, t)
         if len(cons) != 1 or t in g.graph["outputs"]:
             return False
         c = g.nodes[cons[0]]
-        if c["op"] == "Add" and bias_add is None and not clamp_ops and node["op"] == "MatMul":
+        if c["op"] == "Add" and res_add is None and not clamp_ops:
             other = [i for i in c["inputs"] if i != t]
             n_out = consts[ws[0]].shape[-1]
-            if len(other) == 1 and other[0] in consts and consts[other[0]].size == n_out:
+            if (
+                bias_add is None
+                and node["op"] == "MatMul"
+                and len(other) == 1
+                and other[0] in consts
+                and consts[other[0]].size == n_out
+            ):
                 bias_add = (cons[0], other[0])
+                t = c["outputs"][0]
+                continue
+            rs = _dq_source(g, other[0]) if len(other) == 1 else None
+            shapes = g.graph["tensors"]
+            if (
+                rs is not None
+                and rs[0] not in consts
+                and other[0] in shapes
+                and shapes[other[0]].shape == shapes[t].shape
+            ):
+                res_add = (cons[0], rs)  # a residual: fused when its scale allows (below)
                 t = c["outputs"][0]
                 continue
         if c["op"] in ("Relu", "Clip") and all(not i or i in consts for i in c["inputs"][1:]):
@@ -318,16 +340,29 @@ def _fuse_qdq(g, n: str) -> bool:
         bias = _bias_codes(g, bias_t, xs[1], wq, src)
         if bias is None:
             return False
+        if wq.dtype in FLOAT_WEIGHTS or wq.dtype in FLOAT_ACTIVATIONS:
+            w, wq = _coarsen_for_bias(w, wq, kind, bias.reshape(-1))
+            bias = _bias_codes(g, bias_t, xs[1], wq, src)
         bias = bias.reshape(-1)
     declared = g.graph.get("weight_formats", {}).get(src, wq.dtype)
     attrs.update(x_q=xs[1], y_q=yq, w_dtype=declared)
     attrs["w_zp"], attrs["w_scale"] = _weight_q(w, wq, kind, src)
     attrs["clamp"] = _clamp(g, clamp_ops, yq)
-    _add_qlinear(g, n, xs[0], qn["outputs"][0], attrs, w, bias, src)
+    inputs = [xs[0]]
+    if res_add is not None:
+        # the post-processing unit adds the residual's codes shifted by a power of two of the
+        # accumulator's unit: only a residual at such a scale adds exactly
+        k = residual_shift(res_add[1][1], xs[1], attrs["w_scale"])
+        if k is None:
+            return False
+        attrs.update(res_q=res_add[1][1], res_shift=k)
+        inputs.append(res_add[1][0])
+    _add_qlinear(g, n, inputs, qn["outputs"][0], attrs, w, bias, src)
     g.graph["tensors"][qn["outputs"][0]] = replace(
         g.graph["tensors"][qn["outputs"][0]], kind="quant", q=yq
     )
-    for m in [n, *([bias_add[0]] if bias_add else []), *clamp_ops, q_node]:
+    adds = [a[0] for a in (bias_add, res_add) if a]
+    for m in [n, *adds, *clamp_ops, q_node]:
         for t in g.nodes[m]["outputs"]:
             if t != qn["outputs"][0]:
                 g.graph["tensors"].pop(t, None)
@@ -345,6 +380,22 @@ def _float_weights(g, node, fmt: str):
     name = f"{node['source']}.float_weights"
     g.graph["constants"][name] = ints
     return name, QParams(scales.astype(np.float64), np.zeros(1, np.int64), fmt, axis)
+
+
+def _coarsen_for_bias(w: np.ndarray, wq: QParams, kind: str, bias: np.ndarray):
+    """Float weights' integers (value * 2**units) made coarser by 2**j in a channel whose
+    bias, in the accumulator's unit, exceeds the post-processing unit's 32 bits, where every
+    integer of the channel is a multiple of 2**j (exact): the unit grows, the bias shrinks."""
+    axis = 0 if kind == "conv" else w.ndim - 1
+    wc = np.moveaxis(np.asarray(w, np.int64), axis, 0).copy()
+    scale = np.broadcast_to(wq.scale.astype(np.float64).reshape(-1), (wc.shape[0],)).copy()
+    for c in range(wc.shape[0]):
+        over = abs(int(bias[c])) / (2**31 - 1)
+        j = int(np.ceil(np.log2(over))) if over > 1 else 0
+        if j > 0 and not np.any(wc[c] % (1 << j)):
+            wc[c] >>= j
+            scale[c] *= 2.0**j
+    return np.moveaxis(wc, 0, axis), replace(wq, scale=scale, axis=axis)
 
 
 def _quant_output(g, t: str):
@@ -452,7 +503,7 @@ def eliminate_dead(g, config):
 
 
 def lower_gemms(g, config):
-    """qlinear -> im2col (host) -> qgemm -> fold_rows (host)."""
+    """qlinear -> im2col (host) [-> residual_rows (host)] -> qgemm -> fold_rows (host)."""
     tensors = g.graph["tensors"]
     for n in ops_in_order(g):
         node = g.nodes[n]
@@ -488,11 +539,26 @@ def lower_gemms(g, config):
         base.update(x_q=a["x_q"], x_shift=form.x_shift)
         names = [f"{src}.im2col", f"{src}.gemm", f"{src}.fold"]
         add_op(g, names[0], "im2col", [x], [r_t], attrs=base, source=src)
+        gemm_ins = [r_t]
+        if len(node["inputs"]) > 1:  # a fused residual, as M x N rows of codes
+            res_t = f"{src}.residual_rows"
+            tensors[res_t] = Tensor((m, nn), "quant")
+            names.insert(1, res_t)
+            add_op(
+                g,
+                res_t,
+                "residual_rows",
+                [node["inputs"][1]],
+                [res_t],
+                attrs={"how": how, "codes_shift": form.res_codes_shift},
+                source=src,
+            )
+            gemm_ins.append(res_t)
         add_op(
             g,
-            names[1],
+            f"{src}.gemm",
             "qgemm",
-            [r_t],
+            gemm_ins,
             [o_t],
             attrs={
                 "form": form,
@@ -505,7 +571,7 @@ def lower_gemms(g, config):
             },
             source=src,
         )
-        add_op(g, names[2], "fold_rows", [o_t], [y], attrs={"how": how}, source=src)
+        add_op(g, names[-1], "fold_rows", [o_t], [y], attrs={"how": how}, source=src)
         for i, name in enumerate(names):
             order.remove(name)
             order.insert(at + i, name)

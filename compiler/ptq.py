@@ -22,7 +22,13 @@
   converted to opset 19 when older. The scale maps the calibration values' largest magnitude
   to a power of two, chosen by least squared error, among those where the layer's bias in the
   accumulator's fixed point fits the post-processing unit's 32 bits.
-- The host ops between layers (residual adds, pools, softmax) run on the dequantized values.
+- Residual adds: a layer (int2..int8 weights, int8 activations) whose output, after its
+  bias, feeds only an Add of an already computed tensor of its shape gets one weight scale
+  for all channels, s_r / (s_x * 2**k) with k in 0..15 the largest that does not clip the
+  weights (s_r the residual's int8 scale), and its output is not requantized before the
+  add: the post-processing unit adds the residual's codes shifted by k to the accumulator,
+  exactly what the float Add of the model computes. Otherwise the add stays on the host.
+- The host ops between layers (other adds, pools, softmax) run on the dequantized values.
 
 ``precision``: comma-separated ``PATTERN=WEIGHT*ACTIVATION``, patterns matched against node
 names with ``fnmatch`` (the first that matches wins), e.g. ``conv1=int8*int8,fc*=int2*int8``
@@ -197,6 +203,7 @@ def quantize_model(
     batches = [np.asarray(c, dtype=np.float32) for c in calibration]
     ir = load_onnx(model, batch=batches[0].shape[0])
     seen: dict[str, list] = {}
+    shape_of: dict[str, tuple] = {}
     for batch in batches:
         ir_b = (
             ir if batch.shape[0] == batches[0].shape[0] else load_onnx(model, batch=batch.shape[0])
@@ -205,6 +212,7 @@ def quantize_model(
         for t, v in values.items():
             if isinstance(v, np.ndarray) and v.dtype.kind == "f":
                 seen.setdefault(t, []).append(v.reshape(-1))
+                shape_of.setdefault(t, v.shape)
     ranges = {t: _activation_range(np.concatenate(v), clip) for t, v in seen.items()}
     samples = {t: _sample(np.concatenate(v)) for t, v in seen.items()}
     del seen
@@ -281,9 +289,10 @@ def quantize_model(
         ranges[raw] = ranges[t]
         qdq(raw, out=t)
 
-    def finish(node, channels: int, bias_dq) -> None:
+    def finish(node, channels: int, bias_dq, residual=None) -> None:
         """The layer ends after a bias Add (MatMul; its bias made int32 by ``bias_dq`` when
-        given) and a Relu / Clip it alone feeds: that output is requantized."""
+        given), the ``residual`` Add (its node) when given, and a Relu / Clip it alone feeds:
+        that output is requantized."""
         out = end = node.output[0]
         after = readers.get(end, [])
         if node.op_type == "MatMul" and len(after) == 1 and after[0].op_type == "Add":
@@ -298,6 +307,9 @@ def quantize_model(
                     bias_inputs[after[0].output[0]] = (other[0], bias_dq(other[0]))
                 end = after[0].output[0]
                 after = readers.get(end, [])
+        if residual is not None:
+            end = residual.output[0]
+            after = readers.get(end, [])
         if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and end not in outputs:
             end = after[0].output[0]
         if end == out:
@@ -306,8 +318,11 @@ def quantize_model(
             pending[end] = out
 
     rename: dict[str, str] = {}
+    claimed: set[str] = set()  # residual Adds a layer fuses
     pending: dict[str, str] = {}  # output tensor to fake-quantize once its writer is placed
     bias_inputs: dict[str, tuple[str, str]] = {}  # Add output -> (float bias, int32 bias)
+    residual_inputs: dict[str, tuple[str, str]] = {}  # Add output -> (residual, its int8 copy)
+    emitted = set(input_names) | set(inits)  # tensors written by the nodes placed so far
     for node in graph.node:
         node = onnx.NodeProto.FromString(node.SerializeToString())
         for i, t in enumerate(node.input):
@@ -324,12 +339,13 @@ def quantize_model(
             quantizable = not a.get("transA", 0) and a.get("alpha", 1.0) == 1.0
         if not quantizable:
             for t in node.output:
-                if t in bias_inputs:  # a MatMul's bias Add reads the int32 bias
-                    const, dq = bias_inputs[t]
-                    for i, x in enumerate(node.input):
-                        if x == const:
-                            node.input[i] = dq
+                # a MatMul's bias Add reads the int32 bias; a fused residual Add, the residual's
+                # int8 copy
+                for swap in (bias_inputs.get(t), residual_inputs.get(t)):
+                    if swap is not None:
+                        node.input[:] = [swap[1] if x == swap[0] else x for x in node.input]
             nodes.append(node)
+            emitted.update(node.output)
             for t in node.output:
                 if t in pending:
                     pending.pop(t)
@@ -346,11 +362,30 @@ def quantize_model(
         axis = 0 if node.op_type == "Conv" or trans_b else 1
         if fmt in FLOAT_WEIGHTS:
             wf = float_weights(w, axis, fmt)
-            w_scales = float_weight_codes(wf, fmt, axis)[1]  # as the frontend will read them
+            # the frontend's coarsest reading of them: what a float bias can fit in 32 bits at
+            w_scales = float_weight_codes(wf, fmt, axis, coarsest=True)[1]
         else:
             codes, scales = quantize_weights(w, axis, fmt)
             w_scales = scales.astype(np.float32).astype(np.float64)
         sx = _act_qparams(*ranges[_source_of(qdq_of, node.input[0])])[0]
+        residual = None
+        if act == "int8" and fmt in INT_WEIGHTS[:7]:  # int2..int8: a fused residual Add?
+            found = _residual_of(node, inits, readers, outputs, shape_of, emitted, claimed)
+            if found is not None:
+                add, skip = found
+                s_r = _act_qparams(*ranges[skip])[0]
+                lo, hi = _levels(fmt)
+                top = max(float(np.abs(w).max()), 1e-12)
+                k = int(np.floor(np.log2(np.float64(s_r) * hi / (np.float64(sx) * top))))
+                if 0 <= k < 16:  # the post-processing unit's residual shifts
+                    # one weight scale for every channel, so the residual's scale is the
+                    # accumulator's times 2**k: the unit adds it exactly
+                    s_w = np.float32(np.float64(s_r) / (np.float64(sx) * 2.0**k))
+                    codes = np.clip(np.rint(w / np.float64(s_w)), lo, hi).astype(np.int64)
+                    scales = np.full(w.shape[axis], s_w, dtype=np.float64)
+                    residual_inputs[add.output[0]] = (skip, qdq(skip))
+                    claimed.add(add.output[0])
+                    residual = add
         if act in FLOAT_ACTIVATIONS:
             bias = _layer_bias(node, inits, readers, outputs, w_scales.size)
             seen_x = samples[_source_of(qdq_of, node.input[0])]
@@ -363,6 +398,7 @@ def quantize_model(
             node.input[1] = wn
             meta[name] = fmt
             nodes.append(node)
+            emitted.update(node.output)
             finish(node, w.shape[0 if axis == 0 else -1], None)
             continue
         wn = f"{name}_wq"
@@ -401,7 +437,8 @@ def quantize_model(
             node.input[2] = bias_dq(node.input[2])
         meta[name] = fmt
         nodes.append(node)
-        finish(node, scales.size, bias_dq)
+        emitted.update(node.output)
+        finish(node, scales.size, bias_dq, residual)
     used = {t for n in nodes for t in n.input}
     keep = [i for i in graph.initializer if i.name in used]
     g = helper.make_graph(nodes, graph.name, graph.input, graph.output, keep + new_inits)
@@ -451,6 +488,32 @@ def _layer_bias(node, inits: dict, readers: dict, outputs: set, channels: int):
         if len(other) == 1 and other[0] in inits and inits[other[0]].size == channels:
             return inits[other[0]].astype(np.float64).reshape(-1)
     return None
+
+
+def _residual_of(node, inits, readers, outputs, shape_of, emitted, claimed):
+    """(the Add, the residual tensor) when the layer's output (after a MatMul's bias Add) is
+    the only input of an Add of another tensor of its shape that is already computed and
+    that no other layer fuses; else None."""
+    end = node.output[0]
+    after = readers.get(end, [])
+    if node.op_type == "MatMul" and len(after) == 1 and after[0].op_type == "Add":
+        other = [t for t in after[0].input if t != end]
+        if len(other) == 1 and other[0] in inits:
+            end = after[0].output[0]
+            after = readers.get(end, [])
+    if len(after) != 1 or after[0].op_type != "Add" or end in outputs:
+        return None
+    add = after[0]
+    other = [t for t in add.input if t != end]
+    if (
+        len(other) != 1
+        or other[0] in inits
+        or other[0] not in emitted
+        or add.output[0] in claimed
+        or shape_of.get(other[0]) != shape_of.get(end)
+    ):
+        return None
+    return add, other[0]
 
 
 def _sample(values: np.ndarray) -> np.ndarray:

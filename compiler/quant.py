@@ -124,11 +124,14 @@ def conv_out_size(size: int, k: int, stride: int, pad0: int, pad1: int, dilation
     return (size + pad0 + pad1 - dilation * (k - 1) - 1) // stride + 1
 
 
-def float_weight_codes(w: np.ndarray, fmt: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def float_weight_codes(
+    w: np.ndarray, fmt: str, axis: int, *, coarsest: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Float weights that are exact values of ``fmt`` times a power of two per channel (as
     ``compiler.ptq`` writes them) -> (integers value * 2**units, per-channel scales). Of the
-    powers of two that keep every value exact, the largest: the smallest integers, so a bias
-    in the accumulator's units stays small. Raises CompileError when there is none."""
+    powers of two that keep every value exact, the smallest: the finest accumulator unit, so
+    a float bias rounds to it with the least error (``coarsest``: the largest, the smallest
+    integers). Raises CompileError when there is none."""
     from qaccel import formats
 
     f = formats.get_format(fmt)
@@ -147,9 +150,9 @@ def float_weight_codes(w: np.ndarray, fmt: str, axis: int) -> tuple[np.ndarray, 
             for e in range(first, first + span + 1)
             if np.array_equal(f.decode(f.encode(wc[c] / 2.0**e)), wc[c] / 2.0**e)
         ]
-        if not exact:
+        e = (max(exact) if coarsest else min(exact)) if exact else None
+        if e is None:
             raise CompileError(f"weights declared {fmt} are not {fmt} values times a power of two")
-        e = max(exact)
         ints[c], scales[c] = np.rint(wc[c] / 2.0**e * one), 2.0**e / one
     return np.moveaxis(ints, 0, axis), scales
 
@@ -207,6 +210,10 @@ class GemmForm:
     out_signed: bool
     out_dtype: str  # "int8", "uint8" or "int32"
     x_format: str = "int8"  # the input codes' format: int8, or a float format (FLOAT_ACTIVATIONS)
+    # a residual input added before requantization: its codes + res_codes_shift (to the
+    # output's signedness) << res_shift; its zero point is folded into the bias
+    res_shift: int | None = None
+    res_codes_shift: int = 0
 
     def x_ints(self, codes: np.ndarray) -> np.ndarray:
         """Input codes (already shifted) as the integers the accumulator multiplies."""
@@ -263,9 +270,59 @@ def gemm_form(attrs: dict, w: np.ndarray, bias: np.ndarray | None, source: str) 
     zy = int(yq.zero_point.reshape(-1)[0])
     lo, hi = attrs.get("clamp") or yq.code_range
     out_signed = yq.dtype == "int8"
+    res_shift, res_codes_shift = None, 0
+    if attrs.get("res_q") is not None:
+        res_shift, res_codes_shift = attrs["res_shift"], _codes_shift(attrs["res_q"], out_signed)
+        zr = int(attrs["res_q"].zero_point.reshape(-1)[0]) + res_codes_shift
+        folded = folded - (zr << res_shift)
+        if folded.min() < -(2**31) or folded.max() >= 2**31:
+            raise CompileError(
+                f"{source}: the bias with the residual's zero point folded in does not fit 32 bits"
+            )
     return GemmForm(
-        weights, x_shift, folded, multiplier, zy, lo, hi, out_signed, yq.dtype, x_format
+        weights,
+        x_shift,
+        folded,
+        multiplier,
+        zy,
+        lo,
+        hi,
+        out_signed,
+        yq.dtype,
+        x_format,
+        res_shift,
+        res_codes_shift,
     )
+
+
+def _codes_shift(q: QParams, out_signed: bool) -> int:
+    """What moves a residual's codes to the output's signedness (the unit reads them so)."""
+    return {("uint8", True): -UINT8_SHIFT, ("int8", False): UINT8_SHIFT}.get(
+        (q.dtype, out_signed), 0
+    )
+
+
+def residual_shift(res_q: QParams, xq: QParams, w_scale: np.ndarray) -> int | None:
+    """k with res_scale == 2**k * (one unit of the accumulator: sx * sw_n) for every channel n
+    (to float32 precision), 0 <= k < 16: a residual the post-processing unit adds to the
+    accumulator exactly; None when there is none."""
+    from sim.post_model import RES_SHIFT_BITS
+
+    if (
+        not res_q.per_tensor
+        or res_q.dtype not in ("int8", "uint8")
+        or xq.dtype
+        not in (
+            "int8",
+            "uint8",
+        )
+    ):
+        return None
+    ratio = float(res_q.scale.reshape(-1)[0]) / (unit_scale(xq) * np.asarray(w_scale, float))
+    k = int(np.rint(np.log2(ratio.reshape(-1)[0]))) if np.all(ratio > 0) else -1
+    if not 0 <= k < 1 << RES_SHIFT_BITS or not np.allclose(ratio, 2.0**k, rtol=1e-5, atol=0):
+        return None
+    return k
 
 
 def gemm_rows(x: np.ndarray, attrs: dict) -> tuple[np.ndarray, tuple]:
@@ -300,12 +357,24 @@ def epilogue_of(form: GemmForm):
     if form.out_dtype == "int32":
         return None
     ep = Epilogue.requant(form.multiplier, zero_point=form.zero_point, out_signed=form.out_signed)
-    return replace(ep, bias=form.bias, lo=form.lo, hi=form.hi)
+    ep = replace(ep, bias=form.bias, lo=form.lo, hi=form.hi)
+    if form.res_shift is not None:
+        ep = replace(ep, residual=True, res_shift=form.res_shift)
+    return ep
 
 
-def gemm_reference(a: np.ndarray, form: GemmForm) -> np.ndarray:
+def residual_rows(r: np.ndarray, how: tuple, codes_shift: int) -> np.ndarray:
+    """A residual tensor (the op's output layout) as the GEMM's M x N rows of codes, moved by
+    ``codes_shift`` to the output's signedness (int8 or uint8 values, as the output's)."""
+    r = np.asarray(r, np.int64)
+    rows = r.transpose(0, 2, 3, 1).reshape(-1, r.shape[1]) if how[0] == "conv" else r
+    return rows.reshape(-1, rows.shape[-1]) + codes_shift
+
+
+def gemm_reference(a: np.ndarray, form: GemmForm, residual=None) -> np.ndarray:
     """The accelerator's result for input rows ``a`` (shifted codes): the exact integer
-    product, then the post-processing unit's contract (``sim.post_model``)."""
+    product, then the post-processing unit's contract (``sim.post_model``); ``residual``:
+    its M x N codes (``residual_rows``) when the form has one."""
     x = form.x_ints(a)
     top = int(np.abs(x).max(initial=0)) * int(np.abs(form.weights).max(initial=0)) * x.shape[-1]
     wide = top >= 1 << 62  # float modes' fixed point can outgrow int64: Python integers
@@ -323,12 +392,15 @@ def gemm_reference(a: np.ndarray, form: GemmForm) -> np.ndarray:
         lo=ep.lo,
         hi=ep.hi,
         out_signed=ep.out_signed,
+        residual=np.asarray(residual) & 0xFF if form.res_shift is not None else None,
+        res_shift=form.res_shift or 0,
     )
     codes = codes.astype(np.int64)
     return np.where(codes >= 128, codes - 256, codes) if ep.out_signed else codes
 
 
-def qlinear_reference(x: np.ndarray, attrs: dict, form: GemmForm) -> np.ndarray:
+def qlinear_reference(x: np.ndarray, attrs: dict, form: GemmForm, residual=None) -> np.ndarray:
     """A qlinear op on the host, exactly as the accelerator computes it."""
     rows, how = gemm_rows(x, attrs)
-    return fold_rows(gemm_reference(rows + form.x_shift, form), how)
+    res = residual_rows(residual, how, form.res_codes_shift) if residual is not None else None
+    return fold_rows(gemm_reference(rows + form.x_shift, form, res), how)

@@ -15,10 +15,18 @@ from compiler.quant import (
     fold_rows,
     gemm_reference,
     gemm_rows,
+    qlinear_reference,
     quantize,
+    residual_rows,
 )
 
-__all__ = ["execute", "qparams_of"]
+
+def gemm_inputs(ins: list) -> dict:
+    """A qgemm op's operands as its Program's input tensors."""
+    return {"x": ins[0]} | ({"residual": ins[1]} if len(ins) > 1 else {})
+
+
+__all__ = ["execute", "gemm_inputs", "qparams_of"]
 
 _DTYPES = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.int32): "int32"}
 
@@ -115,20 +123,21 @@ def run_op(node: dict, ins: list, *, programs: str) -> list:
     if op in ("QLinearMatMul", "MatMulInteger", "QLinearConv", "ConvInteger", "QGemm"):
         return _run_qlinear_family(op, ins, a)
     if op == "qlinear":
-        rows, how = gemm_rows(ins[0], a)
-        return [fold_rows(gemm_reference(rows + a["form"].x_shift, a["form"]), how)]
+        return [qlinear_reference(ins[0], a, a["form"], _opt(ins, 1))]
     if op == "im2col":
         rows, _ = gemm_rows(ins[0], a)
         return [rows + a["x_shift"]]
+    if op == "residual_rows":
+        return [residual_rows(ins[0], a["how"], a["codes_shift"])]
     if op == "qgemm":
         if programs == "sim" and node["unit"] != "host":
             from sim.executor import run_program
 
-            y = run_program(a["program"], {"x": ins[0]}).outputs["y"]
+            y = run_program(a["program"], gemm_inputs(ins)).outputs["y"]
             if a["form"].out_dtype == "int32":
                 y = y + a["form"].bias
             return [np.asarray(y, dtype=np.int64)]
-        return [gemm_reference(ins[0], a["form"])]
+        return [gemm_reference(ins[0], a["form"], _opt(ins, 1))]
     if op == "fold_rows":
         return [fold_rows(ins[0], a["how"])]
     if op in ("Quant", "BipolarQuant", "Trunc"):

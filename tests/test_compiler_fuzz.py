@@ -105,9 +105,9 @@ def networks(draw):
                     pads=[pad] * 4,
                     group=group,
                 )
-                if draw(st.booleans()):
-                    y = net.node("Relu", [y])
-                x = net.node("Add", [x, y]) if kind == "residual" else y
+                if kind == "residual":  # as ResNet: the ReLU, if any, after the add
+                    y = net.node("Add", [x, y])
+                x = net.node("Relu", [y]) if draw(st.booleans()) else y
                 h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
                 c = cout
             elif kind == "pool" and min(h, w) >= 2:
