@@ -836,7 +836,7 @@ def _lower_lut(builder, g: Geometry, weights, m, w_name, a_name, ep, max_chunk, 
     mem = _Memory(g, builder.config.memory.scratchpad_banks)
     tiles_n, tiles_m = -(-n // tn), -(-m // tm)
     o = _outputs(builder, g, ep, mem, m, n, tm, tn, tiles_n, elem)
-    fixed = 4 * tm + 2 * mem.banks
+    fixed = 4 * tm + 2 * mem.banks + (2 * tm if ep is not None and ep.residual else 0)
     ks = min(groups, max(0, (g.sp_rows - fixed) // (2 * (1 + planes))), g.lut_max_groups(mode))
     ks = min(ks, max_chunk or ks)
     if ks < 1:

@@ -142,6 +142,8 @@ def _dq_source(g, t: str):
         dtype = {np.int8: "int8", np.uint8: "uint8", np.int32: "int32"}.get(
             consts[ins[0]].dtype.type
         )
+    if dtype is None and zp is None:  # no zero point: the codes' element type says
+        dtype = g.graph.get("elem_types", {}).get(ins[0])
     return ins[0], qparams_of(consts[ins[1]], zp, node["attrs"].get("axis", 1), dtype)
 
 
@@ -357,7 +359,9 @@ def _fuse_qdq(g, n: str) -> bool:
             return False
         attrs.update(res_q=res_add[1][1], res_shift=k)
         inputs.append(res_add[1][0])
-    _add_qlinear(g, n, inputs, qn["outputs"][0], attrs, w, bias, src)
+    # in the Add's place when there is a residual: its codes may be computed after the layer
+    anchor = res_add[0] if res_add is not None else n
+    _add_qlinear(g, anchor, inputs, qn["outputs"][0], attrs, w, bias, src)
     g.graph["tensors"][qn["outputs"][0]] = replace(
         g.graph["tensors"][qn["outputs"][0]], kind="quant", q=yq
     )
@@ -389,10 +393,15 @@ def _coarsen_for_bias(w: np.ndarray, wq: QParams, kind: str, bias: np.ndarray):
     axis = 0 if kind == "conv" else w.ndim - 1
     wc = np.moveaxis(np.asarray(w, np.int64), axis, 0).copy()
     scale = np.broadcast_to(wq.scale.astype(np.float64).reshape(-1), (wc.shape[0],)).copy()
+    from qaccel import formats
+
+    f = formats.get_format(wq.dtype)
     for c in range(wc.shape[0]):
         over = abs(int(bias[c])) / (2**31 - 1)
         j = int(np.ceil(np.log2(over))) if over > 1 else 0
-        if j > 0 and not np.any(wc[c] % (1 << j)):
+        values = (wc[c] >> j) * 2.0 ** -units(wq.dtype)
+        exact = np.array_equal(f.decode(f.encode(values)), values)  # posits taper: check
+        if j > 0 and not np.any(wc[c] % (1 << j)) and exact:
             wc[c] >>= j
             scale[c] *= 2.0**j
     return np.moveaxis(wc, 0, axis), replace(wq, scale=scale, axis=axis)

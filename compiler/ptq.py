@@ -24,10 +24,11 @@
   accumulator's fixed point fits the post-processing unit's 32 bits.
 - Residual adds: a layer (int2..int8 weights, int8 activations) whose output, after its
   bias, feeds only an Add of an already computed tensor of its shape gets one weight scale
-  for all channels, s_r / (s_x * 2**k) with k in 0..15 the largest that does not clip the
-  weights (s_r the residual's int8 scale), and its output is not requantized before the
-  add: the post-processing unit adds the residual's codes shifted by k to the accumulator,
-  exactly what the float Add of the model computes. Otherwise the add stays on the host.
+  for all channels, s_r / (s_x * 2**k) (s_r the residual's int8 scale; k the largest that
+  does not clip the weights, at most 15, none below 0), and its output is not requantized
+  before the add: the post-processing unit adds the residual's codes shifted by k to the
+  accumulator, exactly what the float Add of the model computes. Otherwise the add stays on
+  the host.
 - The host ops between layers (other adds, pools, softmax) run on the dequantized values.
 
 ``precision``: comma-separated ``PATTERN=WEIGHT*ACTIVATION``, patterns matched against node
@@ -377,7 +378,8 @@ def quantize_model(
                 lo, hi = _levels(fmt)
                 top = max(float(np.abs(w).max()), 1e-12)
                 k = int(np.floor(np.log2(np.float64(s_r) * hi / (np.float64(sx) * top))))
-                if 0 <= k < 16:  # the post-processing unit's residual shifts
+                k = min(k, 15)  # the unit's largest residual shift: coarser weights still fit
+                if k >= 0:
                     # one weight scale for every channel, so the residual's scale is the
                     # accumulator's times 2**k: the unit adds it exactly
                     s_w = np.float32(np.float64(s_r) / (np.float64(sx) * 2.0**k))

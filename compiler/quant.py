@@ -98,10 +98,13 @@ def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
     if q.dtype in FLOAT_ACTIVATIONS:
         from qaccel import formats
 
+        f = formats.get_format(q.dtype)
         v = (x / scale).astype(np.float64)
         if np.isnan(v).any():
             raise CompileError(f"a NaN cannot be quantized to {q.dtype} codes here")
-        return formats.get_format(q.dtype).encode(v).astype(np.int64)
+        # saturate=1 (ONNX's default, the only one the frontend takes): infinities too
+        v = np.clip(v, -f.max_magnitude, f.max_magnitude)
+        return f.encode(v).astype(np.int64)
     zp = _along(q.zero_point.astype(np.int64), q, x.ndim)
     lo, hi = q.code_range
     return np.clip(np.rint(x / scale).astype(np.int64) + zp, lo, hi)

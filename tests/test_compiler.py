@@ -597,6 +597,7 @@ def test_float8_quantize_and_dequantize_equal_onnxruntime(fmt):
     rng = np.random.default_rng(SEED)
     scale = np.float32(0.375)
     v = np.concatenate([grid, mids, [f.max_magnitude * 4, -f.max_magnitude * 4, -0.0]])
+    v = np.concatenate([v, [np.inf, -np.inf]])  # saturate=1: the largest finite value
     x = np.concatenate([v * scale, rng.normal(size=2000) * f.max_magnitude * scale / 8])
     x = x.astype(np.float32)
     elem = {"fp8_e4m3": TensorProto.FLOAT8E4M3FN, "fp8_e5m2": TensorProto.FLOAT8E5M2}[fmt]
@@ -631,7 +632,7 @@ def test_posit_quantize_functions_equal_the_formats_rounding(fmt):
     bounds, _, values = rounding_table(fmt)
     scale = np.float32(0.75)
     up = np.nextafter(bounds, np.float32(np.inf))
-    far = np.array([f.max_magnitude * 8, -f.max_magnitude * 8, 0.0, 1e-30, -1e-30])
+    far = np.array([f.max_magnitude * 8, -f.max_magnitude * 8, 0.0, 1e-30, -1e-30, np.inf, -np.inf])
     noise = np.random.default_rng(SEED).normal(size=4000) * f.max_magnitude / 4
     v = np.concatenate([bounds, up, values, far, noise]).astype(np.float32)
     x = (v * scale).astype(np.float32)
@@ -795,10 +796,11 @@ def test_residual_adds_are_fused_into_the_post_processing_unit(name, cfg):
     assert check_model(cm, q, _inputs(shape, SEED + 8)[0]) == 1.0  # measured
 
 
-def _residual_qdq_model(res_scale: float) -> onnx.ModelProto:
+def _residual_qdq_model(res_scale: float, *, late: bool = False, no_zp: bool = False):
     """x -> conv 1x1 (per-tensor int8 weights, scale 2**-7) + residual x -> Relu -> int8, as
     a QDQ model another tool writes: the residual's scale is x's, 2**-7 * x_scale * 2**k
-    only for the right ``res_scale``."""
+    only for the right ``res_scale``. ``late``: the residual's Q/DQ listed after the Conv (a
+    valid order); ``no_zp``: its DequantizeLinear without a zero point (int8 codes, zero 0)."""
     rng = np.random.default_rng(SEED)
     w = rng.integers(-100, 100, size=(4, 4, 1, 1)).astype(np.int8)
     inits = [
@@ -814,8 +816,6 @@ def _residual_qdq_model(res_scale: float) -> onnx.ModelProto:
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xf"]),
-        helper.make_node("QuantizeLinear", ["x", "rs", "rz"], ["rq"]),
-        helper.make_node("DequantizeLinear", ["rq", "rs", "rz"], ["rf"]),
         helper.make_node("DequantizeLinear", ["w", "ws"], ["wf"]),
         helper.make_node("Conv", ["xf", "wf"], ["c"], name="conv"),
         helper.make_node("Add", ["c", "rf"], ["sum"]),
@@ -823,6 +823,14 @@ def _residual_qdq_model(res_scale: float) -> onnx.ModelProto:
         helper.make_node("QuantizeLinear", ["r", "ys", "yz"], ["yq"]),
         helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
     ]
+    residual = [
+        helper.make_node("QuantizeLinear", ["x", "rs", "rz0" if no_zp else "rz"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "rs"] + ([] if no_zp else ["rz"]), ["rf"]),
+    ]
+    if no_zp:
+        inits.append(onnx.numpy_helper.from_array(np.int8(0), "rz0"))
+    at = 4 if late else 2
+    nodes[at:at] = residual
     graph = helper.make_graph(
         nodes,
         "residual",
@@ -846,6 +854,11 @@ def test_a_residual_at_a_power_of_two_of_the_accumulator_scale_is_fused(tmp_path
     cm.save(tmp_path / "prog")
     again = load_compiled(tmp_path / "prog").run({"x": x})["y"]
     assert np.array_equal(again, cm.run({"x": x})["y"])
+    for variant in ({"late": True}, {"no_zp": True}):
+        model = _residual_qdq_model(0.05 * 2.0**-7 * 2.0**9, **variant)
+        cm = compile_model(model, TINY, batch=2)
+        assert cm.layers[0]["attrs"]["form"].res_shift == 9, variant
+        assert check_model(cm, model, x) == 1.0, variant
     other = _residual_qdq_model(0.03)
     with pytest.raises(CompileError, match="no quantized Conv, MatMul or Gemm"):
         compile_model(other, TINY, batch=2)  # the conv is left in float: nothing to map
