@@ -1,6 +1,6 @@
-"""Quantize and dequantize for number formats ONNX has no element type for (posits), as
-functions of the model's own ``qaccel`` domain, so onnxruntime runs them and the frontend
-reads them as QuantizeLinear / DequantizeLinear with those codes.
+"""Quantize and dequantize for number formats ONNX has no element type for (posits, MX block
+formats), as functions of the model's own ``qaccel`` domain, so onnxruntime runs them and the
+frontend reads them as the quantization they stand for.
 
 - ``qaccel.Quantize_<format>(x, scale) -> codes`` (uint8): x / scale in float32, rounded as
   ``qaccel.formats`` encodes it (the format's own rounding, saturating). The body counts the
@@ -9,6 +9,12 @@ reads them as QuantizeLinear / DequantizeLinear with those codes.
 - ``qaccel.Dequantize_<format>(codes, scale) -> x``: the code's value times the scale.
 
 Per-tensor scales only; no zero point (the code of 0 is 0).
+
+- ``qaccel.MXQuantize_<mx format>(x) -> x'``: x rounded to the MX format along its last axis
+  (a multiple of the block): each block's shared exponent floor(log2(amax)) - emax (the
+  floor counted against a table of powers of two, exact), its elements rounded as above,
+  then the values. The frontend reads it as the activation quantization of the GEMM that
+  reads x'; ``qaccel.formats.MXFormat.quantize`` is the reference.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["DOMAIN", "FUNCTION_FORMATS", "dequantize_function", "format_of", "quantize_function"]
+__all__ = [
+    "DOMAIN",
+    "FUNCTION_FORMATS",
+    "dequantize_function",
+    "format_of",
+    "mx_format_of",
+    "mx_quantize_function",
+    "quantize_function",
+]
 
 DOMAIN = "qaccel"
 # 8-bit posits: one zero, one NaR, every other code a value
@@ -34,6 +48,14 @@ def format_of(op_type: str) -> tuple[str, str] | None:
     return None
 
 
+def mx_format_of(op_type: str) -> str | None:
+    """The MX format of one of this domain's ``MXQuantize_<format>`` ops."""
+    from qaccel import formats
+
+    kind, _, fmt = op_type.partition("_")
+    return fmt if kind == "MXQuantize" and fmt in formats.MX_FORMATS else None
+
+
 def _order_key(x) -> np.ndarray:
     """float32 values -> integers in the same order (so bisection walks every float32)."""
     b = np.asarray(x, np.float32).view(np.int32).astype(np.int64)
@@ -46,20 +68,23 @@ def _from_key(k) -> np.ndarray:
 
 
 @functools.cache
-def rounding_table(fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rounding_table(fmt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(boundaries, codes, values): the format's finite values in increasing order with their
-    codes, and between neighbours the largest float32 that rounds to the lower one."""
+    codes, and between neighbours the largest float32 that rounds to the lower one. ``fmt``:
+    a format name or a ``qaccel.formats.NumberFormat``."""
     from qaccel import formats
 
-    f = formats.get_format(fmt)
+    f = formats.get_format(fmt) if isinstance(fmt, str) else fmt
     codes = f.finite_codes()
     values = f.decode(codes)
     order = np.argsort(values, kind="stable")
     codes, values = codes[order], values[order].astype(np.float32)
+    keep = np.concatenate([[True], np.diff(values) > 0])  # one zero: -0.0 reads as 0
+    codes, values = codes[keep], values[keep]
     lo, hi = _order_key(values[:-1]), _order_key(values[1:])
     while np.any(hi - lo > 1):
         mid = (lo + hi) // 2
-        down = f.encode(_from_key(mid).astype(np.float64)).astype(np.int64) == codes[:-1]
+        down = f.decode(f.encode(_from_key(mid).astype(np.float64))) == values[:-1]
         lo, hi = np.where(down, mid, lo), np.where(down, hi, mid)
     return _from_key(lo), codes.astype(np.uint8), values
 
@@ -99,4 +124,46 @@ def dequantize_function(fmt: str, opset: int) -> onnx.FunctionProto:
     ]
     return helper.make_function(
         DOMAIN, f"Dequantize_{fmt}", ["x", "scale"], ["y"], nodes, [helper.make_opsetid("", opset)]
+    )
+
+
+def mx_quantize_function(mx: str, opset: int) -> onnx.FunctionProto:
+    from qaccel import formats
+
+    f = formats.get_mx_format(mx)
+    bounds, _, values = rounding_table(f.element)
+    # 2**j for j = -127..127: the floor of log2(amax) is how many of them amax reaches, - 128
+    powers = np.ldexp(np.float32(1), np.arange(-127, 128)).astype(np.float32)
+    nodes = [
+        _const("block_shape", np.array([-1, f.block], np.int64)),
+        _const("last", np.array([-1], np.int64)),
+        _const("powers", powers),
+        _const("bounds", bounds),
+        _const("values", values),
+        _const("offset", np.array(128 + f.element_emax, np.int64)),
+        _const("lowest", np.array(-127, np.int64)),
+        _const("highest", np.array(127, np.int64)),
+        _const("bias", np.array(127, np.int64)),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Reshape", ["x", "block_shape"], ["blocks"]),
+        helper.make_node("Abs", ["blocks"], ["magnitudes"]),
+        helper.make_node("ReduceMax", ["magnitudes", "last"], ["amax"], keepdims=1),
+        helper.make_node("GreaterOrEqual", ["amax", "powers"], ["reached"]),
+        helper.make_node("Cast", ["reached"], ["reached_ones"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["reached_ones", "last"], ["count"], keepdims=1),
+        helper.make_node("Sub", ["count", "offset"], ["unclipped"]),
+        helper.make_node("Clip", ["unclipped", "lowest", "highest"], ["shared"]),
+        helper.make_node("Add", ["shared", "bias"], ["index"]),
+        helper.make_node("Gather", ["powers", "index"], ["scale"]),
+        helper.make_node("Div", ["blocks", "scale"], ["scaled"]),
+        helper.make_node("Unsqueeze", ["scaled", "last"], ["column"]),
+        helper.make_node("Greater", ["column", "bounds"], ["above"]),
+        helper.make_node("Cast", ["above"], ["above_ones"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["above_ones", "last"], ["element"], keepdims=0),
+        helper.make_node("Gather", ["values", "element"], ["rounded"]),
+        helper.make_node("Mul", ["rounded", "scale"], ["dequantized"]),
+        helper.make_node("Reshape", ["dequantized", "shape"], ["y"]),
+    ]
+    return helper.make_function(
+        DOMAIN, f"MXQuantize_{mx}", ["x"], ["y"], nodes, [helper.make_opsetid("", opset)]
     )

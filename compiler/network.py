@@ -79,7 +79,7 @@ class CompiledModel:
 
     def host_ops(self) -> list[tuple[str, str]]:
         """(node, op) of every op the host runs, glue (im2col, layouts) excluded."""
-        glue = {"im2col", "fold_rows", "residual_rows", "qgemm"}
+        glue = {"im2col", "fold_rows", "residual_rows", "mx_rows", "qgemm"}
         glue |= {"QuantizeLinear", "DequantizeLinear"}
         out = []
         for n in ops_in_order(self.graph):
@@ -181,7 +181,8 @@ class CompiledModel:
             node = self.graph.nodes[name]
             if node["op"] == "qgemm" and node["unit"] != "host":
                 a = node["attrs"]
-                jobs.append((node["source"], a["program"], gemm_inputs(ins), a["timing"]))
+                inputs = gemm_inputs(ins, a["form"])
+                jobs.append((node["source"], a["program"], inputs, a["timing"]))
 
         self.run(inputs, hook=capture)
         return jobs

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.format_ops import DOMAIN, format_of
+from compiler.format_ops import DOMAIN, format_of, mx_format_of
 from compiler.graph import CompileError, Tensor, add_op, new_graph
 from compiler.host_ops import HOST_OPS, QLINEAR_OPS
 
@@ -33,7 +33,7 @@ KNOWN_OPS = (
     set(HOST_OPS)
     | set(QLINEAR_OPS)
     | {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
-    | {"MatMulInteger", "ConvInteger", "Quant", "BipolarQuant", "Trunc"}
+    | {"MatMulInteger", "ConvInteger", "Quant", "BipolarQuant", "Trunc", "MXQuantize"}
 )
 
 
@@ -141,6 +141,8 @@ def load_onnx(model, *, batch: int = 1):
         attrs = _attrs(node)
         if node.domain == DOMAIN and format_of(op):  # posit Quantize / Dequantize
             op, attrs["dtype"] = format_of(op)
+        elif node.domain == DOMAIN and mx_format_of(op):  # MX rounding of the last axis
+            op, attrs["format"] = "MXQuantize", mx_format_of(op)
         elif (
             node.domain not in ("", "ai.onnx", "com.microsoft")
             and not node.domain.startswith("qonnx")

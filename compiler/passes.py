@@ -7,10 +7,12 @@ with ``graph.verify`` after every one.
 A ``qlinear`` op is a quantized Conv / MatMul / Gemm with constant weights, from either
 format: QDQ (DequantizeLinear -> Conv/MatMul/Gemm [-> Add bias] [-> Add residual] [->
 Relu/Clip] -> QuantizeLinear; the residual a DequantizeLinear of int8 codes whose scale is
-2**k times the accumulator's unit, ``quant.residual_shift``) or QOperator (QLinearConv,
-QLinearMatMul, MatMulInteger, ConvInteger). Lowering turns each into
-im2col (host) -> qgemm (the systolic array or the LUT core, or the host when neither has
-the weight format) -> fold_rows (host). Everything else runs on the host.
+2**k times the accumulator's unit, ``quant.residual_shift``), MX (the ``qaccel`` domain's
+MXQuantize -> MatMul/Gemm with weights the metadata declares MX [-> Add bias] [-> Relu/Clip]
+-> QuantizeLinear) or QOperator (QLinearConv, QLinearMatMul, MatMulInteger, ConvInteger).
+Lowering turns each into im2col (host) [-> residual_rows | mx_rows (host)] -> qgemm (the
+systolic array or the LUT core, or the host when neither has the formats) -> fold_rows
+(host). Everything else runs on the host.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from compiler.graph import (
     rebuild_edges,
     verify,
 )
-from compiler.ptq import FLOAT_WEIGHTS
+from compiler.ptq import FLOAT_WEIGHTS, MX_FORMATS
 from compiler.quant import (
     FLOAT_ACTIVATIONS,
     conv_attrs,
@@ -196,7 +198,7 @@ def fuse_qlinear(g, config):
         node = g.nodes[n]
         op, ins, src = node["op"], node["inputs"], node["source"]
         if op in ("Conv", "MatMul", "Gemm"):
-            fused = _fuse_qdq(g, n)
+            fused = _fuse_qdq(g, n, config)
             if fused:
                 continue
         elif op in ("QLinearConv", "QLinearMatMul"):
@@ -258,16 +260,21 @@ def fuse_qlinear(g, config):
     return g
 
 
-def _fuse_qdq(g, n: str) -> bool:
+def _fuse_qdq(g, n: str, config) -> bool:
     node = g.nodes[n]
     consts, ins, src = g.graph["constants"], node["inputs"], node["source"]
     xs, ws = _dq_source(g, ins[0]), _dq_source(g, ins[1])
+    declared = g.graph.get("weight_formats", {}).get(src)
+    mx = declared in MX_FORMATS and ins[1] in consts and _mx_source(g, ins[0]) is not None
+    if mx:  # real values: the input rounded to MX blocks, the weights MX values
+        x_t, x_fmt = _mx_source(g, ins[0])
+        one, zero = np.ones(1), np.zeros(1, np.int64)
+        xs, ws = (x_t, QParams(one, zero, x_fmt)), (ins[1], QParams(one, zero, declared))
     if ws is not None and ws[1].dtype in FLOAT_ACTIVATIONS and ws[0] in consts:
         fmt = ws[1].dtype  # float8 weight codes -> the compiler's integers
         name = f"{src}.float8_weights"
         consts[name] = float_ints(consts[ws[0]], fmt)
         ws = (name, replace(ws[1], scale=ws[1].scale.astype(np.float64) * 2.0 ** -units(fmt)))
-    declared = g.graph.get("weight_formats", {}).get(src)
     if ws is None and declared in FLOAT_WEIGHTS and ins[1] in consts:
         ws = _float_weights(g, node, declared)
     if xs is None or ws is None or xs[0] in consts:
@@ -326,6 +333,10 @@ def _fuse_qdq(g, n: str) -> bool:
         return False
     codes, wq = consts[ws[0]], ws[1]
     kind, w = _shape_weights(node["op"], codes, node["attrs"], src)
+    if mx:
+        if kind != "matmul" or res_add is not None:
+            return False  # MX blocks run along a MatMul's K; a Conv or a residual: the host
+        return _fuse_mx(g, n, config, xs, w, yq, bias_add, clamp_ops, q_node)
     if (
         kind == "matmul"
         and node["op"] == "Gemm"
@@ -372,6 +383,80 @@ def _fuse_qdq(g, n: str) -> bool:
                 g.graph["tensors"].pop(t, None)
         _remove(g, m)
     return True
+
+
+def _mx_source(g, t: str):
+    """(tensor, MX format) when ``t`` is an MXQuantize's output (``compiler.format_ops``)."""
+    prod = producer_map(g).get(t)
+    if prod is None or g.nodes[prod]["op"] != "MXQuantize":
+        return None
+    return g.nodes[prod]["inputs"][0], g.nodes[prod]["attrs"]["format"]
+
+
+def _fuse_mx(g, n, config, xs, w, yq, bias_add, clamp_ops, q_node) -> bool:
+    """An MX MatMul / Gemm -> qlinear: the weights' element codes and block scales, the bias
+    in real values; the accelerator sums the blocks, the host adds the bias and requantizes
+    (``quant._mx_form``)."""
+    from qaccel import modes
+
+    node, consts = g.nodes[n], g.graph["constants"]
+    ins, src = node["inputs"], node["source"]
+    w_fmt = g.graph["weight_formats"][src]
+    codes, scales = _mx_codes(np.asarray(w, np.float64).T, w_fmt, src)  # N x K: blocks on K
+    bias = None
+    bias_t = ins[2] if len(ins) > 2 and ins[2] else (bias_add[1] if bias_add else None)
+    if bias_t:
+        bs = _dq_source(g, bias_t)
+        if bias_t in consts:
+            bias = consts[bias_t].astype(np.float64).reshape(-1)
+        elif bs is not None and bs[0] in consts:
+            q = bs[1]
+            bias = ((consts[bs[0]] - q.zero_point) * q.scale.astype(np.float64)).reshape(-1)
+        else:
+            return False
+    window = tuple(config.array.mx_scale_range) if config.array else modes.MX_SCALE_RANGE
+    qn = g.nodes[q_node]
+    attrs = {"kind": "matmul", "x_q": xs[1], "y_q": yq, "w_dtype": w_fmt}
+    attrs.update(w_zp=np.zeros(1, np.int64), w_scale=np.ones(1), clamp=_clamp(g, clamp_ops, yq))
+    attrs.update(w_mx_scales=scales.T, mx_window=window)
+    _add_qlinear(g, n, [xs[0]], qn["outputs"][0], attrs, codes.T, bias, src)
+    g.graph["tensors"][qn["outputs"][0]] = replace(
+        g.graph["tensors"][qn["outputs"][0]], kind="quant", q=yq
+    )
+    for m in [n, *([bias_add[0]] if bias_add else []), *clamp_ops, q_node]:
+        for out in g.nodes[m]["outputs"]:
+            if out != qn["outputs"][0]:
+                g.graph["tensors"].pop(out, None)
+        _remove(g, m)
+    return True
+
+
+def _mx_codes(values: np.ndarray, fmt: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """MX values (rows of blocks) -> (element codes, E8M0 scale codes). A block's scale is
+    the one MX quantization gives it, or one less: an element rounded up to the format's
+    largest magnitude (MXINT8's -2) moves the block's maximum to the next power of two."""
+    from qaccel import formats
+
+    f = formats.get_mx_format(fmt)
+    t = f.quantize(values)
+    codes, scales = t.elements.astype(np.int64), t.scales.astype(np.int64)
+    k = values.shape[1]
+
+    def blocks(v):
+        padded = np.pad(v, ((0, 0), (0, -k % f.block)))
+        return padded.reshape(v.shape[0], -1, f.block)
+
+    for r, b in np.argwhere((blocks(t.dequantize()) != blocks(values)).any(axis=-1)).tolist():
+        if scales[r, b] in (0, 0xFF):
+            continue
+        block = values[r, b * f.block : (b + 1) * f.block]
+        e = int(scales[r, b]) - 128
+        c = f.element.encode(block / 2.0**e)
+        if np.array_equal(f.element.decode(c) * 2.0**e, block):
+            codes[r, b * f.block : (b + 1) * f.block], scales[r, b] = c, e + 127
+    if not np.array_equal(f.dequantize(scales, codes), values):
+        raise CompileError(f"node {source}: weights declared {fmt} are not {fmt} values")
+    return codes, scales
 
 
 def _float_weights(g, node, fmt: str):
@@ -549,6 +634,21 @@ def lower_gemms(g, config):
         names = [f"{src}.im2col", f"{src}.gemm", f"{src}.fold"]
         add_op(g, names[0], "im2col", [x], [r_t], attrs=base, source=src)
         gemm_ins = [r_t]
+        if form.mx:  # real rows -> MX element codes and block scales
+            codes_t, scales_t = f"{src}.mx_codes", f"{src}.mx_scales"
+            tensors[codes_t] = Tensor((m, k), "quant")
+            tensors[scales_t] = Tensor((m, -(-k // 32)), "quant")
+            names.insert(1, f"{src}.mx_rows")
+            add_op(
+                g,
+                names[1],
+                "mx_rows",
+                [r_t],
+                [codes_t, scales_t],
+                attrs={"format": form.x_format},
+                source=src,
+            )
+            gemm_ins = [codes_t, scales_t]
         if len(node["inputs"]) > 1:  # a fused residual, as M x N rows of codes
             res_t = f"{src}.residual_rows"
             tensors[res_t] = Tensor((m, nn), "quant")
@@ -618,8 +718,9 @@ def assign_units(g, config):
         wf = weight_format(form.weights, a.get("w_dtype", "int8"))
         a["w_format"] = wf
         own = a["x_dtype"]
-        acts = [own] if own in FLOAT_ACTIVATIONS else [own, "int8" if own == "uint8" else "uint8"]
-        act_name = own if own in FLOAT_ACTIVATIONS else "int8"
+        as_is = own in FLOAT_ACTIVATIONS or form.mx  # codes that stand for values
+        acts = [own] if as_is else [own, "int8" if own == "uint8" else "uint8"]
+        act_name = own if as_is else "int8"
         choice = next(
             (
                 (unit, act)
@@ -634,7 +735,7 @@ def assign_units(g, config):
             a["why_host"] = "binary weights cannot hold the zeros of a grouped convolution"
         elif choice is None:
             node["unit"], a["mode"] = "host", f"{wf}*{act_name}"
-            what = f"{own}" if own in FLOAT_ACTIVATIONS else "8-bit"
+            what = f"{own}" if as_is else "8-bit"
             a["why_host"] = f"no unit runs {wf} weights with {what} activations"
         else:
             unit, act = choice
@@ -701,12 +802,13 @@ def codegen(g, config):
         try:
             program = lower_gemm(
                 config,
-                _weight_codes(form.weights, a["w_format"]),
+                form.weights if form.mx else _weight_codes(form.weights, a["w_format"]),
                 m=a["m"],
                 mode=a["mode"],
                 unit=node["unit"],
                 epilogue=epilogue_of(form),
-                acc_out="int32",
+                w_scales=form.w_scales,
+                acc_out="native" if form.mx else "int32",  # MX: exact, for the host
                 name=node["source"],
             )
         except (ProgramError, ValueError) as e:

@@ -22,6 +22,12 @@
   converted to opset 19 when older. The scale maps the calibration values' largest magnitude
   to a power of two, chosen by least squared error, among those where the layer's bias in the
   accumulator's fixed point fits the post-processing unit's 32 bits.
+- MX block formats (MXFP8, MXFP6, MXFP4, MXINT8; MatMul and Gemm layers whose K is a
+  multiple of the block): the weights rounded to MX blocks along K per output column, stored
+  as their exact float values (metadata as above); the layer's input goes through the
+  ``qaccel`` domain's MX rounding of its last axis (``compiler.format_ops``), after the int8
+  requantization of the layer before it. A Conv is refused: its blocks would run along the
+  im2col rows, which no ONNX op expresses.
 - Residual adds: a layer (int2..int8 weights, int8 activations) whose output, after its
   bias, feeds only an Add of an already computed tensor of its shape gets one weight scale
   for all channels, s_r / (s_x * 2**k) (s_r the residual's int8 scale; k the largest that
@@ -33,9 +39,9 @@
 
 ``precision``: comma-separated ``PATTERN=WEIGHT*ACTIVATION``, patterns matched against node
 names with ``fnmatch`` (the first that matches wins), e.g. ``conv1=int8*int8,fc*=int2*int8``
-or ``fc2=fp8_e4m3*fp8_e4m3``, ``*=posit8_0*posit8_0``. Layers no pattern names are
-int8*int8. A pair that no unit of the configuration has compiles to the host, and the report
-says why.
+or ``fc2=fp8_e4m3*fp8_e4m3``, ``*=posit8_0*posit8_0``, ``fc*=mxfp4*mxfp8_e4m3``. Layers no
+pattern names are int8*int8. A pair that no unit of the configuration has compiles to the
+host, and the report says why.
 """
 
 from __future__ import annotations
@@ -46,7 +52,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compiler.format_ops import DOMAIN, FUNCTION_FORMATS, dequantize_function, quantize_function
+from compiler.format_ops import (
+    DOMAIN,
+    FUNCTION_FORMATS,
+    dequantize_function,
+    mx_quantize_function,
+    quantize_function,
+)
 from compiler.graph import CompileError
 from compiler.quant import FLOAT_ACTIVATIONS, float_weight_codes, units
 
@@ -57,9 +69,10 @@ INT_WEIGHTS = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary"
 # float weights with a power-of-two scale per channel; stored as their exact float values
 FLOAT_WEIGHTS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1", *FUNCTION_FORMATS)
 SAMPLE = 1 << 16  # calibration values kept per tensor for the float activations' scale
-WEIGHT_FORMATS = INT_WEIGHTS + FLOAT_WEIGHTS
+MX_FORMATS = ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8")
+WEIGHT_FORMATS = INT_WEIGHTS + FLOAT_WEIGHTS + MX_FORMATS
 CLIPS = ("minmax", "percentile", "mse")
-ACTIVATIONS = ("int8", *FLOAT_ACTIVATIONS)
+ACTIVATIONS = ("int8", *FLOAT_ACTIVATIONS, *MX_FORMATS)
 VALUE_CODES_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8 codes
 
 
@@ -83,6 +96,11 @@ def parse_precision(spec: str | None) -> list[tuple[str, str, str]]:
                 f"precision rule {item!r}: activations are int8 (the requantized 8-bit codes "
                 f"every layer passes on) or a float or posit format "
                 f"({', '.join(FLOAT_ACTIVATIONS)}), not {a!r}"
+            )
+        if (w in MX_FORMATS) != (a in MX_FORMATS):
+            raise CompileError(
+                f"precision rule {item!r}: MX formats pair only with MX formats (both carry "
+                "block scales)"
             )
         rules.append((pattern, w, a))
     return rules
@@ -194,7 +212,7 @@ def quantize_model(
     if not calibration:
         raise CompileError("a float model needs a calibration set (--calib) to be quantized")
     rules = parse_precision(precision)
-    if any(a in FLOAT_ACTIVATIONS for _, _, a in rules):
+    if any(a in FLOAT_ACTIVATIONS or a in MX_FORMATS for _, _, a in rules):
         model = _at_least_opset(model, VALUE_CODES_OPSET)
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -275,6 +293,17 @@ def quantize_model(
             nodes.append(helper.make_node("DequantizeLinear", [q, *names], [d]))
         qdq_of[key] = d
         return d
+
+    def mx_round(t: str, fmt: str) -> str:
+        """``t`` rounded to MX blocks along its last axis (``compiler.format_ops``)."""
+        key = (t, fmt, "mx")
+        if key not in qdq_of:
+            fn = mx_quantize_function(fmt, _default_opset(model))
+            functions[fn.name] = fn
+            out = f"{t.replace('/', '_')}_{fmt}"
+            nodes.append(helper.make_node(fn.name, [t], [out], domain=DOMAIN))
+            qdq_of[key] = out
+        return qdq_of[key]
 
     def requantize(t: str) -> None:
         """Readers of the layer output ``t`` read its fake-quantized copy; a model output
@@ -361,6 +390,17 @@ def quantize_model(
         w = inits[node.input[1]]
         trans_b = node.op_type == "Gemm" and any(x.name == "transB" and x.i for x in node.attribute)
         axis = 0 if node.op_type == "Conv" or trans_b else 1
+        if fmt in MX_FORMATS:
+            node.input[0] = mx_round(node.input[0], act)
+            new_inits.append(
+                numpy_helper.from_array(_mx_weights(name, node, w, fmt, axis), f"{name}_wmx")
+            )
+            node.input[1] = f"{name}_wmx"
+            meta[name] = fmt
+            nodes.append(node)
+            emitted.update(node.output)
+            finish(node, w.shape[axis], None)
+            continue
         if fmt in FLOAT_WEIGHTS:
             wf = float_weights(w, axis, fmt)
             # the frontend's coarsest reading of them: what a float bias can fit in 32 bits at
@@ -516,6 +556,27 @@ def _residual_of(node, inits, readers, outputs, shape_of, emitted, claimed):
     ):
         return None
     return add, other[0]
+
+
+def _mx_weights(name: str, node, w: np.ndarray, fmt: str, axis: int) -> np.ndarray:
+    """A MatMul / Gemm's weights rounded to MX blocks along K (per output column): exact
+    float values. MX layers need K a multiple of the block, and no Conv."""
+    from qaccel import formats
+
+    f = formats.get_mx_format(fmt)
+    if node.op_type == "Conv":
+        raise CompileError(
+            f"node {name}: MX formats are for MatMul and Gemm layers (blocks along the "
+            "input's last axis), not Conv"
+        )
+    per_column = np.moveaxis(np.asarray(w, np.float64), axis, 0)  # N x K
+    if per_column.shape[1] % f.block:
+        raise CompileError(
+            f"node {name}: K = {per_column.shape[1]} is not a multiple of the {fmt} block "
+            f"({f.block})"
+        )
+    rounded = f.quantize(per_column).dequantize()
+    return np.moveaxis(rounded, 0, axis).astype(np.float32)
 
 
 def _sample(values: np.ndarray) -> np.ndarray:

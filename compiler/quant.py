@@ -18,6 +18,13 @@ becomes the dyadic b / 2**c of ``qaccel.formats.dyadic``. Convolutions are GEMMs
 patches; the padding is the activation's zero point, so it reads as real 0. A grouped
 convolution is one GEMM with block-diagonal weights.
 
+**MX.** An MX layer's rows are rounded to MX blocks on the host (element codes and an E8M0
+scale per block of 32 along K); the array sums each block exactly and adds it shifted by its
+two scales into a fixed-point window (``sim.array_model``); a block outside the window is an
+error, never a dropped sum. The accumulator's unit (2**-58 for MXFP8 with the default window)
+is finer than a 32-bit bias can follow, so the host adds the bias and requantizes the exact
+accumulators the array stores.
+
 **Rounding.** onnxruntime multiplies the int32 accumulator by the float32 multiplier and
 rounds half to even; the accelerator multiplies by the dyadic b / 2**c (31-bit b) and rounds
 half to even. The two agree except where acc * M lies within float32 rounding of a half-way
@@ -217,6 +224,17 @@ class GemmForm:
     # output's signedness) << res_shift; its zero point is folded into the bias
     res_shift: int | None = None
     res_codes_shift: int = 0
+    # MX modes (x_format an MX format): the weights are element codes with E8M0 scales per
+    # block of K (blocks x N); the accumulator's unit is 2**-mx_frac; the bias (in that unit,
+    # wider than the post-processing unit's 32 bits) and the requantization run on the host
+    w_mx: str = ""  # the weights' MX format
+    w_scales: np.ndarray | None = None
+    mx_window: tuple = (0, 0)  # the array's block-scale window (lo, hi)
+    mx_frac: int = 0
+
+    @property
+    def mx(self) -> bool:
+        return bool(self.w_mx)
 
     def x_ints(self, codes: np.ndarray) -> np.ndarray:
         """Input codes (already shifted) as the integers the accumulator multiplies."""
@@ -244,8 +262,70 @@ def _weight_matrix(w: np.ndarray, zw: np.ndarray, attrs: dict) -> np.ndarray:
     return out
 
 
+def _mx_form(attrs: dict, w: np.ndarray, bias: np.ndarray | None) -> GemmForm:
+    """An MX qlinear: element codes and block scales of the weights in ``attrs``; real
+    values (tensor scales 1); the bias in units of 2**-mx_frac, as Python integers."""
+    from qaccel import formats
+
+    yq: QParams = attrs["y_q"]
+    lo, _ = window = tuple(attrs["mx_window"])
+    elements = (formats.get_mx_format(attrs["w_dtype"]), formats.get_mx_format(attrs["x_q"].dtype))
+    frac = formats.accumulator_format(elements[0].element, elements[1].element, 32).frac_bits - lo
+    n = w.shape[1]
+    b = np.zeros(n, dtype=object)
+    if bias is not None:
+        b = np.array([int(v) for v in np.rint(np.asarray(bias, np.float64) * 2.0**frac)], object)
+    lo, hi = attrs.get("clamp") or yq.code_range
+    return GemmForm(
+        weights=np.asarray(w, np.int64),
+        x_shift=0,
+        bias=b,
+        multiplier=np.full(n, 2.0**-frac / float(yq.scale.reshape(-1)[0])),
+        zero_point=int(yq.zero_point.reshape(-1)[0]),
+        lo=lo,
+        hi=hi,
+        out_signed=yq.dtype == "int8",
+        out_dtype=yq.dtype,
+        x_format=attrs["x_q"].dtype,
+        w_mx=attrs["w_dtype"],
+        w_scales=np.asarray(attrs["w_mx_scales"], np.int64),
+        mx_window=window,
+        mx_frac=frac,
+    )
+
+
+def mx_rows(rows: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Real M x K rows -> (element codes, E8M0 scale codes per block of K)."""
+    from qaccel import formats
+
+    t = formats.get_mx_format(fmt).quantize(np.asarray(rows, np.float64))
+    return t.elements.astype(np.int64), t.scales.astype(np.int64)
+
+
+def mx_spec(form: GemmForm):
+    """The array's ModeSpec for an MX form."""
+    from qaccel import modes
+
+    return modes.mode_spec(
+        form.w_mx, form.x_format, rows=1, acc_bits=32, mx_scale_range=tuple(form.mx_window)
+    )
+
+
+def mx_epilogue(acc, form: GemmForm) -> np.ndarray:
+    """The host's epilogue of an MX layer: (acc + bias) * 2**-mx_frac / y_scale, rounded half
+    to even (the dyadic multiplier, exact integers), + zero point, clamped."""
+    from qaccel.formats import dyadic, round_shift
+
+    b, c = dyadic(float(form.multiplier[0]))
+    x = np.asarray(acc, dtype=object) + form.bias.astype(object)
+    y = round_shift(x * b, np.full(x.shape, c, dtype=object)) + form.zero_point
+    return np.clip(y.astype(np.int64), form.lo, form.hi)
+
+
 def gemm_form(attrs: dict, w: np.ndarray, bias: np.ndarray | None, source: str) -> GemmForm:
     """The integer GEMM and epilogue of a qlinear op (module docstring)."""
+    if attrs.get("w_mx_scales") is not None:
+        return _mx_form(attrs, w, bias)
     xq: QParams = attrs["x_q"]
     yq: QParams | None = attrs["y_q"]
     n = w.shape[0] if attrs["kind"] == "conv" else w.shape[1]
@@ -352,12 +432,13 @@ def fold_rows(y: np.ndarray, how: tuple) -> np.ndarray:
 
 
 def epilogue_of(form: GemmForm):
-    """The ``compiler.gemm.Epilogue`` of a GemmForm (None for an int32 output)."""
+    """The ``compiler.gemm.Epilogue`` of a GemmForm (None for an int32 output, and for MX
+    forms, whose epilogue the host runs)."""
     from dataclasses import replace
 
     from compiler.gemm import Epilogue
 
-    if form.out_dtype == "int32":
+    if form.out_dtype == "int32" or form.mx:
         return None
     ep = Epilogue.requant(form.multiplier, zero_point=form.zero_point, out_signed=form.out_signed)
     ep = replace(ep, bias=form.bias, lo=form.lo, hi=form.hi)
@@ -374,10 +455,22 @@ def residual_rows(r: np.ndarray, how: tuple, codes_shift: int) -> np.ndarray:
     return rows.reshape(-1, rows.shape[-1]) + codes_shift
 
 
-def gemm_reference(a: np.ndarray, form: GemmForm, residual=None) -> np.ndarray:
+def gemm_reference(a: np.ndarray, form: GemmForm, residual=None, x_scales=None) -> np.ndarray:
     """The accelerator's result for input rows ``a`` (shifted codes): the exact integer
     product, then the post-processing unit's contract (``sim.post_model``); ``residual``:
-    its M x N codes (``residual_rows``) when the form has one."""
+    its M x N codes (``residual_rows``) when the form has one. MX forms take the rows' E8M0
+    ``x_scales``: the array model's exact block sums, then the host's epilogue; a block
+    whose scales fall outside the array's window is an error, not a dropped sum."""
+    if form.mx:
+        from sim.array_model import reference
+
+        acc, invalid = reference(mx_spec(form), form.weights, a, form.w_scales, x_scales)
+        if invalid.any():
+            raise CompileError(
+                "an MX block's scales fall outside the array's scale window: its sum would be "
+                "dropped"
+            )
+        return mx_epilogue(acc, form)
     x = form.x_ints(a)
     top = int(np.abs(x).max(initial=0)) * int(np.abs(form.weights).max(initial=0)) * x.shape[-1]
     wide = top >= 1 << 62  # float modes' fixed point can outgrow int64: Python integers
@@ -405,5 +498,8 @@ def gemm_reference(a: np.ndarray, form: GemmForm, residual=None) -> np.ndarray:
 def qlinear_reference(x: np.ndarray, attrs: dict, form: GemmForm, residual=None) -> np.ndarray:
     """A qlinear op on the host, exactly as the accelerator computes it."""
     rows, how = gemm_rows(x, attrs)
+    if form.mx:
+        codes, scales = mx_rows(rows, form.x_format)
+        return fold_rows(gemm_reference(codes, form, x_scales=scales), how)
     res = residual_rows(residual, how, form.res_codes_shift) if residual is not None else None
     return fold_rows(gemm_reference(rows + form.x_shift, form, res), how)

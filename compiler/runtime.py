@@ -15,15 +15,18 @@ from compiler.quant import (
     fold_rows,
     gemm_reference,
     gemm_rows,
+    mx_epilogue,
+    mx_rows,
     qlinear_reference,
     quantize,
     residual_rows,
 )
 
 
-def gemm_inputs(ins: list) -> dict:
+def gemm_inputs(ins: list, form) -> dict:
     """A qgemm op's operands as its Program's input tensors."""
-    return {"x": ins[0]} | ({"residual": ins[1]} if len(ins) > 1 else {})
+    second = "x_scales" if form.mx else "residual"
+    return {"x": ins[0]} | ({second: ins[1]} if len(ins) > 1 else {})
 
 
 __all__ = ["execute", "gemm_inputs", "qparams_of"]
@@ -129,15 +132,33 @@ def run_op(node: dict, ins: list, *, programs: str) -> list:
         return [rows + a["x_shift"]]
     if op == "residual_rows":
         return [residual_rows(ins[0], a["how"], a["codes_shift"])]
+    if op == "mx_rows":
+        return list(mx_rows(ins[0], a["format"]))
+    if op == "MXQuantize":
+        from qaccel import formats
+
+        t = formats.get_mx_format(a["format"]).quantize(np.asarray(ins[0], np.float64))
+        return [t.dequantize().astype(np.float32)]
     if op == "qgemm":
+        form = a["form"]
         if programs == "sim" and node["unit"] != "host":
             from sim.executor import run_program
 
-            y = run_program(a["program"], gemm_inputs(ins)).outputs["y"]
-            if a["form"].out_dtype == "int32":
-                y = y + a["form"].bias
+            result = run_program(a["program"], gemm_inputs(ins, form))
+            y = result.outputs["y"]
+            if form.mx:
+                if result.counters["INVALID"]:
+                    raise CompileError(
+                        f"node {node['source']}: an MX block's scales fall outside the "
+                        "array's scale window: its sum was dropped"
+                    )
+                return [mx_epilogue(y, form)]
+            if form.out_dtype == "int32":
+                y = y + form.bias
             return [np.asarray(y, dtype=np.int64)]
-        return [gemm_reference(ins[0], a["form"], _opt(ins, 1))]
+        if form.mx:
+            return [gemm_reference(ins[0], form, x_scales=ins[1])]
+        return [gemm_reference(ins[0], form, _opt(ins, 1))]
     if op == "fold_rows":
         return [fold_rows(ins[0], a["how"])]
     if op in ("Quant", "BipolarQuant", "Trunc"):

@@ -749,9 +749,9 @@ def test_float8_activations_from_the_quantizer(precision, name, cfg):
 
 
 @pytest.mark.slow
-def test_float8_posit_and_residual_layers_on_icarus_equal_the_simulator(tmp_path):
-    """Compiled float8 and posit layers (tiny.toml's FP8 and posit modes) and a fused
-    residual add on the RTL: outputs bit for bit and every counter equal to the
+def test_float8_posit_mx_and_residual_layers_on_icarus_equal_the_simulator(tmp_path):
+    """Compiled float8 and posit layers (tiny.toml's FP8 and posit modes), a fused residual
+    add and an MXINT8 layer on the RTL: outputs bit for bit and every counter equal to the
     simulator's."""
     from compiler.ptq import quantize_model
     from hw.accel_bench import verify_models
@@ -769,7 +769,133 @@ def test_float8_posit_and_residual_layers_on_icarus_equal_the_simulator(tmp_path
     ]
     checks = verify_models(jobs, simulator="icarus", build_dir=tmp_path)
     assert len(checks) == 4
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(zoo.mlp((32, 8)), _inputs((8, 32), SEED), precision="*=mxint8*mxint8")
+    mx = compile_model(q, MX, batch=2)
+    checks += verify_models(
+        [(mx, {"x": _inputs((2, 32), SEED + 4)[0]})], simulator="icarus", build_dir=tmp_path / "mx"
+    )
+    assert len(checks) == 5
     assert all(c.error is None and c.rtl_cycles == c.sim_cycles for c in checks), checks
+
+
+# --- MX block formats -----------------------------------------------------------------------------
+
+MX = config.config_from_dict(
+    {
+        "name": "mx44",
+        "array": {
+            "rows": 4,
+            "cols": 4,
+            "dataflow": "os",
+            "max_k": 64,
+            "modes": [
+                {"weight": "int8", "activation": "int8"},
+                {"weight": "mxfp8_e4m3", "activation": "mxfp8_e4m3"},
+                {"weight": "mxint8", "activation": "mxint8"},
+                {"weight": "mxfp4", "activation": "mxfp8_e4m3"},
+            ],
+        },
+        "memory": {
+            "scratchpad_kib": 16,
+            "scratchpad_banks": 2,
+            "accumulator_kib": 8,
+            "accumulator_banks": 2,
+        },
+        "dram": {"bytes_per_cycle": 8, "latency_cycles": 5},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "precision",
+    ["*=mxfp8_e4m3*mxfp8_e4m3", "*=mxint8*mxint8", "fc_mm2=mxfp4*mxfp8_e4m3,fc_mm7=int8*int8"],
+)
+def test_mx_formats_from_the_quantizer(precision, tmp_path):
+    """MX weights and activations (blocks of 32 along K): the quantizer rounds the weights and
+    puts the ``qaccel`` domain's MX rounding on each layer's input (onnxruntime runs it);
+    the array's MX modes sum the blocks exactly, the host adds the bias and requantizes.
+    Simulator == reference, within 1 LSB of onnxruntime; saved and loaded unchanged."""
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(zoo.mlp(), _inputs((8, 64), SEED, 2), precision=precision)
+    cm = compile_model(q, MX, batch=4)
+    modes = [n["attrs"]["mode"] for n in cm.layers]
+    assert all(n["unit"] == "array" for n in cm.layers)
+    assert modes[0].startswith(precision.split("=")[1].split(",")[0].split("*")[0])
+    x = _inputs((4, 64), SEED + 10)[0]
+    assert check_model(cm, q, x) == 1.0  # measured
+    cm.save(tmp_path / "prog")
+    name = cm.graph.graph["outputs"][0]
+    assert np.array_equal(
+        load_compiled(tmp_path / "prog").run({"x": x})[name], cm.run({"x": x})[name]
+    )
+
+
+def test_mx_gemm_with_transposed_weights():
+    rng = np.random.default_rng(SEED)
+    w = rng.normal(0, 0.1, (16, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 16])],
+        [
+            onnx.numpy_helper.from_array(w, "w"),
+            onnx.numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(model, _inputs((3, 64), SEED, 2), precision="*=mxfp4*mxfp8_e4m3")
+    cm = compile_model(q, MX, batch=3)
+    assert cm.layers[0]["attrs"]["mode"] == "mxfp4*mxfp8_e4m3"
+    assert check_model(cm, q, _inputs((3, 64), SEED + 12)[0]) == 1.0  # measured
+
+
+def test_mx_in_a_transformer_block_and_on_the_host():
+    """Every projection of the transformer block in MXFP8 (3-D inputs, bias adds); the same
+    layers on a configuration without MX modes run on the host, equal."""
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(
+        zoo.transformer_block(),
+        _inputs((8, 8, 32), SEED, 2),
+        precision="*_mm*=mxfp8_e4m3*mxfp8_e4m3",
+    )
+    x = _inputs((2, 8, 32), SEED + 11)[0]
+    on_array = compile_model(q, MX, batch=2)
+    on_host = compile_model(q, TINY, batch=2)
+    assert [n["unit"] for n in on_array.layers] == ["array"] * 6
+    assert [n["unit"] for n in on_host.layers] == ["host"] * 6
+    a, h = on_array.run({"x": x}), on_host.run({"x": x})
+    (name,) = a
+    assert np.array_equal(a[name], on_array.run({"x": x}, programs="reference")[name])
+    assert np.array_equal(a[name], h[name])
+    np.testing.assert_allclose(a[name], ort_outputs(q, x)[0], atol=1e-5)  # measured: equal
+
+
+def test_mx_errors():
+    from compiler.ptq import quantize_model
+
+    calib = _inputs((8, 1, 8, 8), SEED)
+    with pytest.raises(CompileError, match="MX formats are for MatMul and Gemm layers"):
+        quantize_model(zoo.cnn(), calib, precision="conv*=mxfp8_e4m3*mxfp8_e4m3")
+    with pytest.raises(CompileError, match="K = 40 is not a multiple of the mxint8 block"):
+        quantize_model(zoo.mlp((40, 8)), _inputs((4, 40), SEED), precision="*=mxint8*mxint8")
+    with pytest.raises(CompileError, match="MX formats pair only with MX formats"):
+        quantize_model(zoo.mlp(), _inputs((4, 64), SEED), precision="*=mxfp4*int8")
+    # blocks whose scales fall outside the array's window would be dropped: an error
+    import dataclasses
+
+    narrow = dataclasses.replace(MX, array=dataclasses.replace(MX.array, mx_scale_range=(-2, 2)))
+    q = quantize_model(zoo.mlp(), _inputs((8, 64), SEED), precision="*=mxfp8_e4m3*mxfp8_e4m3")
+    cm = compile_model(q, narrow, batch=4)
+    for programs in ("sim", "reference"):
+        with pytest.raises(CompileError, match="outside the array's scale window"):
+            cm.run({"x": _inputs((4, 64), SEED)[0]}, programs=programs)
 
 
 # --- residual adds in the post-processing unit ---------------------------------------------------
