@@ -1,9 +1,10 @@
-"""Quantize and dequantize for number formats ONNX has no element type for (posits, MX block
-formats), as functions of the model's own ``qaccel`` domain, so onnxruntime runs them and the
-frontend reads them as the quantization they stand for.
+"""Quantize and dequantize for number formats ONNX has no element type for (posits, integers
+narrower than 8 bits, MX block formats), as functions of the model's own ``qaccel`` domain,
+so onnxruntime runs them and the frontend reads them as the quantization they stand for.
 
-- ``qaccel.Quantize_<format>(x, scale) -> codes`` (uint8): x / scale in float32, rounded as
-  ``qaccel.formats`` encodes it (the format's own rounding, saturating). The body counts the
+- ``qaccel.Quantize_<format>(x, scale) -> codes`` (uint8; int8 values for the narrow
+  integers): x / scale in float32, rounded as ``qaccel.formats`` encodes it (the format's
+  own rounding, saturating). The body counts the
   rounding boundaries below the value: a boundary is the largest float32 that still rounds
   down, found from the encoder itself, so the two agree on every float32.
 - ``qaccel.Dequantize_<format>(codes, scale) -> x``: the code's value times the scale.
@@ -28,6 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 __all__ = [
     "DOMAIN",
     "FUNCTION_FORMATS",
+    "NARROW_INTS",
+    "POSITS",
     "dequantize_function",
     "format_of",
     "mx_format_of",
@@ -37,7 +40,11 @@ __all__ = [
 
 DOMAIN = "qaccel"
 # 8-bit posits: one zero, one NaR, every other code a value
-FUNCTION_FORMATS = ("posit8_0", "posit8_1", "posit8_2")
+POSITS = ("posit8_0", "posit8_1", "posit8_2")
+# integers narrower than ONNX's int8 (the array's W4A4 and friends): their codes are their
+# values, held in int8 containers
+NARROW_INTS = ("int7", "int6", "int5", "int4", "int3", "int2")
+FUNCTION_FORMATS = POSITS + NARROW_INTS
 
 
 def format_of(op_type: str) -> tuple[str, str] | None:
@@ -94,7 +101,9 @@ def _const(name: str, value: np.ndarray):
 
 
 def quantize_function(fmt: str, opset: int) -> onnx.FunctionProto:
-    bounds, codes, _ = rounding_table(fmt)
+    bounds, codes, values = rounding_table(fmt)
+    if fmt in NARROW_INTS:
+        codes = values.astype(np.int8)
     nodes = [
         _const("bounds", bounds),
         _const("codes", codes),
@@ -116,12 +125,18 @@ def dequantize_function(fmt: str, opset: int) -> onnx.FunctionProto:
 
     f = formats.get_format(fmt)
     values = f.decode(np.arange(1 << f.bits)).astype(np.float32)  # NaR: NaN
-    nodes = [
-        _const("values", values),
-        helper.make_node("Cast", ["x"], ["index"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["values", "index"], ["v"]),
-        helper.make_node("Mul", ["v", "scale"], ["y"]),
-    ]
+    if fmt in NARROW_INTS:  # the codes are the values
+        nodes = [
+            helper.make_node("Cast", ["x"], ["v"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["v", "scale"], ["y"]),
+        ]
+    else:
+        nodes = [
+            _const("values", values),
+            helper.make_node("Cast", ["x"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["values", "index"], ["v"]),
+            helper.make_node("Mul", ["v", "scale"], ["y"]),
+        ]
     return helper.make_function(
         DOMAIN, f"Dequantize_{fmt}", ["x", "scale"], ["y"], nodes, [helper.make_opsetid("", opset)]
     )

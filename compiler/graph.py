@@ -42,7 +42,10 @@ class QParams:
 
     @property
     def code_range(self) -> tuple[int, int]:
-        return {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}[self.dtype]
+        if self.dtype.startswith("int") and self.dtype[3:].isdigit():  # int2 .. int32
+            bits = int(self.dtype[3:])
+            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return {"uint8": (0, 255)}[self.dtype]
 
 
 @dataclass(frozen=True)

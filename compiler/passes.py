@@ -718,7 +718,7 @@ def assign_units(g, config):
         wf = weight_format(form.weights, a.get("w_dtype", "int8"))
         a["w_format"] = wf
         own = a["x_dtype"]
-        as_is = own in FLOAT_ACTIVATIONS or form.mx  # codes that stand for values
+        as_is = own not in ("int8", "uint8")  # float, posit, MX or narrow integer codes
         acts = [own] if as_is else [own, "int8" if own == "uint8" else "uint8"]
         act_name = own if as_is else "int8"
         choice = next(

@@ -15,6 +15,9 @@
   values. The true format of each layer is kept in the model's metadata
   (``qaccel.weight_format.<node>``), which the frontend reads.
 - Bias: int32 at scale s_x * s_w.
+- Narrower integer activations (int2..int7, e.g. W4A4 ``*=int4*int4``): symmetric, the
+  clipping by least squared error on the calibration values; the input gets the ``qaccel``
+  domain's integer Quantize / Dequantize (codes in int8 containers).
 - Float and posit activations (FP8 E4M3 / E5M2, posit8 with es 0..2): the layer's input gets
   quantize -> dequantize to that format, after the int8 requantization of the layer before
   it, as the hardware passes it on: ONNX's QuantizeLinear / DequantizeLinear with float8
@@ -55,6 +58,8 @@ from onnx import helper, numpy_helper
 from compiler.format_ops import (
     DOMAIN,
     FUNCTION_FORMATS,
+    NARROW_INTS,
+    POSITS,
     dequantize_function,
     mx_quantize_function,
     quantize_function,
@@ -67,12 +72,12 @@ __all__ = ["METADATA_PREFIX", "WEIGHT_FORMATS", "parse_precision", "quantize_mod
 METADATA_PREFIX = "qaccel.weight_format."
 INT_WEIGHTS = ("int8", "int7", "int6", "int5", "int4", "int3", "int2", "ternary", "binary")
 # float weights with a power-of-two scale per channel; stored as their exact float values
-FLOAT_WEIGHTS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1", *FUNCTION_FORMATS)
+FLOAT_WEIGHTS = ("fp8_e4m3", "fp8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1", *POSITS)
 SAMPLE = 1 << 16  # calibration values kept per tensor for the float activations' scale
 MX_FORMATS = ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4", "mxint8")
 WEIGHT_FORMATS = INT_WEIGHTS + FLOAT_WEIGHTS + MX_FORMATS
 CLIPS = ("minmax", "percentile", "mse")
-ACTIVATIONS = ("int8", *FLOAT_ACTIVATIONS, *MX_FORMATS)
+ACTIVATIONS = ("int8", *NARROW_INTS, *FLOAT_ACTIVATIONS, *MX_FORMATS)
 VALUE_CODES_OPSET = 19  # QuantizeLinear / DequantizeLinear with float8 codes
 
 
@@ -94,8 +99,8 @@ def parse_precision(spec: str | None) -> list[tuple[str, str, str]]:
         if a not in ACTIVATIONS:
             raise CompileError(
                 f"precision rule {item!r}: activations are int8 (the requantized 8-bit codes "
-                f"every layer passes on) or a float or posit format "
-                f"({', '.join(FLOAT_ACTIVATIONS)}), not {a!r}"
+                f"every layer passes on), a narrower integer, a float or posit format or an MX "
+                f"format ({', '.join(ACTIVATIONS[1:])}), not {a!r}"
             )
         if (w in MX_FORMATS) != (a in MX_FORMATS):
             raise CompileError(
@@ -212,7 +217,7 @@ def quantize_model(
     if not calibration:
         raise CompileError("a float model needs a calibration set (--calib) to be quantized")
     rules = parse_precision(precision)
-    if any(a in FLOAT_ACTIVATIONS or a in MX_FORMATS for _, _, a in rules):
+    if any(a != "int8" for _, _, a in rules):
         model = _at_least_opset(model, VALUE_CODES_OPSET)
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -434,6 +439,9 @@ def quantize_model(
             sx = _float_scale(name, act, seen_x, bias, w_scales)
             node.input[0] = value_qdq(node.input[0], act, sx)
             sx = np.float32(sx * 2.0 ** -units(act))  # one unit of the input's integers
+        elif act in NARROW_INTS:  # symmetric, the clipping by least squared error
+            sx = np.float32(_int_scale(samples[_source_of(qdq_of, node.input[0])], act))
+            node.input[0] = value_qdq(node.input[0], act, float(sx))
         if fmt in FLOAT_WEIGHTS:  # exact float values; the frontend recovers the codes
             wn = f"{name}_wf"
             new_inits.append(numpy_helper.from_array(wf, wn))
@@ -577,6 +585,19 @@ def _mx_weights(name: str, node, w: np.ndarray, fmt: str, axis: int) -> np.ndarr
         )
     rounded = f.quantize(per_column).dequantize()
     return np.moveaxis(rounded, 0, axis).astype(np.float32)
+
+
+def _int_scale(values: np.ndarray, fmt: str) -> float:
+    """A symmetric scale for ``fmt`` codes: the calibration values' largest magnitude over
+    the largest code, times the factor in [0.3, 1] with the least squared error."""
+    _, hi = _levels(fmt)
+    top = max(float(np.abs(values).max(initial=0.0)), 1e-12) / hi
+    v = values.astype(np.float64)
+    errors = [
+        (np.sum((np.clip(np.rint(v / (top * f)), -hi - 1, hi) * top * f - v) ** 2), top * f)
+        for f in np.linspace(0.3, 1.0, 36)
+    ]
+    return min(errors)[1]
 
 
 def _sample(values: np.ndarray) -> np.ndarray:

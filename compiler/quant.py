@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compiler.format_ops import NARROW_INTS
 from compiler.graph import CompileError, QParams
 from sim.post_model import postprocess
 
@@ -102,6 +103,12 @@ def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
     nearest, ties to even, saturating)."""
     x = np.asarray(x, dtype=np.float32)
     scale = _along(q.scale.astype(np.float32), q, x.ndim)
+    if q.dtype in NARROW_INTS:  # codes are the values: symmetric, zero point 0
+        lo, hi = q.code_range
+        v = x / scale
+        if np.isnan(v).any():
+            raise CompileError(f"a NaN cannot be quantized to {q.dtype} codes here")
+        return np.clip(np.rint(v), lo, hi).astype(np.int64)
     if q.dtype in FLOAT_ACTIVATIONS:
         from qaccel import formats
 
@@ -114,7 +121,7 @@ def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
         return f.encode(v).astype(np.int64)
     zp = _along(q.zero_point.astype(np.int64), q, x.ndim)
     lo, hi = q.code_range
-    return np.clip(np.rint(x / scale).astype(np.int64) + zp, lo, hi)
+    return np.clip(np.rint(x / scale) + zp, lo, hi).astype(np.int64)  # saturating, inf too
 
 
 def dequantize(codes: np.ndarray, q: QParams) -> np.ndarray:

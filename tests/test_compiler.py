@@ -258,7 +258,7 @@ def test_precision_errors():
     for spec, message in [
         ("fc", "not PATTERN=WEIGHT"),
         ("fc*=int9*int8", "weight format 'int9'"),
-        ("fc*=int4*int4", "activations are int8"),
+        ("fc*=int4*int16", "activations are int8"),
     ]:
         with pytest.raises(CompileError, match=message):
             compile_model(zoo.mlp(), TINY, calibration=calib, precision=spec)
@@ -618,11 +618,11 @@ def test_float8_quantize_and_dequantize_equal_onnxruntime(fmt):
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # -0.0 too
 
 
-@pytest.mark.parametrize("fmt", ["posit8_0", "posit8_1", "posit8_2"])
+@pytest.mark.parametrize("fmt", ["posit8_0", "posit8_1", "posit8_2", "int4", "int3"])
 def test_posit_quantize_functions_equal_the_formats_rounding(fmt):
-    """The quantizer's posit Quantize / Dequantize (``compiler.format_ops``, run by
-    onnxruntime from their function bodies) and the host's quantize / dequantize agree on
-    every value, on both sides of every rounding boundary, and saturate alike."""
+    """The quantizer's posit and narrow-integer Quantize / Dequantize (``compiler.format_ops``,
+    run by onnxruntime from their function bodies) and the host's quantize / dequantize agree
+    on every value, on both sides of every rounding boundary, and saturate alike."""
     from compiler.format_ops import DOMAIN, dequantize_function, quantize_function, rounding_table
     from compiler.quant import dequantize, quantize
     from compiler.runtime import qparams_of
@@ -662,6 +662,20 @@ def test_posit_quantize_functions_equal_the_formats_rounding(fmt):
 def test_an_unknown_qaccel_domain_op_is_an_error():
     with pytest.raises(CompileError, match="op Quantize_posit16_1 of domain 'qaccel'"):
         load_onnx(_tiny_model("Quantize_posit16_1", "qaccel"))
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+@pytest.mark.parametrize("cfg", ["tiny", "edge"])
+def test_w4a4_from_the_quantizer(name, cfg):
+    """4-bit activations (symmetric, clipped by least squared error; the ``qaccel`` domain's
+    int4 Quantize / Dequantize) with 4-bit weights: the array's int4*int4 mode."""
+    from compiler.ptq import quantize_model
+
+    build, shape = MODELS[name]
+    q = quantize_model(build(), _inputs((8, *shape[1:]), SEED, 2), precision="*=int4*int4")
+    cm = compile_model(q, CONFIGS[cfg], batch=shape[0])
+    assert {(n["unit"], n["attrs"]["mode"]) for n in cm.layers} == {("array", "int4*int4")}
+    assert check_model(cm, q, _inputs(shape, SEED + 13)[0]) == 1.0  # measured
 
 
 def _float8_matmul_model(fmt: str, bias_scale: float = 0.1) -> onnx.ModelProto:

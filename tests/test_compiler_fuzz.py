@@ -167,6 +167,7 @@ def cases(draw):
             "fp8_e5m2*fp8_e5m2",
             "fp4_e2m1*fp8_e4m3",
             "posit8_0*posit8_0",
+            "int4*int4",
             "int8*fp8_e4m3",  # no unit has it: the host
         ]
         spec = ",".join(
