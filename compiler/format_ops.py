@@ -1,6 +1,7 @@
 """Quantize and dequantize for number formats ONNX has no element type for (posits, integers
-narrower than 8 bits, MX block formats), as functions of the model's own ``qaccel`` domain,
-so onnxruntime runs them and the frontend reads them as the quantization they stand for.
+narrower than 8 bits, FP6 and FP4, MX block formats), as functions of the model's own
+``qaccel`` domain, so onnxruntime runs them and the frontend reads them as the quantization
+they stand for.
 
 - ``qaccel.Quantize_<format>(x, scale) -> codes`` (uint8; int8 values for the narrow
   integers): x / scale in float32, rounded as ``qaccel.formats`` encodes it (the format's
@@ -31,6 +32,7 @@ __all__ = [
     "FUNCTION_FORMATS",
     "NARROW_INTS",
     "POSITS",
+    "SMALL_FLOATS",
     "dequantize_function",
     "format_of",
     "mx_format_of",
@@ -44,7 +46,9 @@ POSITS = ("posit8_0", "posit8_1", "posit8_2")
 # integers narrower than ONNX's int8 (the array's W4A4 and friends): their codes are their
 # values, held in int8 containers
 NARROW_INTS = ("int7", "int6", "int5", "int4", "int3", "int2")
-FUNCTION_FORMATS = POSITS + NARROW_INTS
+# OCP's FP6 and FP4 (no infinities, no NaN; -0 reads as 0)
+SMALL_FLOATS = ("fp6_e2m3", "fp6_e3m2", "fp4_e2m1")
+FUNCTION_FORMATS = POSITS + NARROW_INTS + SMALL_FLOATS
 
 
 def format_of(op_type: str) -> tuple[str, str] | None:

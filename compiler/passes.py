@@ -37,6 +37,7 @@ from compiler.graph import (
 from compiler.ptq import FLOAT_WEIGHTS, MX_FORMATS
 from compiler.quant import (
     FLOAT_ACTIVATIONS,
+    coarsen_for_bias,
     conv_attrs,
     float_ints,
     float_weight_codes,
@@ -472,23 +473,11 @@ def _float_weights(g, node, fmt: str):
 
 
 def _coarsen_for_bias(w: np.ndarray, wq: QParams, kind: str, bias: np.ndarray):
-    """Float weights' integers (value * 2**units) made coarser by 2**j in a channel whose
-    bias, in the accumulator's unit, exceeds the post-processing unit's 32 bits, where every
-    integer of the channel is a multiple of 2**j (exact): the unit grows, the bias shrinks."""
+    """``quant.coarsen_for_bias`` on a layer's weights (channels along its output axis)."""
     axis = 0 if kind == "conv" else w.ndim - 1
-    wc = np.moveaxis(np.asarray(w, np.int64), axis, 0).copy()
-    scale = np.broadcast_to(wq.scale.astype(np.float64).reshape(-1), (wc.shape[0],)).copy()
-    from qaccel import formats
-
-    f = formats.get_format(wq.dtype)
-    for c in range(wc.shape[0]):
-        over = abs(int(bias[c])) / (2**31 - 1)
-        j = int(np.ceil(np.log2(over))) if over > 1 else 0
-        values = (wc[c] >> j) * 2.0 ** -units(wq.dtype)
-        exact = np.array_equal(f.decode(f.encode(values)), values)  # posits taper: check
-        if j > 0 and not np.any(wc[c] % (1 << j)) and exact:
-            wc[c] >>= j
-            scale[c] *= 2.0**j
+    wc = np.moveaxis(np.asarray(w, np.int64), axis, 0)
+    scale = np.broadcast_to(wq.scale.astype(np.float64).reshape(-1), (wc.shape[0],))
+    wc, scale = coarsen_for_bias(wc, scale, wq.dtype, bias)
     return np.moveaxis(wc, 0, axis), replace(wq, scale=scale, axis=axis)
 
 

@@ -18,10 +18,12 @@
 - Narrower integer activations (int2..int7, e.g. W4A4 ``*=int4*int4``): symmetric, the
   clipping by least squared error on the calibration values; the input gets the ``qaccel``
   domain's integer Quantize / Dequantize (codes in int8 containers).
-- Float and posit activations (FP8 E4M3 / E5M2, posit8 with es 0..2): the layer's input gets
+- Float and posit activations (FP8 E4M3 / E5M2, FP6, FP4, posit8 with es 0..2; a float
+  bias written rounded to the accumulator's unit, which is coarse for FP4 x FP4, so
+  onnxruntime adds what the post-processing unit adds): the layer's input gets
   quantize -> dequantize to that format, after the int8 requantization of the layer before
   it, as the hardware passes it on: ONNX's QuantizeLinear / DequantizeLinear with float8
-  codes, or the ``qaccel`` domain's posit functions (``compiler.format_ops``); the model is
+  codes, or the ``qaccel`` domain's functions (``compiler.format_ops``); the model is
   converted to opset 19 when older. The scale maps the calibration values' largest magnitude
   to a power of two, chosen by least squared error, among those where the layer's bias in the
   accumulator's fixed point fits the post-processing unit's 32 bits.
@@ -65,7 +67,7 @@ from compiler.format_ops import (
     quantize_function,
 )
 from compiler.graph import CompileError
-from compiler.quant import FLOAT_ACTIVATIONS, float_weight_codes, units
+from compiler.quant import FLOAT_ACTIVATIONS, coarsen_for_bias, float_weight_codes, units
 
 __all__ = ["METADATA_PREFIX", "WEIGHT_FORMATS", "parse_precision", "quantize_model"]
 
@@ -447,9 +449,25 @@ def quantize_model(
             new_inits.append(numpy_helper.from_array(wf, wn))
             node.input[1] = wn
             meta[name] = fmt
+
+            def round_bias(bias_name: str, wf=wf, fmt=fmt, axis=axis, sx=sx, name=name) -> str:
+                """The float bias rounded to the accumulator's unit the frontend will add it
+                in, so onnxruntime adds the same value (the unit can be coarse: FP4 x FP4)."""
+                ints, scales = float_weight_codes(wf, fmt, axis)
+                unit = np.float64(sx) * scales
+                b = inits[bias_name].astype(np.float64).reshape(-1)
+                per_channel = np.moveaxis(ints, axis, 0).reshape(len(scales), -1)
+                _, scales = coarsen_for_bias(per_channel, scales, fmt, np.rint(b / unit))
+                unit = np.float64(sx) * scales
+                rounded = (np.rint(b / unit) * unit).astype(np.float32)
+                new_inits.append(numpy_helper.from_array(rounded, f"{name}_bf"))
+                return f"{name}_bf"
+
+            if len(node.input) > 2 and node.input[2] in inits:
+                node.input[2] = round_bias(node.input[2])
             nodes.append(node)
             emitted.update(node.output)
-            finish(node, w.shape[0 if axis == 0 else -1], None)
+            finish(node, w.shape[0 if axis == 0 else -1], round_bias)
             continue
         wn = f"{name}_wq"
         new_inits.append(numpy_helper.from_array(codes.astype(np.int8), wn))

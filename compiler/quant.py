@@ -37,13 +37,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.format_ops import NARROW_INTS
+from compiler.format_ops import NARROW_INTS, POSITS, SMALL_FLOATS
 from compiler.graph import CompileError, QParams
 from sim.post_model import postprocess
 
 __all__ = [
     "FLOAT_ACTIVATIONS",
     "GemmForm",
+    "coarsen_for_bias",
     "dequantize",
     "gemm_form",
     "im2col",
@@ -53,9 +54,9 @@ __all__ = [
 ]
 
 UINT8_SHIFT = 128
-# activation formats whose codes stand for values: ONNX's float8 element types, and 8-bit
-# posits (``compiler.format_ops``), as the array's float and posit modes take them
-FLOAT_ACTIVATIONS = ("fp8_e4m3", "fp8_e5m2", "posit8_0", "posit8_1", "posit8_2")
+# activation formats whose codes stand for values: ONNX's float8 element types, 8-bit posits,
+# FP6 and FP4 (``compiler.format_ops``), as the array's float and posit modes take them
+FLOAT_ACTIVATIONS = ("fp8_e4m3", "fp8_e5m2", *POSITS, *SMALL_FLOATS)
 
 
 def units(fmt: str) -> int:
@@ -118,7 +119,10 @@ def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
             raise CompileError(f"a NaN cannot be quantized to {q.dtype} codes here")
         # saturate=1 (ONNX's default, the only one the frontend takes): infinities too
         v = np.clip(v, -f.max_magnitude, f.max_magnitude)
-        return f.encode(v).astype(np.int64)
+        codes = f.encode(v).astype(np.int64)
+        if q.dtype in SMALL_FLOATS:  # one zero, as the qaccel domain's table has it
+            codes[f.decode(codes) == 0] = 0
+        return codes
     zp = _along(q.zero_point.astype(np.int64), q, x.ndim)
     lo, hi = q.code_range
     return np.clip(np.rint(x / scale) + zp, lo, hi).astype(np.int64)  # saturating, inf too
@@ -172,6 +176,26 @@ def float_weight_codes(
             raise CompileError(f"weights declared {fmt} are not {fmt} values times a power of two")
         ints[c], scales[c] = np.rint(wc[c] / 2.0**e * one), 2.0**e / one
     return np.moveaxis(ints, 0, axis), scales
+
+
+def coarsen_for_bias(wc: np.ndarray, scale: np.ndarray, fmt: str, bias: np.ndarray):
+    """Float weights' integers (value * 2**units, channels first) made coarser by 2**j in a
+    channel whose bias, in the accumulator's unit, exceeds the post-processing unit's 32
+    bits, where the channel's integers stay exact (multiples of 2**j, and values of the
+    format): the unit grows, the bias shrinks. Returns (integers, per-channel scales)."""
+    from qaccel import formats
+
+    f = formats.get_format(fmt)
+    wc, scale = np.array(wc, np.int64), np.array(scale, np.float64)
+    for c in range(wc.shape[0]):
+        over = abs(int(bias[c])) / (2**31 - 1)
+        j = int(np.ceil(np.log2(over))) if over > 1 else 0
+        values = (wc[c] >> j) * 2.0 ** -units(fmt)
+        exact = np.array_equal(f.decode(f.encode(values)), values)  # posits taper: check
+        if j > 0 and not np.any(wc[c] % (1 << j)) and exact:
+            wc[c] >>= j
+            scale[c] *= 2.0**j
+    return wc, scale
 
 
 def conv_attrs(a: dict, w_shape, source: str) -> dict:

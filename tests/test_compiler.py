@@ -618,7 +618,9 @@ def test_float8_quantize_and_dequantize_equal_onnxruntime(fmt):
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # -0.0 too
 
 
-@pytest.mark.parametrize("fmt", ["posit8_0", "posit8_1", "posit8_2", "int4", "int3"])
+@pytest.mark.parametrize(
+    "fmt", ["posit8_0", "posit8_1", "posit8_2", "int4", "int3", "fp4_e2m1", "fp6_e3m2"]
+)
 def test_posit_quantize_functions_equal_the_formats_rounding(fmt):
     """The quantizer's posit and narrow-integer Quantize / Dequantize (``compiler.format_ops``,
     run by onnxruntime from their function bodies) and the host's quantize / dequantize agree
@@ -662,6 +664,45 @@ def test_posit_quantize_functions_equal_the_formats_rounding(fmt):
 def test_an_unknown_qaccel_domain_op_is_an_error():
     with pytest.raises(CompileError, match="op Quantize_posit16_1 of domain 'qaccel'"):
         load_onnx(_tiny_model("Quantize_posit16_1", "qaccel"))
+
+
+SMALL_FLOATS = config.config_from_dict(
+    {
+        "name": "fp64",
+        "array": {
+            "rows": 4,
+            "cols": 4,
+            "dataflow": "os",
+            "modes": [
+                {"weight": "int8", "activation": "int8"},
+                {"weight": "fp4_e2m1", "activation": "fp4_e2m1"},
+                {"weight": "fp6_e2m3", "activation": "fp6_e2m3"},
+            ],
+        },
+        "memory": {
+            "scratchpad_kib": 16,
+            "scratchpad_banks": 2,
+            "accumulator_kib": 8,
+            "accumulator_banks": 2,
+        },
+        "dram": {"bytes_per_cycle": 8, "latency_cycles": 5},
+    }
+)
+
+
+@pytest.mark.parametrize("pair", ["fp4_e2m1*fp4_e2m1", "fp6_e2m3*fp6_e2m3"])
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_fp4_and_fp6_activations_from_the_quantizer(pair, name):
+    """FP4 and FP6 activations with weights of the same format: the accumulator's unit is
+    coarse (about an output LSB), so the quantizer writes the bias already rounded to it and
+    onnxruntime adds what the post-processing unit adds."""
+    from compiler.ptq import quantize_model
+
+    build, shape = MODELS[name]
+    q = quantize_model(build(), _inputs((8, *shape[1:]), SEED, 2), precision=f"*={pair}")
+    cm = compile_model(q, SMALL_FLOATS, batch=shape[0])
+    assert {(n["unit"], n["attrs"]["mode"]) for n in cm.layers} == {("array", pair)}
+    assert check_model(cm, q, _inputs(shape, SEED + 14)[0]) == 1.0  # measured
 
 
 @pytest.mark.parametrize("name", ["cnn", "mlp"])
