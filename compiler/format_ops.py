@@ -13,10 +13,11 @@ they stand for.
 Per-tensor scales only; no zero point (the code of 0 is 0).
 
 - ``qaccel.MXQuantize_<mx format>(x) -> x'``: x rounded to the MX format along its last axis
-  (a multiple of the block): each block's shared exponent floor(log2(amax)) - emax (the
-  floor counted against a table of powers of two, exact), its elements rounded as above,
-  then the values. The frontend reads it as the activation quantization of the GEMM that
-  reads x'; ``qaccel.formats.MXFormat.quantize`` is the reference.
+  (a multiple of the block; ``MXQuantizeChannels_``: along axis 1 of N x C x H x W): each
+  block's shared exponent floor(log2(amax)) - emax (the floor counted against a table of
+  powers of two, exact), its elements rounded as above, then the values. The frontend reads
+  it as the activation quantization of the GEMM that reads x';
+  ``qaccel.formats.MXFormat.quantize`` is the reference.
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ def format_of(op_type: str) -> tuple[str, str] | None:
     return None
 
 
-def mx_format_of(op_type: str) -> str | None:
-    """The MX format of one of this domain's ``MXQuantize_<format>`` ops."""
+def mx_format_of(op_type: str) -> tuple[str, int] | None:
+    """(MX format, axis) of one of this domain's ``MXQuantize_<format>`` (the last axis) or
+    ``MXQuantizeChannels_<format>`` (axis 1 of an N x C x H x W tensor) ops."""
     from qaccel import formats
 
     kind, _, fmt = op_type.partition("_")
-    return fmt if kind == "MXQuantize" and fmt in formats.MX_FORMATS else None
+    axis = {"MXQuantize": -1, "MXQuantizeChannels": 1}.get(kind)
+    return (fmt, axis) if axis is not None and fmt in formats.MX_FORMATS else None
 
 
 def _order_key(x) -> np.ndarray:
@@ -146,7 +149,9 @@ def dequantize_function(fmt: str, opset: int) -> onnx.FunctionProto:
     )
 
 
-def mx_quantize_function(mx: str, opset: int) -> onnx.FunctionProto:
+def mx_quantize_function(mx: str, opset: int, *, channels: bool = False) -> onnx.FunctionProto:
+    """``MXQuantize_<mx>``, or with ``channels`` ``MXQuantizeChannels_<mx>``: the blocks
+    along the channels of an N x C x H x W tensor (a convolution's input)."""
     from qaccel import formats
 
     f = formats.get_mx_format(mx)
@@ -163,8 +168,8 @@ def mx_quantize_function(mx: str, opset: int) -> onnx.FunctionProto:
         _const("lowest", np.array(-127, np.int64)),
         _const("highest", np.array(127, np.int64)),
         _const("bias", np.array(127, np.int64)),
-        helper.make_node("Shape", ["x"], ["shape"]),
-        helper.make_node("Reshape", ["x", "block_shape"], ["blocks"]),
+        helper.make_node("Shape", ["xl"], ["shape"]),
+        helper.make_node("Reshape", ["xl", "block_shape"], ["blocks"]),
         helper.make_node("Abs", ["blocks"], ["magnitudes"]),
         helper.make_node("ReduceMax", ["magnitudes", "last"], ["amax"], keepdims=1),
         helper.make_node("GreaterOrEqual", ["amax", "powers"], ["reached"]),
@@ -181,8 +186,13 @@ def mx_quantize_function(mx: str, opset: int) -> onnx.FunctionProto:
         helper.make_node("ReduceSum", ["above_ones", "last"], ["element"], keepdims=0),
         helper.make_node("Gather", ["values", "element"], ["rounded"]),
         helper.make_node("Mul", ["rounded", "scale"], ["dequantized"]),
-        helper.make_node("Reshape", ["dequantized", "shape"], ["y"]),
+        helper.make_node("Reshape", ["dequantized", "shape"], ["yl"]),
     ]
-    return helper.make_function(
-        DOMAIN, f"MXQuantize_{mx}", ["x"], ["y"], nodes, [helper.make_opsetid("", opset)]
-    )
+    if channels:  # channels last for the blocks, and back
+        nodes.insert(0, helper.make_node("Transpose", ["x"], ["xl"], perm=[0, 2, 3, 1]))
+        nodes.append(helper.make_node("Transpose", ["yl"], ["y"], perm=[0, 3, 1, 2]))
+    else:
+        nodes.insert(0, helper.make_node("Identity", ["x"], ["xl"]))
+        nodes.append(helper.make_node("Identity", ["yl"], ["y"]))
+    name = f"MXQuantize{'Channels' if channels else ''}_{mx}"
+    return helper.make_function(DOMAIN, name, ["x"], ["y"], nodes, [helper.make_opsetid("", opset)])

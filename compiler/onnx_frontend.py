@@ -141,8 +141,8 @@ def load_onnx(model, *, batch: int = 1):
         attrs = _attrs(node)
         if node.domain == DOMAIN and format_of(op):  # posit Quantize / Dequantize
             op, attrs["dtype"] = format_of(op)
-        elif node.domain == DOMAIN and mx_format_of(op):  # MX rounding of the last axis
-            op, attrs["format"] = "MXQuantize", mx_format_of(op)
+        elif node.domain == DOMAIN and mx_format_of(op):  # MX rounding along an axis
+            op, (attrs["format"], attrs["axis"]) = "MXQuantize", mx_format_of(op)
         elif (
             node.domain not in ("", "ai.onnx", "com.microsoft")
             and not node.domain.startswith("qonnx")

@@ -8,7 +8,7 @@ A ``qlinear`` op is a quantized Conv / MatMul / Gemm with constant weights, from
 format: QDQ (DequantizeLinear -> Conv/MatMul/Gemm [-> Add bias] [-> Add residual] [->
 Relu/Clip] -> QuantizeLinear; the residual a DequantizeLinear of int8 codes whose scale is
 2**k times the accumulator's unit, ``quant.residual_shift``), MX (the ``qaccel`` domain's
-MXQuantize -> MatMul/Gemm with weights the metadata declares MX [-> Add bias] [-> Relu/Clip]
+MXQuantize -> MatMul/Gemm/Conv with weights the metadata declares MX [-> Add bias] [-> Relu/Clip]
 -> QuantizeLinear) or QOperator (QLinearConv, QLinearMatMul, MatMulInteger, ConvInteger).
 Lowering turns each into im2col (host) [-> residual_rows | mx_rows (host)] -> qgemm (the
 systolic array or the LUT core, or the host when neither has the formats) -> fold_rows
@@ -268,7 +268,7 @@ def _fuse_qdq(g, n: str, config) -> bool:
     declared = g.graph.get("weight_formats", {}).get(src)
     mx = declared in MX_FORMATS and ins[1] in consts and _mx_source(g, ins[0]) is not None
     if mx:  # real values: the input rounded to MX blocks, the weights MX values
-        x_t, x_fmt = _mx_source(g, ins[0])
+        x_t, x_fmt, mx_axis = _mx_source(g, ins[0])
         one, zero = np.ones(1), np.zeros(1, np.int64)
         xs, ws = (x_t, QParams(one, zero, x_fmt)), (ins[1], QParams(one, zero, declared))
     if ws is not None and ws[1].dtype in FLOAT_ACTIVATIONS and ws[0] in consts:
@@ -335,8 +335,11 @@ def _fuse_qdq(g, n: str, config) -> bool:
     codes, wq = consts[ws[0]], ws[1]
     kind, w = _shape_weights(node["op"], codes, node["attrs"], src)
     if mx:
-        if kind != "matmul" or res_add is not None:
-            return False  # MX blocks run along a MatMul's K; a Conv or a residual: the host
+        # MX blocks run along a MatMul's K, or a Conv's channels (each tap's, channels last);
+        # anything else (a grouped Conv, blocks along another axis, a residual): the host
+        conv_ok = kind == "conv" and mx_axis == 1 and node["attrs"].get("group", 1) == 1
+        if res_add is not None or not (conv_ok or (kind == "matmul" and mx_axis == -1)):
+            return False
         return _fuse_mx(g, n, config, xs, w, yq, bias_add, clamp_ops, q_node)
     if (
         kind == "matmul"
@@ -387,11 +390,13 @@ def _fuse_qdq(g, n: str, config) -> bool:
 
 
 def _mx_source(g, t: str):
-    """(tensor, MX format) when ``t`` is an MXQuantize's output (``compiler.format_ops``)."""
+    """(tensor, MX format, axis) when ``t`` is an MXQuantize's output
+    (``compiler.format_ops``)."""
     prod = producer_map(g).get(t)
     if prod is None or g.nodes[prod]["op"] != "MXQuantize":
         return None
-    return g.nodes[prod]["inputs"][0], g.nodes[prod]["attrs"]["format"]
+    a = g.nodes[prod]["attrs"]
+    return g.nodes[prod]["inputs"][0], a["format"], a.get("axis", -1)
 
 
 def _fuse_mx(g, n, config, xs, w, yq, bias_add, clamp_ops, q_node) -> bool:
@@ -403,7 +408,9 @@ def _fuse_mx(g, n, config, xs, w, yq, bias_add, clamp_ops, q_node) -> bool:
     node, consts = g.nodes[n], g.graph["constants"]
     ins, src = node["inputs"], node["source"]
     w_fmt = g.graph["weight_formats"][src]
-    codes, scales = _mx_codes(np.asarray(w, np.float64).T, w_fmt, src)  # N x K: blocks on K
+    w = np.asarray(w, np.float64)
+    per_column = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1) if w.ndim == 4 else w.T
+    codes, scales = _mx_codes(per_column, w_fmt, src)  # N x K (a Conv's K: kh, kw, c)
     bias = None
     bias_t = ins[2] if len(ins) > 2 and ins[2] else (bias_add[1] if bias_add else None)
     if bias_t:
@@ -417,7 +424,8 @@ def _fuse_mx(g, n, config, xs, w, yq, bias_add, clamp_ops, q_node) -> bool:
             return False
     window = tuple(config.array.mx_scale_range) if config.array else modes.MX_SCALE_RANGE
     qn = g.nodes[q_node]
-    attrs = {"kind": "matmul", "x_q": xs[1], "y_q": yq, "w_dtype": w_fmt}
+    attrs = {"kind": "matmul"} if w.ndim == 2 else _conv_attrs(node, w.shape)
+    attrs.update(x_q=xs[1], y_q=yq, w_dtype=w_fmt, channels_last=w.ndim == 4)
     attrs.update(w_zp=np.zeros(1, np.int64), w_scale=np.ones(1), clamp=_clamp(g, clamp_ops, yq))
     attrs.update(w_mx_scales=scales.T, mx_window=window)
     _add_qlinear(g, n, [xs[0]], qn["outputs"][0], attrs, codes.T, bias, src)
@@ -616,9 +624,8 @@ def lower_gemms(g, config):
         r_t, o_t = f"{src}.rows", f"{src}.gemm_out"
         tensors[r_t] = Tensor((m, k), "quant")
         tensors[o_t] = Tensor((m, nn), "quant")
-        base = {
-            k: a[k] for k in ("kind", "kernel", "strides", "dilations", "pads", "group") if k in a
-        }
+        geometry = ("kind", "kernel", "strides", "dilations", "pads", "group", "channels_last")
+        base = {k: a[k] for k in geometry if k in a}
         base.update(x_q=a["x_q"], x_shift=form.x_shift)
         names = [f"{src}.im2col", f"{src}.gemm", f"{src}.fold"]
         add_op(g, names[0], "im2col", [x], [r_t], attrs=base, source=src)

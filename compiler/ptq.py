@@ -28,11 +28,11 @@
   to a power of two, chosen by least squared error, among those where the layer's bias in the
   accumulator's fixed point fits the post-processing unit's 32 bits.
 - MX block formats (MXFP8, MXFP6, MXFP4, MXINT8; MatMul and Gemm layers whose K is a
-  multiple of the block): the weights rounded to MX blocks along K per output column, stored
-  as their exact float values (metadata as above); the layer's input goes through the
-  ``qaccel`` domain's MX rounding of its last axis (``compiler.format_ops``), after the int8
-  requantization of the layer before it. A Conv is refused: its blocks would run along the
-  im2col rows, which no ONNX op expresses.
+  multiple of the block, Conv layers without groups whose channels are): the weights
+  rounded to MX blocks along K per output column (a Conv's channels of each tap), stored as
+  their exact float values (metadata as above); the layer's input goes through the
+  ``qaccel`` domain's MX rounding of its last axis, or its channels (``compiler.format_ops``),
+  after the int8 requantization of the layer before it.
 - Residual adds: a layer (int2..int8 weights, int8 activations) whose output, after its
   bias, feeds only an Add of an already computed tensor of its shape gets one weight scale
   for all channels, s_r / (s_x * 2**k) (s_r the residual's int8 scale; k the largest that
@@ -301,13 +301,14 @@ def quantize_model(
         qdq_of[key] = d
         return d
 
-    def mx_round(t: str, fmt: str) -> str:
-        """``t`` rounded to MX blocks along its last axis (``compiler.format_ops``)."""
-        key = (t, fmt, "mx")
+    def mx_round(t: str, fmt: str, channels: bool) -> str:
+        """``t`` rounded to MX blocks along its last axis, or its channels
+        (``compiler.format_ops``)."""
+        key = (t, fmt, "mx", channels)
         if key not in qdq_of:
-            fn = mx_quantize_function(fmt, _default_opset(model))
+            fn = mx_quantize_function(fmt, _default_opset(model), channels=channels)
             functions[fn.name] = fn
-            out = f"{t.replace('/', '_')}_{fmt}"
+            out = f"{t.replace('/', '_')}_{fmt}{'_channels' if channels else ''}"
             nodes.append(helper.make_node(fn.name, [t], [out], domain=DOMAIN))
             qdq_of[key] = out
         return qdq_of[key]
@@ -398,10 +399,9 @@ def quantize_model(
         trans_b = node.op_type == "Gemm" and any(x.name == "transB" and x.i for x in node.attribute)
         axis = 0 if node.op_type == "Conv" or trans_b else 1
         if fmt in MX_FORMATS:
-            node.input[0] = mx_round(node.input[0], act)
-            new_inits.append(
-                numpy_helper.from_array(_mx_weights(name, node, w, fmt, axis), f"{name}_wmx")
-            )
+            weights = _mx_weights(name, node, w, fmt, axis)
+            node.input[0] = mx_round(node.input[0], act, node.op_type == "Conv")
+            new_inits.append(numpy_helper.from_array(weights, f"{name}_wmx"))
             node.input[1] = f"{name}_wmx"
             meta[name] = fmt
             nodes.append(node)
@@ -585,23 +585,31 @@ def _residual_of(node, inits, readers, outputs, shape_of, emitted, claimed):
 
 
 def _mx_weights(name: str, node, w: np.ndarray, fmt: str, axis: int) -> np.ndarray:
-    """A MatMul / Gemm's weights rounded to MX blocks along K (per output column): exact
-    float values. MX layers need K a multiple of the block, and no Conv."""
+    """Weights rounded to MX blocks along K per output column: a MatMul / Gemm's K, a Conv's
+    channels of each tap (the compiler's K order for MX is kh, kw, c). Exact float values.
+    The blocks must be whole: K (a Conv's channels) a multiple of the block; a Conv not
+    grouped."""
     from qaccel import formats
 
     f = formats.get_mx_format(fmt)
+    w = np.asarray(w, np.float64)
     if node.op_type == "Conv":
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if group != 1:
+            raise CompileError(f"node {name}: MX formats take convolutions without groups")
+        k = w.shape[1]  # (OC, C, KH, KW): blocks along C, channels last
+        per_column = w.transpose(0, 2, 3, 1)
+    else:
+        per_column = np.moveaxis(w, axis, 0)  # N x K
+        k = per_column.shape[1]
+    if k % f.block:
+        what = "C" if node.op_type == "Conv" else "K"
         raise CompileError(
-            f"node {name}: MX formats are for MatMul and Gemm layers (blocks along the "
-            "input's last axis), not Conv"
-        )
-    per_column = np.moveaxis(np.asarray(w, np.float64), axis, 0)  # N x K
-    if per_column.shape[1] % f.block:
-        raise CompileError(
-            f"node {name}: K = {per_column.shape[1]} is not a multiple of the {fmt} block "
-            f"({f.block})"
+            f"node {name}: {what} = {k} is not a multiple of the {fmt} block ({f.block})"
         )
     rounded = f.quantize(per_column).dequantize()
+    if node.op_type == "Conv":
+        return rounded.transpose(0, 3, 1, 2).astype(np.float32)
     return np.moveaxis(rounded, 0, axis).astype(np.float32)
 
 

@@ -19,7 +19,8 @@ patches; the padding is the activation's zero point, so it reads as real 0. A gr
 convolution is one GEMM with block-diagonal weights.
 
 **MX.** An MX layer's rows are rounded to MX blocks on the host (element codes and an E8M0
-scale per block of 32 along K); the array sums each block exactly and adds it shifted by its
+scale per block of 32 along K; a Conv's K runs kh, kw, c, so a block is 32 channels of one
+tap, as the model rounds its input); the array sums each block exactly and adds it shifted by its
 two scales into a fixed-point window (``sim.array_model``); a block outside the window is an
 error, never a dropped sum. The accumulator's unit (2**-58 for MXFP8 with the default window)
 is finer than a 32-bit bias can follow, so the host adds the bias and requantizes the exact
@@ -217,7 +218,8 @@ def conv_attrs(a: dict, w_shape, source: str) -> dict:
 def im2col(x: np.ndarray, attrs: dict, pad_value: int) -> np.ndarray:
     """N x C x H x W values (codes or floats) -> (N * OH * OW) x (C * KH * KW) patches, padded
     with ``pad_value``; columns ordered (c, kh, kw), the order of an ONNX weight's trailing
-    axes."""
+    axes, or with ``attrs["channels_last"]`` (kh, kw, c): an MX block of channels of one
+    tap."""
     n, c, h, w = x.shape
     kh, kw = attrs["kernel"]
     sh, sw = attrs["strides"]
@@ -234,6 +236,8 @@ def im2col(x: np.ndarray, attrs: dict, pad_value: int) -> np.ndarray:
             patch = padded[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh]
             patch = patch[:, :, :, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
             cols[:, :, :, :, i, j] = patch.transpose(0, 2, 3, 1)
+    if attrs.get("channels_last"):
+        cols = cols.transpose(0, 1, 2, 4, 5, 3)
     return cols.reshape(n * oh * ow, c * kh * kw)
 
 

@@ -137,8 +137,9 @@ def run_op(node: dict, ins: list, *, programs: str) -> list:
     if op == "MXQuantize":
         from qaccel import formats
 
-        t = formats.get_mx_format(a["format"]).quantize(np.asarray(ins[0], np.float64))
-        return [t.dequantize().astype(np.float32)]
+        x = np.moveaxis(np.asarray(ins[0], np.float64), a.get("axis", -1), -1)
+        t = formats.get_mx_format(a["format"]).quantize(x)
+        return [np.moveaxis(t.dequantize(), -1, a.get("axis", -1)).astype(np.float32)]
     if op == "qgemm":
         form = a["form"]
         if programs == "sim" and node["unit"] != "host":

@@ -910,6 +910,47 @@ def test_mx_gemm_with_transposed_weights():
     assert check_model(cm, q, _inputs((3, 64), SEED + 12)[0]) == 1.0  # measured
 
 
+@pytest.mark.parametrize("pair", ["mxfp8_e4m3*mxfp8_e4m3", "mxint8*mxint8"])
+def test_mx_convolutions(pair):
+    """An MX Conv (stride, padding): blocks of 32 channels of each tap (the K order kh, kw, c;
+    the input's rounding ``MXQuantizeChannels``), then a 1x1 Conv, on the array's MX modes."""
+    rng = np.random.default_rng(SEED)
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["x", "w1", "b1"],
+            ["c1"],
+            name="conv1",
+            kernel_shape=[3, 3],
+            pads=[1] * 4,
+            strides=[2, 2],
+        ),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", kernel_shape=[1, 1]),
+    ]
+    inits = {
+        "w1": rng.normal(0, 0.06, (32, 32, 3, 3)),
+        "b1": rng.normal(0, 0.1, 32),
+        "w2": rng.normal(0, 0.2, (8, 32, 1, 1)),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "mx_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 32, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 3, 3])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(model, _inputs((2, 32, 6, 6), SEED, 2), precision=f"*={pair}")
+    cm = compile_model(q, MX, batch=2)
+    assert [(n["attrs"]["kind"], n["unit"], n["attrs"]["mode"]) for n in cm.layers] == [
+        ("conv", "array", pair)
+    ] * 2
+    assert check_model(cm, q, _inputs((2, 32, 6, 6), SEED + 15)[0]) == 1.0  # measured
+
+
 def test_mx_in_a_transformer_block_and_on_the_host():
     """Every projection of the transformer block in MXFP8 (3-D inputs, bias adds); the same
     layers on a configuration without MX modes run on the host, equal."""
@@ -936,8 +977,10 @@ def test_mx_errors():
     from compiler.ptq import quantize_model
 
     calib = _inputs((8, 1, 8, 8), SEED)
-    with pytest.raises(CompileError, match="MX formats are for MatMul and Gemm layers"):
+    with pytest.raises(CompileError, match="C = 1 is not a multiple of the mxfp8_e4m3 block"):
         quantize_model(zoo.cnn(), calib, precision="conv*=mxfp8_e4m3*mxfp8_e4m3")
+    with pytest.raises(CompileError, match="MX formats take convolutions without groups"):
+        quantize_model(zoo.cnn(), calib, precision="dw*=mxfp8_e4m3*mxfp8_e4m3")
     with pytest.raises(CompileError, match="K = 40 is not a multiple of the mxint8 block"):
         quantize_model(zoo.mlp((40, 8)), _inputs((4, 40), SEED), precision="*=mxint8*mxint8")
     with pytest.raises(CompileError, match="MX formats pair only with MX formats"):
