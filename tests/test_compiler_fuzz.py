@@ -1,10 +1,10 @@
 """Random small networks through the compiler (hypothesis): convolutions of every shape the
 lowering takes (kernel, stride, padding, groups), dense layers, pooling, residual adds and
 host-only ops, quantized by onnxruntime (QDQ or QOperator, int8 or uint8, per tensor or per
-channel) or by the compiler's PTQ with random per-layer precisions (float8 and posit
-activations included), compiled for a random preset. Each one compiles and the simulator matches the
-integer reference bit for bit and, op by op on the same inputs, onnxruntime within 1 LSB, or
-it fails with a CompileError; nothing else may happen.
+channel) or by the compiler's PTQ with random per-layer precisions (float8, posit, int4 and
+MX included), compiled for a random preset or an odd configuration. Each one compiles and
+the simulator matches the integer reference bit for bit and, op by op on the same inputs,
+onnxruntime within 1 LSB, or it fails with a CompileError; nothing else may happen.
 
 ``make test`` runs 100 graphs; ``make test-all`` adds 4 x 250.
 """
@@ -41,6 +41,24 @@ CONFIGS = [config.load_config(f"configs/{n}.toml") for n in ("tiny", "edge", "lu
                 "modes": [
                     {"weight": "int8", "activation": "uint8"},
                     {"weight": "int4", "activation": "uint8"},
+                ],
+            },
+            "memory": _MEMORY,
+            "dram": {"bytes_per_cycle": 8, "latency_cycles": 5},
+        }
+    ),
+    config.config_from_dict(  # MX modes beside int8
+        {
+            "name": "mx33",
+            "array": {
+                "rows": 3,
+                "cols": 3,
+                "dataflow": "os",
+                "max_k": 64,
+                "modes": [
+                    {"weight": "int8", "activation": "int8"},
+                    {"weight": "mxfp8_e4m3", "activation": "mxfp8_e4m3"},
+                    {"weight": "mxint8", "activation": "mxint8"},
                 ],
             },
             "memory": _MEMORY,
@@ -122,10 +140,10 @@ def networks(draw):
         x = net.node("Flatten", [x], axis=1)
         k = c * h * w
     else:
-        k = draw(st.integers(1, 40))
+        k = draw(st.one_of(st.integers(1, 40), st.sampled_from([32, 64])))  # MX: whole blocks
         shape, x = [batch, k], "x"
     for _ in range(draw(st.integers(1, 2))):  # dense layers
-        n = draw(st.integers(1, 24))
+        n = draw(st.one_of(st.integers(1, 24), st.just(32)))
         wt = rng.normal(0, 1 / np.sqrt(k), (k, n))
         if draw(st.booleans()):
             x = net.node("Gemm", [x, net.const(wt.T), net.const(rng.normal(0, 0.1, n))], transB=1)
@@ -150,6 +168,7 @@ def networks(draw):
 @st.composite
 def cases(draw):
     model, shape = draw(networks())
+    cfg = draw(st.sampled_from(CONFIGS))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     calib = [rng.normal(size=shape).astype(np.float32) for _ in range(2)]
     if draw(st.booleans()):
@@ -168,17 +187,23 @@ def cases(draw):
             "fp4_e2m1*fp8_e4m3",
             "posit8_0*posit8_0",
             "int4*int4",
+            "mxfp8_e4m3*mxfp8_e4m3",  # MatMul / Gemm with K a multiple of 32; else refused
+            "mxint8*mxint8",
             "int8*fp8_e4m3",  # no unit has it: the host
         ]
+        conv_pairs = [p for p in pairs if not p.startswith("mx")]  # channels rarely whole blocks
+        if cfg.name == "mx33":  # the MX modes, often
+            pairs += ["mxfp8_e4m3*mxfp8_e4m3", "mxint8*mxint8"] * 4
         spec = ",".join(
-            f"{op}*={draw(st.sampled_from(pairs))}" for op in ("conv", "matmul", "gemm")
+            f"{op}*={draw(st.sampled_from(conv_pairs if op == 'conv' else pairs))}"
+            for op in ("conv", "matmul", "gemm")
         )
         try:
             quantized = quantize_model(model, calib, precision=spec)
         except CompileError:  # a clean refusal by the quantizer
             quantized = None
     x = rng.normal(size=shape).astype(np.float32)
-    return quantized, shape, x, draw(st.sampled_from(CONFIGS))
+    return quantized, shape, x, cfg
 
 
 def check(case) -> None:
