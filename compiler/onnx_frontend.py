@@ -164,7 +164,29 @@ def load_onnx(model, *, batch: int = 1):
         add_op(g, name, op, list(node.input), list(node.output), attrs=attrs)
     g.graph["outputs"] = [vi.name for vi in graph.output]
     _fill_shapes(g, shapes)
+    _check_mx_blocks(g)
     return g
+
+
+def _check_mx_blocks(g) -> None:
+    """The MX rounding function blocks the flattened tensor, the compiler each row along the
+    axis: they agree only when the axis holds whole blocks."""
+    from qaccel import formats
+
+    for n in g.graph["order"]:
+        node = g.nodes[n]
+        if node["op"] != "MXQuantize":
+            continue
+        shape = g.graph["tensors"][node["inputs"][0]].shape
+        length, block = (
+            shape[node["attrs"]["axis"]],
+            formats.get_mx_format(node["attrs"]["format"]).block,
+        )
+        if length % block:
+            raise CompileError(
+                f"node {n}: {length} values along the MX axis, not a multiple of {block} "
+                "(the block)"
+            )
 
 
 def _code_type(name: str, node, attrs: dict, elem: dict) -> None:

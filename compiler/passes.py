@@ -23,6 +23,7 @@ from dataclasses import replace
 import networkx as nx
 import numpy as np
 
+from compiler.format_ops import NARROW_INTS
 from compiler.graph import (
     CompileError,
     QParams,
@@ -48,6 +49,7 @@ from compiler.quant import (
 )
 from compiler.runtime import qparams_of, run_op
 from qaccel import config as qconfig
+from qaccel import formats
 from qaccel.program import ProgramError
 
 __all__ = ["PIPELINE", "run_pipeline"]
@@ -633,7 +635,8 @@ def lower_gemms(g, config):
         if form.mx:  # real rows -> MX element codes and block scales
             codes_t, scales_t = f"{src}.mx_codes", f"{src}.mx_scales"
             tensors[codes_t] = Tensor((m, k), "quant")
-            tensors[scales_t] = Tensor((m, -(-k // 32)), "quant")
+            block = formats.get_mx_format(form.x_format).block
+            tensors[scales_t] = Tensor((m, -(-k // block)), "quant")
             names.insert(1, f"{src}.mx_rows")
             add_op(
                 g,
@@ -716,6 +719,8 @@ def assign_units(g, config):
         own = a["x_dtype"]
         as_is = own not in ("int8", "uint8")  # float, posit, MX or narrow integer codes
         acts = [own] if as_is else [own, "int8" if own == "uint8" else "uint8"]
+        if own in NARROW_INTS:  # their codes are int8 codes too
+            acts.append("int8")
         act_name = own if as_is else "int8"
         choice = next(
             (

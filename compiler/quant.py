@@ -126,6 +126,8 @@ def quantize(x: np.ndarray, q: QParams) -> np.ndarray:
         return codes
     zp = _along(q.zero_point.astype(np.int64), q, x.ndim)
     lo, hi = q.code_range
+    if np.isnan(x).any():
+        raise CompileError(f"a NaN cannot be quantized to {q.dtype} codes here")
     return np.clip(np.rint(x / scale) + zp, lo, hi).astype(np.int64)  # saturating, inf too
 
 
@@ -490,12 +492,30 @@ def residual_rows(r: np.ndarray, how: tuple, codes_shift: int) -> np.ndarray:
     return rows.reshape(-1, rows.shape[-1]) + codes_shift
 
 
-def gemm_reference(a: np.ndarray, form: GemmForm, residual=None, x_scales=None) -> np.ndarray:
+def _mx_on_the_host(codes, x_scales, form: GemmForm) -> np.ndarray:
+    """An MX layer the host runs: the dequantized blocks multiplied in float64 (no scale
+    window to leave), the bias added, requantized with round half to even."""
+    from qaccel import formats
+
+    xv = formats.get_mx_format(form.x_format).dequantize(x_scales, codes)
+    wv = formats.get_mx_format(form.w_mx).dequantize(form.w_scales.T, form.weights.T).T
+    y_scale = 2.0**-form.mx_frac / float(form.multiplier[0])
+    bias = np.array([float(b) for b in form.bias]) * 2.0**-form.mx_frac
+    y = np.rint((xv @ wv + bias) / y_scale) + form.zero_point
+    return np.clip(y, form.lo, form.hi).astype(np.int64)
+
+
+def gemm_reference(
+    a: np.ndarray, form: GemmForm, residual=None, x_scales=None, *, host: bool = False
+) -> np.ndarray:
     """The accelerator's result for input rows ``a`` (shifted codes): the exact integer
     product, then the post-processing unit's contract (``sim.post_model``); ``residual``:
     its M x N codes (``residual_rows``) when the form has one. MX forms take the rows' E8M0
     ``x_scales``: the array model's exact block sums, then the host's epilogue; a block
-    whose scales fall outside the array's window is an error, not a dropped sum."""
+    whose scales fall outside the array's window is an error, not a dropped sum (``host``:
+    the layer runs on the host, which has no window)."""
+    if form.mx and host:
+        return _mx_on_the_host(a, x_scales, form)
     if form.mx:
         from sim.array_model import reference
 

@@ -158,7 +158,7 @@ def run_op(node: dict, ins: list, *, programs: str) -> list:
                 y = y + form.bias
             return [np.asarray(y, dtype=np.int64)]
         if form.mx:
-            return [gemm_reference(ins[0], form, x_scales=ins[1])]
+            return [gemm_reference(ins[0], form, x_scales=ins[1], host=node["unit"] == "host")]
         return [gemm_reference(ins[0], form, _opt(ins, 1))]
     if op == "fold_rows":
         return [fold_rows(ins[0], a["how"])]

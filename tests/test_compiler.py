@@ -951,6 +951,85 @@ def test_mx_convolutions(pair):
     assert check_model(cm, q, _inputs((2, 32, 6, 6), SEED + 15)[0]) == 1.0  # measured
 
 
+def _mx_matmul_model(k: int, scale: float = 1.0) -> onnx.ModelProto:
+    """x (4 x K) -> the qaccel domain's MX rounding -> MatMul with MXINT8 weights (declared
+    in the metadata) -> int8: a model another tool could write."""
+    from compiler.format_ops import DOMAIN, mx_quantize_function
+    from compiler.ptq import METADATA_PREFIX
+    from qaccel import formats
+
+    rng = np.random.default_rng(SEED)
+    f = formats.get_mx_format("mxint8")
+    w = f.quantize(rng.normal(0, scale, (8, k))).dequantize().T.astype(np.float32)
+    nodes = [
+        helper.make_node("MXQuantize_mxint8", ["x"], ["xm"], domain=DOMAIN),
+        helper.make_node("MatMul", ["xm", "w"], ["mm"], name="fc"),
+        helper.make_node("QuantizeLinear", ["mm", "ys", "yz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(w, "w"),
+        onnx.numpy_helper.from_array(np.float32(0.5 * scale * scale), "ys"),
+        onnx.numpy_helper.from_array(np.int8(0), "yz"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mx",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+        inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid(DOMAIN, 1)],
+        ir_version=10,
+        functions=[mx_quantize_function("mxint8", 19)],
+    )
+    model.metadata_props.append(
+        onnx.StringStringEntryProto(key=METADATA_PREFIX + "fc", value="mxint8")
+    )
+    return model
+
+
+def test_mx_blocks_must_be_whole():
+    """The MX rounding function blocks the flattened tensor, the compiler each row: a K that
+    is not a multiple of the block is refused, not computed differently."""
+    with pytest.raises(CompileError, match="40 values along the MX axis, not a multiple of 32"):
+        compile_model(_mx_matmul_model(40), MX, batch=4)
+    cm = compile_model(_mx_matmul_model(64), MX, batch=4)
+    assert check_model(cm, _mx_matmul_model(64), _inputs((4, 64), SEED + 16)[0]) == 1.0
+
+
+def test_mx_layers_on_the_host_have_no_scale_window():
+    """Large values put an MXINT8 block's scales outside the array's window: on the array an
+    error, on the host (a configuration without MX modes) the exact result."""
+    model = _mx_matmul_model(64, scale=30.0)
+    x = _inputs((4, 64), SEED + 17)[0] * 30
+    with pytest.raises(CompileError, match="outside the array's scale window"):
+        compile_model(model, MX, batch=4).run({"x": x})
+    on_host = compile_model(model, TINY, batch=4)
+    assert [n["unit"] for n in on_host.layers] == ["host"]
+    assert check_model(on_host, model, x) == 1.0
+
+
+def test_a_nan_input_is_an_error():
+    cm = compile_model(_quantized("mlp", "qdq", "int8", True), TINY, batch=4)
+    x = _inputs((4, 64), SEED)[0]
+    x[0, 0] = np.nan
+    for programs in ("sim", "reference"):
+        with pytest.raises(CompileError, match="a NaN cannot be quantized"):
+            cm.run({"x": x}, programs=programs)
+
+
+def test_narrow_integer_activations_take_an_int8_mode_when_theirs_is_missing():
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(zoo.mlp(), _inputs((8, 64), SEED, 2), precision="*=int8*int6")
+    cm = compile_model(q, TINY, batch=4)  # no int8*int6 mode: int6 codes are int8 codes
+    assert {(n["unit"], n["attrs"]["mode"]) for n in cm.layers} == {("array", "int8*int8")}
+    assert check_model(cm, q, _inputs((4, 64), SEED + 18)[0]) == 1.0
+
+
 def test_mx_in_a_transformer_block_and_on_the_host():
     """Every projection of the transformer block in MXFP8 (3-D inputs, bias adds); the same
     layers on a configuration without MX modes run on the host, equal."""
