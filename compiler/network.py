@@ -88,6 +88,8 @@ class CompiledModel:
                 out.append((node["source"], node["op"]))
             elif node["op"] == "qgemm" and node["unit"] == "host":
                 out.append((node["source"], f"qgemm ({node['attrs'].get('why_host')})"))
+            elif node["op"] == "qgemm" and node["attrs"]["form"].mx:
+                out.append((node["source"], "MX bias and requantization"))
         return out
 
     def report(self) -> list[LayerRow]:

@@ -878,6 +878,8 @@ def test_mx_formats_from_the_quantizer(precision, tmp_path):
     cm = compile_model(q, MX, batch=4)
     modes = [n["attrs"]["mode"] for n in cm.layers]
     assert all(n["unit"] == "array" for n in cm.layers)
+    mx_layers = [n["source"] for n in cm.layers if n["attrs"]["form"].mx]
+    assert [s for s, op in cm.host_ops() if op == "MX bias and requantization"] == mx_layers
     assert modes[0].startswith(precision.split("=")[1].split(",")[0].split("*")[0])
     x = _inputs((4, 64), SEED + 10)[0]
     assert check_model(cm, q, x) == 1.0  # measured
