@@ -16,6 +16,7 @@ sys.path.insert(0, str(HERE))
 import array_synth  # noqa: E402
 import engine_speed  # noqa: E402
 import format_speed  # noqa: E402
+import generate_speed  # noqa: E402
 import lut_vs_mac  # noqa: E402
 import resnet18_compile  # noqa: E402
 import scalesim_compare  # noqa: E402
@@ -31,6 +32,7 @@ SECTIONS = {
         scalesim_compare,
         utilization,
         resnet18_compile,
+        generate_speed,
     )
 }
 

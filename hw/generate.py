@@ -14,6 +14,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Signal
 from amaranth.lib import wiring
 
+from hw import netlist_check
 from qaccel import config
 
 __all__ = ["TOPS", "build_top", "generate", "manifest", "ports", "to_verilog"]
@@ -42,6 +43,7 @@ _WAKE = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*dump_module\$\d+) +=
 
 
 def to_verilog(component: wiring.Component, name: str) -> str:
+    netlist_check.install()  # Amaranth's cycle check dominated large arrays' generation
     signals = [
         v.as_value() if hasattr(v, "as_value") else v
         for _, _, v in component.signature.flatten(component)
