@@ -70,9 +70,6 @@ def units(fmt: str) -> int:
     return 0 if f.kind in ("int", "binary", "ternary") else -f.lsb_exponent
 
 
-weight_units = units
-
-
 def float_ints(codes: np.ndarray, fmt: str) -> np.ndarray:
     """Codes of a float format -> the compiler's integers, value * 2**units (exact)."""
     from qaccel import formats

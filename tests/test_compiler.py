@@ -666,27 +666,18 @@ def test_an_unknown_qaccel_domain_op_is_an_error():
         load_onnx(_tiny_model("Quantize_posit16_1", "qaccel"))
 
 
-SMALL_FLOATS = config.config_from_dict(
+SMALL_FLOATS = _odd_config(
+    "fp64",
     {
-        "name": "fp64",
-        "array": {
-            "rows": 4,
-            "cols": 4,
-            "dataflow": "os",
-            "modes": [
-                {"weight": "int8", "activation": "int8"},
-                {"weight": "fp4_e2m1", "activation": "fp4_e2m1"},
-                {"weight": "fp6_e2m3", "activation": "fp6_e2m3"},
-            ],
-        },
-        "memory": {
-            "scratchpad_kib": 16,
-            "scratchpad_banks": 2,
-            "accumulator_kib": 8,
-            "accumulator_banks": 2,
-        },
-        "dram": {"bytes_per_cycle": 8, "latency_cycles": 5},
-    }
+        "rows": 4,
+        "cols": 4,
+        "dataflow": "os",
+        "modes": [
+            {"weight": "int8", "activation": "int8"},
+            {"weight": "fp4_e2m1", "activation": "fp4_e2m1"},
+            {"weight": "fp6_e2m3", "activation": "fp6_e2m3"},
+        ],
+    },
 )
 
 
@@ -837,29 +828,20 @@ def test_float8_posit_mx_and_residual_layers_on_icarus_equal_the_simulator(tmp_p
 
 # --- MX block formats -----------------------------------------------------------------------------
 
-MX = config.config_from_dict(
+MX = _odd_config(
+    "mx44",
     {
-        "name": "mx44",
-        "array": {
-            "rows": 4,
-            "cols": 4,
-            "dataflow": "os",
-            "max_k": 64,
-            "modes": [
-                {"weight": "int8", "activation": "int8"},
-                {"weight": "mxfp8_e4m3", "activation": "mxfp8_e4m3"},
-                {"weight": "mxint8", "activation": "mxint8"},
-                {"weight": "mxfp4", "activation": "mxfp8_e4m3"},
-            ],
-        },
-        "memory": {
-            "scratchpad_kib": 16,
-            "scratchpad_banks": 2,
-            "accumulator_kib": 8,
-            "accumulator_banks": 2,
-        },
-        "dram": {"bytes_per_cycle": 8, "latency_cycles": 5},
-    }
+        "rows": 4,
+        "cols": 4,
+        "dataflow": "os",
+        "max_k": 64,
+        "modes": [
+            {"weight": "int8", "activation": "int8"},
+            {"weight": "mxfp8_e4m3", "activation": "mxfp8_e4m3"},
+            {"weight": "mxint8", "activation": "mxint8"},
+            {"weight": "mxfp4", "activation": "mxfp8_e4m3"},
+        ],
+    },
 )
 
 
@@ -1169,6 +1151,57 @@ def test_a_residual_at_a_power_of_two_of_the_accumulator_scale_is_fused(tmp_path
         compile_model(other, TINY, batch=2)  # the conv is left in float: nothing to map
     got = execute(load_onnx(other, batch=2), {"x": x})["y"]
     np.testing.assert_allclose(got, ort_outputs(other, x)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pair",
+    ["int8*int8", "fp8_e4m3*fp8_e4m3", "int4*int4", "posit8_0*posit8_0", "fp4_e2m1*fp4_e2m1"],
+)
+def test_each_format_pair_alone_on_a_3x5_weight_stationary_array(pair):
+    """A configuration that is not a preset: one mode, one dataflow, an odd array; the CNN's
+    layers (and its residual add, fused for int8) on it."""
+    w, a = pair.split("*")
+    cfg = _odd_config(
+        "ws35", {"rows": 3, "cols": 5, "dataflow": "ws", "modes": [{"weight": w, "activation": a}]}
+    )
+    from compiler.ptq import quantize_model
+
+    q = quantize_model(zoo.cnn(), _inputs((8, 1, 8, 8), SEED, 2), precision=f"*={pair}")
+    cm = compile_model(q, cfg, batch=2)
+    assert {(n["unit"], n["attrs"]["mode"]) for n in cm.layers} == {("array", pair)}
+    fused = [n["attrs"]["form"].res_shift is not None for n in cm.layers]
+    assert any(fused) == (pair == "int8*int8")
+    assert check_model(cm, q, _inputs((2, 1, 8, 8), SEED + 20)[0]) == 1.0  # measured
+
+
+def test_mx_rounding_function_equals_the_mx_quantizer():
+    """``MXQuantize_<format>`` run by onnxruntime against ``MXFormat.quantize`` on blocks of
+    zeros, of subnormal float32 values beside large ones, of huge and tiny magnitudes."""
+    from compiler.format_ops import DOMAIN, mx_quantize_function
+    from qaccel import formats
+
+    rng = np.random.default_rng(SEED)
+    x = (rng.normal(size=(6, 64)) * np.exp(rng.normal(size=(6, 64)) * 3)).astype(np.float32)
+    x[0, :32] = 0
+    x[1, :5] = np.float32(2.0**-130)
+    x[2, 3] = 1e38
+    x[3, 7] = -(2.0**20)
+    for mx in formats.MX_FORMATS:
+        graph = helper.make_graph(
+            [helper.make_node(f"MXQuantize_{mx}", ["x"], ["y"], domain=DOMAIN)],
+            "mx",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 64])],
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid(DOMAIN, 1)],
+            ir_version=10,
+            functions=[mx_quantize_function(mx, 19)],
+        )
+        (got,) = ort_outputs(model, x)
+        want = formats.get_mx_format(mx).quantize(x.astype(np.float64)).dequantize()
+        assert np.array_equal(got, want.astype(np.float32)), mx
 
 
 def test_float8_layers_no_unit_has_run_on_the_host():
