@@ -20,6 +20,13 @@ What the resources count, all Yosys cells after synthesis, before nextpnr packs 
   package has pins is synthesized behind ``fpga.io_wrapper`` (``wrapped_io``), whose registers
   are then part of every figure.
 
+Per block (``SynthReport.blocks``): a second Yosys run keeps the design's hierarchy
+(``-noflatten``) and counts each module's own cells, times its instances; a block is a
+module's path below the top with instance indices dropped (``pe_3_1/accumulator`` ->
+``pe/accumulator``), the top's own logic is named after the top, and the serial I/O wrapper is
+``io_wrapper``. Flattening lets Yosys optimize across boundaries, so the blocks add up to a
+little more than the flat figures.
+
 Fmax is nextpnr's achieved frequency for the clock net of ``clk`` (Amaranth's sync clock).
 nextpnr-ice40 times every ``SB_MAC16`` port as a register, pipelined or not, so paths through a
 combinational DSP multiplier are cut there: on the UP5K, Fmax leaves out the DSPs' own delay.
@@ -46,6 +53,7 @@ __all__ = [
     "DoesNotFit",
     "SynthReport",
     "Usage",
+    "block_counts",
     "logic_counts",
     "read_ports",
     "synthesize",
@@ -169,6 +177,8 @@ class SynthReport:
     wrapped_io: bool  # the figures include the serial I/O wrapper's registers
     tools: dict[str, str]
     pnr_utilization: dict[str, Usage] = field(default_factory=dict)  # nextpnr's, used > 0
+    # block -> {"instances", "LUT4", "FF", "DSP"}, from the hierarchical run (block_counts)
+    blocks: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -207,7 +217,32 @@ class SynthReport:
             )
         if self.wrapped_io:
             lines.append("I/O: behind the serial wrapper, whose registers are counted above")
+        if self.blocks:
+            lines += [
+                "",
+                "per block (hierarchy kept; instances together):",
+                block_table(self.blocks),
+            ]
         return "\n".join(lines)
+
+
+BLOCK_RESOURCES = ("LUT4", "FF", "DSP")
+
+
+def block_table(blocks: dict[str, dict[str, int]]) -> str:
+    """Blocks by LUT4, largest first, with their share of the blocks' total."""
+    total = sum(b["LUT4"] for b in blocks.values()) or 1
+    rows = [("block", "instances", *BLOCK_RESOURCES, "LUT4 %")]
+    for name, b in sorted(blocks.items(), key=lambda kv: (-kv[1]["LUT4"], kv[0])):
+        counts = [str(b[r]) for r in BLOCK_RESOURCES]
+        rows.append((name, str(b["instances"]), *counts, f"{100 * b['LUT4'] / total:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        )
+        for r in rows
+    )
 
 
 def _device(target: str) -> Device:
@@ -271,17 +306,60 @@ def _sources(verilog: Path | list[Path]) -> list[Path]:
     return resolved
 
 
-def _count(stat: dict, top: str, family: str) -> dict[str, int]:
-    module = stat["modules"].get(f"\\{top}") or stat["modules"][top]
-    cells = module["num_cells_by_type"]
+def _module(stat: dict, name: str) -> dict:
+    return stat["modules"].get(f"\\{name}") or stat["modules"][name]
+
+
+def _cells(cells: dict[str, int], family: str) -> dict[str, int]:
     used = {
         resource: sum(n for cell, n in cells.items() if cell.startswith(prefixes))
         for resource, prefixes in _CELLS[family].items()
     }
     if family == "ecp5":
         used["LUT4"] += 2 * used["carry"]  # a CCU2C is two LUT4s and their carry logic
-    used["IO"] = module["num_port_bits"]
     return used
+
+
+def _count(stat: dict, top: str, family: str) -> dict[str, int]:
+    module = _module(stat, top)
+    return _cells(module["num_cells_by_type"], family) | {"IO": module["num_port_bits"]}
+
+
+_INDEX = re.compile(r"(_\d+)+$")
+
+
+def _block_name(module: str, top: str) -> str:
+    """A module's block: its path below ``top`` without instance indices."""
+    if module == top:
+        return top
+    if module == wrapper_name(top):
+        return "io_wrapper"
+    path = module.removeprefix(f"{top}.").split(".")
+    return "/".join(_INDEX.sub("", part) or part for part in path)
+
+
+def _blocks(stat: dict, design_top: str, top: str, family: str) -> dict[str, dict[str, int]]:
+    """Per block: instances and the cells of every instance's own logic (``block_counts``)."""
+    modules = {name.removeprefix("\\"): m for name, m in stat["modules"].items()}
+    blocks: dict[str, dict[str, int]] = {}
+
+    def visit(name: str, times: int) -> None:
+        cells = modules[name]["num_cells_by_type"]
+        own = _cells(
+            {c: n for c, n in cells.items() if c.removeprefix("\\") not in modules}, family
+        )
+        block = blocks.setdefault(
+            _block_name(name, top), dict.fromkeys(("instances", *BLOCK_RESOURCES), 0)
+        )
+        block["instances"] += times
+        for resource in BLOCK_RESOURCES:
+            block[resource] += times * own[resource]
+        for cell, n in cells.items():
+            if cell.removeprefix("\\") in modules:
+                visit(cell.removeprefix("\\"), times * n)
+
+    visit(design_top, 1)
+    return blocks
 
 
 def _check_fit(used: dict[str, int], device: Device) -> None:
@@ -355,6 +433,27 @@ def logic_counts(verilog: Path | list[Path], top: str, target: str, out_dir: Pat
     return _count(json.loads((out_dir / "stat.json").read_text()), top, device.family)
 
 
+def block_counts(
+    verilog: Path | list[Path], top: str, target: str, out_dir: Path, *, design_top: str = ""
+) -> dict[str, dict[str, int]]:
+    """LUT4, FF and DSP per block of ``top`` (see the module docstring), from Yosys with the
+    hierarchy kept; ``design_top``: the module synthesized, when it is not ``top`` (the I/O
+    wrapper around it). Writes ``stat_blocks.json`` and ``yosys_blocks.log`` to ``out_dir``."""
+    device = _device(target)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    design_top = design_top or top
+    _yosys(
+        _sources(verilog),
+        f"{_SYNTH[device.family]} -noflatten -top {design_top}; "
+        "tee -q -o stat_blocks.json stat -json",
+        out_dir,
+        "yosys_blocks.log",
+    )
+    stat = json.loads((out_dir / "stat_blocks.json").read_text())
+    return _blocks(stat, design_top, top, device.family)
+
+
 def synthesize(
     verilog: Path | list[Path],
     top: str,
@@ -365,16 +464,18 @@ def synthesize(
     router: str = "router1",
     clock_mhz: float | None = None,
     wrap_io: bool | None = None,
+    blocks: bool = True,
 ) -> SynthReport:
     """Synthesize, place and route ``top`` from ``verilog`` for ``target`` (a key of
-    ``TARGETS``); write logs and ``report.json`` to ``out_dir`` and return the report.
+        ``TARGETS``); write logs and ``report.json`` to ``out_dir`` and return the report.
 
-    ``router``: nextpnr's router (``ROUTERS``). ``clock_mhz``: the constraint for ``clk``
-    (nextpnr's default is 12 MHz); missing it is reported in ``timing_met``, not raised.
-    ``wrap_io``: put the top behind the serial I/O wrapper (``fpga.io_wrapper``); None wraps it
-    when its port bits, ``clk`` included, exceed the package's pins. Raises ``DoesNotFit`` when a
-    resource overflows, ``OSError`` when a tool fails (with its last error line and the log's
-    path)."""
+        ``router``: nextpnr's router (``ROUTERS``). ``clock_mhz``: the constraint for ``clk``
+        (nextpnr's default is 12 MHz); missing it is reported in ``timing_met``, not raised.
+        ``wrap_io``: put the top behind the serial I/O wrapper (``fpga.io_wrapper``); None wraps it
+        when its port bits, ``clk`` included, exceed the package's pins. ``blocks``: also count the
+    resources per block (``block_counts``: one more Yosys run). Raises ``DoesNotFit`` when a
+        resource overflows, ``OSError`` when a tool fails (with its last error line and the log's
+        path)."""
     device = _device(target)
     if not isinstance(top, str) or not _IDENT.fullmatch(top):
         raise ValueError(f"top must be a Verilog module name, not {top!r}")
@@ -387,7 +488,8 @@ def synthesize(
     sources = _sources(verilog)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("ports.json", "stat.json", "nextpnr_report.json", "report.json"):
+    stale_files = ("ports.json", "stat.json", "stat_blocks.json", "nextpnr_report.json")
+    for stale in (*stale_files, "report.json"):
         (out_dir / stale).unlink(missing_ok=True)  # a failed run must not leave old results
 
     wrapped = False
@@ -408,6 +510,7 @@ def synthesize(
     used = _count(stat, synth_top, device.family)
     _check_fit(used, device)
 
+    per_block = block_counts(sources, top, target, out_dir, design_top=synth_top) if blocks else {}
     pnr = _nextpnr(device, seed, router, clock_mhz, out_dir)
     clock = _clock(pnr.get("fmax", {}))
     report = SynthReport(
@@ -426,6 +529,7 @@ def synthesize(
             for cell, u in pnr.get("utilization", {}).items()
             if u["used"]
         },
+        blocks=per_block,
     )
     (out_dir / "report.json").write_text(report.to_json())
     return report

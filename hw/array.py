@@ -172,10 +172,14 @@ class SystolicArray(wiring.Component):
         m.d.comb += self.busy.eq((flight != 0) | ws_busy)
 
         # ---- edges: decode, register, skew --------------------------------------------
+        # (submodules, so that synthesis with the hierarchy kept counts them apart)
+        m.submodules.decoders = dec = Module()
+        m.submodules.skew = skew = Module()
+        m.submodules.deskew = deskew = Module()
         a_edge = []
         for r in range(rows):
             tagged = Signal(dp.a_tagged(), name=f"a_edge{r}")
-            op = self._decode_activation(m, self.a.payload.data[r], a_mode, f"a{r}")
+            op = self._decode_activation(dec, self.a.payload.data[r], a_mode, f"a{r}")
             m.d.comb += [
                 tagged.op.eq(op),
                 tagged.valid.eq(a_take),
@@ -189,17 +193,17 @@ class SystolicArray(wiring.Component):
                     tagged.scale.eq(self.a.payload.scale[r]),
                     tagged.block_end.eq(block_end),
                 ]
-            a_edge.append(self._delay(m, tagged, r + 1, f"a_skew{r}"))
+            a_edge.append(self._delay(skew, tagged, r + 1, f"a_skew{r}"))
         w_edge, ctrl_edge = [], []
         for c in range(cols):
-            op = self._decode_weight(m, self.w.payload.data[c], self.w.payload.mode, f"w{c}")
+            op = self._decode_weight(dec, self.w.payload.data[c], self.w.payload.mode, f"w{c}")
             if dp.mx:
-                m.d.comb += op.scale.eq(self.w.payload.scale[c])
-            w_edge.append(self._delay(m, op, c + 1, f"w_skew{c}"))
+                dec.d.comb += op.scale.eq(self.w.payload.scale[c])
+            w_edge.append(self._delay(skew, op, c + 1, f"w_skew{c}"))
             if dp.ws:
                 ctrl = Signal(3, name=f"ws_ctrl{c}")
                 m.d.comb += ctrl.eq(Cat(ws_shift, ws_latch, ws_latch_bank))
-                ctrl_edge.append(self._delay(m, ctrl, c + 1, f"ws_ctrl_skew{c}"))
+                ctrl_edge.append(self._delay(skew, ctrl, c + 1, f"ws_ctrl_skew{c}"))
 
         # ---- the PE grid -----------------------------------------------------------------
         grid = [[PE(dp, top=r == 0) for c in range(cols)] for r in range(rows)]
@@ -227,7 +231,7 @@ class SystolicArray(wiring.Component):
 
         # ---- de-skew ---------------------------------------------------------------------
         for c in range(cols):
-            out = self._delay(m, grid[rows - 1][c].p_out, cols - 1 - c, f"o_deskew{c}")
+            out = self._delay(deskew, grid[rows - 1][c].p_out, cols - 1 - c, f"o_deskew{c}")
             m.d.comb += [self.o.payload.data[c].eq(out.value)]
             if dp.has_invalid:
                 m.d.comb += self.o.payload.invalid[c].eq(out.invalid)

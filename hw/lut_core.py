@@ -172,15 +172,18 @@ class LutCore(wiring.Component):
         ]
         s_sum = [Signal(signed(wide), name=f"s{r}") for r in range(rows)]
         a_fresh = Signal(init=1)  # the next a beat starts a tile
+        # Sub-blocks as submodules, so that synthesis with the hierarchy kept counts them apart.
+        m.submodules.table_unit = tu = Module()
+        m.submodules.row_correction = cu = Module()
         for r in range(rows):
             acts = [self.a.payload.data[r][j] for j in range(g)]
             acts = [a.as_signed() if self._act.signed else a for a in acts]
-            with m.If(a_take):
+            with tu.If(a_take):
                 for e in range(entries):
-                    m.d.sync += table[r][e].eq(
+                    tu.d.sync += table[r][e].eq(
                         sum(acts[j] if (e >> j) & 1 else -acts[j] for j in range(g))
                     )
-                m.d.sync += s_sum[r].eq(_sat(Mux(a_fresh, 0, s_sum[r]) + sum(acts), wide))
+                tu.d.sync += s_sum[r].eq(_sat(Mux(a_fresh, 0, s_sum[r]) + sum(acts), wide))
         with m.If(a_take):
             m.d.sync += [table_last.eq(self.a.payload.last), a_fresh.eq(self.a.payload.last)]
         consumed = w_take & last_plane
@@ -225,22 +228,23 @@ class LutCore(wiring.Component):
         idx_bits = self.w.payload.data
         for r in range(rows):
             corr = Signal(signed(wide + 6), name=f"corr{r}")
-            m.d.comb += corr.eq(s_sum[r] * correction)
+            cu.d.comb += corr.eq(s_sum[r] * correction)
             for c in range(cols):
+                m.submodules[f"cell_{r}_{c}"] = cell = Module()
                 idx = idx_bits[c]
                 top = idx[g - 1]
                 low = Mux(top, ~idx, idx)[: g - 1]
                 entry = table[r][low]
                 scaled = Signal(signed(self.entry_bits + 3), name=f"term{r}_{c}")
-                m.d.comb += scaled.eq(entry << shift)
+                cell.d.comb += scaled.eq(entry << shift)
                 term = Mux(top ^ negative, -scaled, scaled)
                 acc = Signal(signed(wide), name=f"acc{r}_{c}")
                 total = Signal(signed(wide), name=f"sum{r}_{c}")
-                m.d.comb += total.eq(_sat(Mux(acc_fresh, 0, acc) + term, wide))
-                with m.If(w_take):
-                    m.d.sync += acc.eq(total)
-                    with m.If(tile_end):
-                        m.d.sync += hold[r][c].eq(_sat((total + corr) >> 1, self._acc_bits))
+                cell.d.comb += total.eq(_sat(Mux(acc_fresh, 0, acc) + term, wide))
+                with cell.If(w_take):
+                    cell.d.sync += acc.eq(total)
+                    with cell.If(tile_end):
+                        cell.d.sync += hold[r][c].eq(_sat((total + corr) >> 1, self._acc_bits))
         with m.If(w_take & tile_end):
             m.d.sync += [pending.eq(rows), row.eq(0)]
         with m.Elif(pending != 0):

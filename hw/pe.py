@@ -223,35 +223,40 @@ class PE(wiring.Component):
         dp = self._dp
         a = self.a_in
         m.d.sync += self.a_out.eq(a)
+        # Sub-blocks as submodules, so that synthesis with the hierarchy kept can say where the
+        # area goes (fpga.synth.block_counts); flattened, they cost nothing.
+        m.submodules.multiplier = mul = Module()
+        m.submodules.accumulator = accu = Module()
 
         # Weights: the chain register (w_out), and two banks in weight-stationary designs.
         with m.If(self.os | self.w_shift):
             m.d.sync += self.w_out.eq(self.w_in)
         weight = Signal(dp.w_operand())
         if dp.ws:
+            m.submodules.weight_banks = wb = Module()
             banks = [Signal(dp.w_operand(), name=f"bank{i}") for i in range(2)]
-            with m.If(self.w_latch & ~self.os):
-                with m.If(self.w_latch_bank):
-                    m.d.sync += banks[1].eq(self.w_in)
-                with m.Else():
-                    m.d.sync += banks[0].eq(self.w_in)
+            with wb.If(self.w_latch & ~self.os):
+                with wb.If(self.w_latch_bank):
+                    wb.d.sync += banks[1].eq(self.w_in)
+                with wb.Else():
+                    wb.d.sync += banks[0].eq(self.w_in)
             ws_weight = Mux(a.bank, banks[1], banks[0])
-            m.d.comb += weight.eq(Mux(self.os, self.w_in, ws_weight) if dp.os else ws_weight)
+            wb.d.comb += weight.eq(Mux(self.os, self.w_in, ws_weight) if dp.os else ws_weight)
         else:
             m.d.comb += weight.eq(self.w_in)
 
         product = Signal(signed(dp.product_bits))
-        lo, hi = Signal(signed(dp.acc_width)), Signal(signed(dp.acc_width))
         mode = _ModeControls(dp)
-        self._multiply(m, weight, a.op, a.mode, product, lo, hi, mode)
+        self._multiply(mul, weight, a.op, a.mode, product)
+        self._mx_controls(accu, a.mode, mode)
         special = (weight.special | a.op.special) if dp.has_special else Const(0)
 
         # The OS accumulator restarts with each tile, and in MX modes with each block.
         restart = a.first
         new_block = Signal(init=1)
         if dp.mx:
-            with m.If(a.valid & self.os):
-                m.d.sync += new_block.eq(a.block_end)
+            with accu.If(a.valid & self.os):
+                accu.d.sync += new_block.eq(a.block_end)
             restart = a.first | (mode.mx & new_block)
 
         # One saturating adder serves both dataflows: it adds this cycle's product to the
@@ -262,19 +267,23 @@ class PE(wiring.Component):
         else:
             base = self.p_in.value if dp.ws else Mux(restart, 0, acc)
         total, raw = Signal(signed(dp.acc_width)), Signal(signed(dp.acc_width + 1))
-        m.d.comb += [raw.eq(base + product), total.eq(Mux(raw < lo, lo, Mux(raw > hi, hi, raw)))]
+        accu.d.comb += raw.eq(base + product)
+        sum_widths = [s.block_width if s.block else s.acc_width for s in dp.modes]
+        _clamp(accu, a.mode, raw, total, sum_widths)
 
         ws_next, os_next = Signal.like(self.p_out), Signal.like(self.p_out)
         if dp.ws:
-            m.d.comb += [ws_next.value.eq(total), ws_next.valid.eq(a.valid)]
+            accu.d.comb += [ws_next.value.eq(total), ws_next.valid.eq(a.valid)]
             if dp.has_invalid:  # MX modes have no weight-stationary form: never a valid sum
-                m.d.comb += ws_next.invalid.eq(self.p_in.invalid | (a.valid & (special | mode.mx)))
+                accu.d.comb += ws_next.invalid.eq(
+                    self.p_in.invalid | (a.valid & (special | mode.mx))
+                )
         if dp.os:
-            self._output_stationary(m, a, weight, acc, total, special, restart, mode, os_next)
+            self._output_stationary(accu, a, weight, acc, total, special, restart, mode, os_next)
         if dp.ws and dp.os:
-            m.d.sync += self.p_out.eq(Mux(self.os, os_next, ws_next))
+            accu.d.sync += self.p_out.eq(Mux(self.os, os_next, ws_next))
         else:
-            m.d.sync += self.p_out.eq(ws_next if dp.ws else os_next)
+            accu.d.sync += self.p_out.eq(ws_next if dp.ws else os_next)
         return m
 
     def _output_stationary(self, m, a, weight, acc, total, special, restart, mode, os_next):
@@ -325,8 +334,8 @@ class PE(wiring.Component):
         raw = Signal(signed(dp.acc_width + 1))
         m.d.comb += raw.eq(Mux(live, outer.value, 0) + shifted)
         new = Signal(dp.psum())
+        _clamp(m, a.mode, raw, new.value, [spec.acc_width for spec in dp.modes])
         m.d.comb += [
-            new.value.eq(Mux(raw < mode.mx_lo, mode.mx_lo, Mux(raw > mode.mx_hi, mode.mx_hi, raw))),
             new.invalid.eq(
                 (live & outer.invalid) | block_invalid | nan_scale | (~fits & (block != 0))
             ),
@@ -335,9 +344,16 @@ class PE(wiring.Component):
             m.d.sync += [outer.eq(new), live.eq(~a.last)]
         return new
 
-    def _multiply(self, m, weight, act, mode, product, lo, hi, controls):
-        """product = this cycle's sum of lane products (float: shifted into accumulator LSBs);
-        lo, hi = the bounds of the sum it joins; ``controls``: the mode's other settings."""
+    def _mx_controls(self, m, mode, controls):
+        """``controls.mx``: the mode is an MX mode."""
+        if self._dp.mx:
+            with m.Switch(mode):
+                for index, spec in enumerate(self._dp.modes):
+                    with m.Case(index):
+                        m.d.comb += controls.mx.eq(bool(spec.block))
+
+    def _multiply(self, m, weight, act, mode, product):
+        """product = this cycle's sum of lane products (float: shifted into accumulator LSBs)."""
         dp = self._dp
         s, sw = dp.slices, dp.slice_bits
         w_slices = [Signal(signed(sw + 1), name=f"w_slice{j}") for j in range(s)]
@@ -349,15 +365,6 @@ class PE(wiring.Component):
             for index, spec in enumerate(dp.modes):
                 with m.Case(index):
                     self._route(m, spec, weight, act, w_slices, a_slices, positions)
-                    low, high = spec.block_range if spec.block else spec.acc_range
-                    m.d.comb += [lo.eq(low), hi.eq(high)]
-                    if spec.block:
-                        mx_low, mx_high = spec.acc_range
-                        m.d.comb += [
-                            controls.mx.eq(1),
-                            controls.mx_lo.eq(mx_low),
-                            controls.mx_hi.eq(mx_high),
-                        ]
                     if not spec.integer:
                         m.d.comb += [is_float.eq(1), shift.eq(weight.shift + act.shift)]
         lane_sum = Signal(signed(8 + ACT_SIG_BITS + 2))
@@ -396,12 +403,26 @@ class PE(wiring.Component):
 
 
 class _ModeControls:
-    """Per-mode settings beyond the multiplier's: MX block scaling and its saturation bounds."""
+    """Per-mode settings beyond the multiplier's: MX block scaling."""
 
     def __init__(self, dp: Datapath):
         self.mx = Signal(name="mx_mode")
-        self.mx_lo = Signal(signed(dp.acc_width), name="mx_lo")
-        self.mx_hi = Signal(signed(dp.acc_width), name="mx_hi")
+
+
+def _clamp(m, mode, raw, out, widths):
+    """out = raw saturated to the signed range of ``widths[mode]`` bits. ``raw`` (one bit wider
+    than ``out``) cannot overflow itself, so it fits where its bits from ``width - 1`` up are
+    all equal, and the bound it passed is given by its sign: an AND/OR tree and one LUT per
+    bit, not two magnitude comparators."""
+    fits, limit = Signal(), Signal.like(out)
+    sign = raw[-1]
+    with m.Switch(mode):
+        for index, width in enumerate(widths):
+            with m.Case(index):
+                high = raw[width - 1 :]
+                low, top = -(1 << (width - 1)), (1 << (width - 1)) - 1
+                m.d.comb += [fits.eq(high.all() | ~high.any()), limit.eq(Mux(sign, low, top))]
+    m.d.comb += out.eq(Mux(fits, raw, limit))
 
 
 def _slice_product(w, a, slices: int):
