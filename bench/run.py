@@ -21,12 +21,14 @@ import lut_vs_mac  # noqa: E402
 import resnet18_compile  # noqa: E402
 import scalesim_compare  # noqa: E402
 import utilization  # noqa: E402
+import yardstick  # noqa: E402
 
 SECTIONS = {
     m.__name__: m
     for m in (
         format_speed,
         array_synth,
+        yardstick,
         lut_vs_mac,
         engine_speed,
         scalesim_compare,

@@ -228,10 +228,17 @@ class SystolicArray(wiring.Component):
                         pe.p_in.eq(grid[r - 1][c].p_out),
                         pe.tok_in.eq(grid[r - 1][c].tok_out),
                     ]
+                    if dp.ws and dp.os:
+                        m.d.comb += pe.d_in.eq(grid[r - 1][c].d_out)
 
         # ---- de-skew ---------------------------------------------------------------------
         for c in range(cols):
-            out = self._delay(deskew, grid[rows - 1][c].p_out, cols - 1 - c, f"o_deskew{c}")
+            bottom = grid[rows - 1][c]
+            result = bottom.p_out
+            if dp.ws and dp.os:
+                result = Signal.like(bottom.p_out, name=f"result{c}")
+                m.d.comb += result.eq(Mux(os, bottom.d_out, bottom.p_out))
+            out = self._delay(deskew, result, cols - 1 - c, f"o_deskew{c}")
             m.d.comb += [self.o.payload.data[c].eq(out.value)]
             if dp.has_invalid:
                 m.d.comb += self.o.payload.invalid[c].eq(out.invalid)

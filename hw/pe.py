@@ -36,8 +36,10 @@ the window) add nothing and set ``invalid``.
 while the other bank computes); the partial sum flows down, ``p_out = sat(p_in + w*a)``.
 Output-stationary: weights flow down, activations right; the PE accumulates and, at the tile's
 last step, moves the sum to ``hold``; a token that walks down the column at half speed tells the
-PE when to insert ``hold`` into the partial-sum chain, so the tile's rows leave the bottom on
-consecutive cycles while the next tile accumulates.
+PE when to insert ``hold`` into the drain chain, so the tile's rows leave the bottom on
+consecutive cycles while the next tile accumulates. The drain chain is the partial-sum chain
+(``p_in``/``p_out``) in an output-stationary-only PE and a chain of its own (``d_in``/``d_out``)
+in a PE with both dataflows, whose column picks one at the bottom.
 """
 
 from __future__ import annotations
@@ -213,6 +215,9 @@ class PE(wiring.Component):
                 "w_latch_bank": In(1),
                 "p_in": In(dp.psum()),
                 "p_out": Out(dp.psum()),
+                # Both dataflows: the output-stationary drain chain runs beside the partial
+                # sums (one chain would need a wide multiplexer in front of its register).
+                **({"d_in": In(dp.psum()), "d_out": Out(dp.psum())} if dp.ws and dp.os else {}),
                 "tok_in": In(1),
                 "tok_out": Out(1),
             }
@@ -278,15 +283,21 @@ class PE(wiring.Component):
                 accu.d.comb += ws_next.invalid.eq(
                     self.p_in.invalid | (a.valid & (special | mode.mx))
                 )
+        drain_in, drain_out = (
+            (self.d_in, self.d_out) if dp.ws and dp.os else (self.p_in, self.p_out)
+        )
         if dp.os:
-            self._output_stationary(accu, a, weight, acc, total, special, restart, mode, os_next)
-        if dp.ws and dp.os:
-            accu.d.sync += self.p_out.eq(Mux(self.os, os_next, ws_next))
-        else:
-            accu.d.sync += self.p_out.eq(ws_next if dp.ws else os_next)
+            self._output_stationary(
+                accu, a, weight, acc, total, special, restart, mode, drain_in, os_next
+            )
+            accu.d.sync += drain_out.eq(os_next)
+        if dp.ws:
+            accu.d.sync += self.p_out.eq(ws_next)
         return m
 
-    def _output_stationary(self, m, a, weight, acc, total, special, restart, mode, os_next):
+    def _output_stationary(
+        self, m, a, weight, acc, total, special, restart, mode, drain_in, os_next
+    ):
         dp = self._dp
         acc_invalid = Signal()
         hold = Signal(dp.psum())
@@ -312,7 +323,7 @@ class PE(wiring.Component):
             m.d.sync += [delay.eq(self.tok_in), insert.eq(delay)]
         m.d.comb += [
             self.tok_out.eq(insert),
-            os_next.eq(Mux(insert, hold, self.p_in)),
+            os_next.eq(Mux(insert, hold, drain_in)),
         ]
 
     def _block_scaling(self, m, a, weight, block_sum, block_invalid, mode):

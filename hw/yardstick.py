@@ -19,7 +19,7 @@ gives, ``cols - 1`` cycles later, result row ``rows - 1 - i``.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -63,7 +63,7 @@ class PlainWS(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         rows, cols = self._rows, self._cols
-        weight = [[Signal(signed(8), name=f"w_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        weight = [[Signal(signed(8), name=f"wt_{r}_{c}") for c in range(cols)] for r in range(rows)]
         with m.If(self.load):
             for c in range(cols):
                 m.d.sync += weight[0][c].eq(self.w[c])
@@ -71,22 +71,24 @@ class PlainWS(wiring.Component):
                     m.d.sync += weight[r][c].eq(weight[r - 1][c])
         act = [_delay(m, self.a[r], r, f"a_skew{r}") for r in range(rows)]
         psum = [
-            [Signal(signed(ACC_BITS), name=f"p_{r}_{c}") for c in range(cols)] for r in range(rows)
+            [Signal(signed(ACC_BITS), name=f"psum_{r}_{c}") for c in range(cols)]
+            for r in range(rows)
         ]
         for r in range(rows):
-            a = act[r]
+            a, v = act[r], _delay(m, self.valid, r, f"v_skew{r}")
             for c in range(cols):
-                a_reg = Signal(signed(8), name=f"a_{r}_{c}")
-                m.d.sync += a_reg.eq(a)
-                above = psum[r - 1][c] if r else 0
-                m.d.sync += psum[r][c].eq(above + a * weight[r][c])
-                a = a_reg
-        bottom_valid = _delay(m, self.valid, rows - 1, "v_skew")
+                a_reg = Signal(signed(8), name=f"act_{r}_{c}")
+                v_reg = Signal(name=f"valid_{r}_{c}")
+                m.d.sync += [a_reg.eq(a), v_reg.eq(v)]
+                product = a * weight[r][c]
+                above = psum[r - 1][c] if r else Const(0, signed(ACC_BITS))
+                with m.If(v):
+                    m.d.sync += psum[r][c].eq(above + product)
+                a, v = a_reg, v_reg
         for c in range(cols):
-            bottom_valid = _delay(m, bottom_valid, 1, f"ov{c}")
             out = _delay(m, psum[rows - 1][c], cols - 1 - c, f"o_deskew{c}")
             m.d.comb += self.o[c].eq(out)
-        m.d.comb += self.o_valid.eq(bottom_valid)
+        m.d.comb += self.o_valid.eq(_delay(m, self.valid, rows + cols - 1, "o_valid_delay"))
         return m
 
 
