@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from fpga.io_wrapper import Port, wrapper_verilog
-from fpga.synth import ROUTERS, TARGETS, Device, DoesNotFit, _pnr_failure, synthesize
+from fpga.synth import (
+    ROUTERS,
+    TARGETS,
+    Device,
+    DoesNotFit,
+    _block_name,
+    _pnr_failure,
+    block_counts,
+    synthesize,
+)
 
 ADDER = """
 module adder8(input clk, input rst, input [7:0] a, input [7:0] b, output reg [8:0] y);
@@ -50,6 +59,29 @@ module wide(input clk, input rst, input [199:0] d, output reg [7:0] y);
     for (i = 0; i < 25; i = i + 1) x = x ^ d[8 * i +: 8];
   end
   always @(posedge clk) y <= rst ? 8'd0 : x;
+endmodule
+"""
+
+
+# Named as Amaranth names submodules: the top's path, a dot, the submodule's name.
+HIERARCHY = r"""
+module \top.lane_0 (input clk, input [7:0] a, input [7:0] b, output reg [8:0] y);
+  always @(posedge clk) y <= a + b;
+endmodule
+module \top.lane_1 (input clk, input [7:0] a, input [7:0] b, output reg [8:0] y);
+  always @(posedge clk) y <= a + b;
+endmodule
+module \top.mul (input clk, input [15:0] a, input [15:0] b, output reg [31:0] y);
+  always @(posedge clk) y <= a * b;
+endmodule
+module top(input clk, input rst, input [15:0] a, input [15:0] b, output reg [31:0] y,
+           output [17:0] s);
+  reg [15:0] ra, rb;
+  wire [31:0] p;
+  always @(posedge clk) begin ra <= a; rb <= b; y <= p; end
+  \top.lane_0 lane_0 (.clk(clk), .a(ra[7:0]), .b(rb[7:0]), .y(s[8:0]));
+  \top.lane_1 lane_1 (.clk(clk), .a(ra[15:8]), .b(rb[15:8]), .y(s[17:9]));
+  \top.mul mul (.clk(clk), .a(ra), .b(rb), .y(p));
 endmodule
 """
 
@@ -108,6 +140,39 @@ def test_ecp5_multiplier_maps_to_dsp(tmp_path):
     assert report.resources["DSP"].used == 2
     assert report.pnr_utilization["MULT18X18D"].used == 2
     assert report.fmax_mhz > 0
+
+
+@pytest.mark.parametrize(
+    ("module", "block"),
+    [
+        ("array", "array"),
+        ("array_io_wrapper", "io_wrapper"),
+        ("array.pe_3_1", "pe"),
+        ("array.pe_3_1.accumulator", "pe/accumulator"),
+        ("array.skew", "skew"),
+        ("lut_core.cell_0_12", "cell"),
+    ],
+)
+def test_block_names(module, block):
+    assert _block_name(module, module.split(".")[0].removesuffix("_io_wrapper")) == block
+
+
+def test_resources_per_block(tmp_path):
+    verilog = write(tmp_path, "top", HIERARCHY)
+    blocks = block_counts(verilog, "top", "ecp5-25k", tmp_path / "blocks")
+    assert set(blocks) == {"top", "lane", "mul"}
+    assert blocks["lane"]["instances"] == 2 and blocks["lane"]["FF"] == 2 * 9
+    assert blocks["lane"]["LUT4"] >= 2 * 8  # two 8-bit adders: at least a LUT4 per bit
+    assert blocks["mul"] == {"instances": 1, "LUT4": 0, "FF": 32, "DSP": 1}
+    assert blocks["top"]["FF"] == 16 + 16 + 32 and blocks["top"]["DSP"] == 0
+    # The flat run of synthesize counts the same registers, and its table lists the blocks.
+    report = synthesize(verilog, "top", "ecp5-25k", tmp_path / "out", wrap_io=False)
+    assert report.blocks == blocks
+    assert sum(b["FF"] for b in blocks.values()) == report.resources["FF"].used
+    assert sum(b["DSP"] for b in blocks.values()) == report.resources["DSP"].used == 1
+    table = report.table()
+    assert "per block" in table and "lane" in table.split("per block")[1]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["blocks"] == blocks
 
 
 def test_too_many_multipliers_for_up5k(tmp_path):
