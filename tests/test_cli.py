@@ -152,6 +152,12 @@ def test_synth_writes_a_report_and_prints_the_table(tmp_path, capsys):
     assert report["resources"]["FF"]["used"] > 8 and report["fmax_mhz"] > 0
     table = capsys.readouterr().out
     assert "LUT4" in table and "Fmax" in table
+    # Per block: the multiplier holds the DSP, the accumulator and skew registers are apart.
+    blocks = report["blocks"]
+    assert blocks["pe/multiplier"]["DSP"] == 1 and blocks["pe/multiplier"]["instances"] == 1
+    assert blocks["pe/accumulator"]["FF"] >= 32 and blocks["pe/accumulator"]["LUT4"] > 0
+    assert sum(b["DSP"] for b in blocks.values()) == 1
+    assert "pe/accumulator" in table.split("per block")[1]
 
 
 def test_synth_names_the_resource_that_overflows(tmp_path, capsys):
