@@ -47,7 +47,7 @@ def synth_plain(dataflow: str, size: int, target: str) -> dict:
     verilog = out / f"{name}.v"
     block = {"ws": PlainWS, "os": PlainOS}[dataflow](size, size)
     verilog.write_text(to_verilog(block, name))
-    return synthesize(verilog, name, target, out, clock_mhz=100.0).to_dict()
+    return synthesize(verilog, name, target, out, clock_mhz=100.0, wrap_io=True).to_dict()
 
 
 def ours_name(size: int, dataflow: str) -> str:
