@@ -767,9 +767,9 @@ def _array_blocking(g, config, spec, mode, os, m, steps, tiles_n, ep, max_chunk)
                     continue
                 gemms = -(-m // tm) * tiles_n * -(-steps // ks)
                 if os:
-                    array = tiles_i * max(ks, rows) + 2 * rows + cols + 6
+                    array = tiles_i * max(ks, rows) + 2 * rows + cols + 6 + g.pe_stages
                 else:
-                    array = (ks // rows) * max(tm, rows) + 2 * rows + cols + 6
+                    array = (ks // rows) * max(tm, rows) + 2 * rows + cols + 6 + g.pe_stages
                 loads = (ks + a_rows / nb + scale_rows) * row_beats + 2 * (latency + 3)
                 cycles = gemms * max(array, loads)
                 if ep is not None:

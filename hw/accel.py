@@ -960,7 +960,9 @@ class Accelerator(wiring.Component):
         if g.has_array:
             from hw.array import SystolicArray
 
-            array = SystolicArray(g.rows, g.cols, g.array_modes, g.dataflow)
+            array = SystolicArray(
+                g.rows, g.cols, g.array_modes, g.dataflow, pipelined=bool(g.pe_stages)
+            )
             m.submodules.array = array
             bus = g.bus
             a_entry, w_entry = a_fifo.r_data, w_fifo.r_data

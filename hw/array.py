@@ -20,12 +20,12 @@ Then every ``a`` beat (one row of the left matrix, K codes) yields one ``o`` bea
 products with the columns of W; the beat with ``last`` retires the bank. The other bank loads
 meanwhile, so tiles follow each other without a bubble as long as a tile has at least rows
 activation beats. Latency: an ``a`` beat accepted in cycle t gives its ``o`` beat in cycle
-t + rows + cols.
+t + rows + cols + s, where s = 1 with pipelined PEs (``pipelined``), else 0.
 
 **Output-stationary** (``dataflow`` = 1). ``w`` and ``a`` are joined: each step carries one
 k-slice (``lanes`` values of k) of W (per column) and of A (per row); each PE accumulates
 C[r, c]. The step with ``last`` ends a tile; its rows leave as rows consecutive ``o`` beats, row r
-in cycle t_last + rows + cols + 1 + r, while the next tile accumulates. Tiles must be at least
+in cycle t_last + rows + cols + 1 + s + r, while the next tile accumulates. Tiles must be at least
 ``rows`` steps long (shorter ones stall until then).
 
 **MX modes** (output-stationary only; ``qaccel.modes`` has the arithmetic). ``w`` and ``a`` carry
@@ -73,10 +73,20 @@ def array_modes(cfg: qconfig.ArrayConfig) -> tuple[ModeSpec, ...]:
 class SystolicArray(wiring.Component):
     """A ``rows`` x ``cols`` array of mixed-precision PEs (see the module docstring)."""
 
-    def __init__(self, rows: int, cols: int, modes: Sequence[ModeSpec], dataflow: str = "both"):
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        modes: Sequence[ModeSpec],
+        dataflow: str = "both",
+        *,
+        pipelined: bool = False,
+    ):
         try:
             self._check(rows, cols, dataflow)
-            self._dp = Datapath(tuple(modes), ws=dataflow != "os", os=dataflow != "ws")
+            self._dp = Datapath(
+                tuple(modes), ws=dataflow != "os", os=dataflow != "ws", pipelined=pipelined
+            )
         except ValueError:
             self._MustUse__silence = True  # rejected, so never elaborated: nothing to warn about
             raise
@@ -119,11 +129,12 @@ class SystolicArray(wiring.Component):
     @classmethod
     def from_config(cls, cfg: qconfig.AcceleratorConfig) -> SystolicArray:
         arr = cfg.array
-        return cls(arr.rows, arr.cols, array_modes(arr), arr.dataflow)
+        return cls(arr.rows, arr.cols, array_modes(arr), arr.dataflow, pipelined=arr.pipelined)
 
     rows = property(lambda self: self._rows)
     cols = property(lambda self: self._cols)
     supported_dataflow = property(lambda self: self._dataflow)  # ws, os or both
+    pipelined = property(lambda self: self._dp.pipelined)
     modes = property(lambda self: self._dp.modes)
     datapath = property(lambda self: self._dp)
 
@@ -163,7 +174,8 @@ class SystolicArray(wiring.Component):
             a_mode.eq(Mux(os, self.w.payload.mode, ws_mode)),
         ]
 
-        in_flight = 2 * rows + cols + 3  # covers the slowest beat's path through the array
+        # covers the slowest beat's path through the array
+        in_flight = 2 * rows + cols + 3 + dp.stages
         flight = Signal(range(in_flight + 1))
         with m.If(a_take | w_take):
             m.d.sync += flight.eq(in_flight)

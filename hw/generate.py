@@ -103,7 +103,7 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
     from sim.array_model import os_latency, ws_latency
 
     rows, cols = component.rows, component.cols
-    bus = component.datapath.bus
+    bus, stages = component.datapath.bus, component.datapath.stages
     return {
         "top": top,
         "config": cfg.name,
@@ -115,6 +115,7 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
             "dataflow": component.supported_dataflow,
             "acc_bits": cfg.array.acc_bits,
             "max_k": max(rows, cfg.array.max_k),
+            "pipelined": component.pipelined,
         },
         "modes": [_mode_entry(i, m, rows, cols) for i, m in enumerate(component.modes)],
         "payloads": {
@@ -141,9 +142,9 @@ def manifest(cfg: config.AcceleratorConfig, component: wiring.Component, top: st
             "lanes": "lane l of a word holds k index lanes*i + l in bits [l*code, (l+1)*code)",
         },
         "latency": {
-            "weight_stationary": f"o beat in cycle t + {ws_latency(rows, cols)} for the a beat "
-            "accepted in cycle t",
-            "output_stationary": f"row r in cycle t_last + {os_latency(rows, cols)} + r",
+            "weight_stationary": f"o beat in cycle t + {ws_latency(rows, cols, stages)} for the "
+            "a beat accepted in cycle t",
+            "output_stationary": f"row r in cycle t_last + {os_latency(rows, cols, 0, stages)} + r",
         },
     }
 
@@ -209,6 +210,8 @@ def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
         params["array"] = f"{g.rows}x{g.cols}, {g.dataflow}, modes " + ", ".join(
             f"{i}: {p}" for i, p in enumerate(cfg.array.modes)
         )
+        if g.pe_stages:
+            params["array"] += f"; pipelined PEs (+{g.pe_stages} cycle of latency)"
         params["array words in a scratchpad row"] = (
             f"activations: {g.rows} x {g.bus.a_word_bits} bits; weights: "
             f"{g.cols} x {g.bus.w_word_bits} bits (row 0 / column 0 lowest)"

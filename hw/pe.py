@@ -32,6 +32,10 @@ exact sum; at the block's last step the sum is shifted left by its combined E8M0
 tile's outer accumulator. Blocks that cannot join exactly (NaN scale, or a nonzero sum outside
 the window) add nothing and set ``invalid``.
 
+**Pipelining** (``Datapath.pipelined``): a register between the multiplier and the
+accumulating adder, so that neither the multiply nor the add-and-saturate has the other on its
+path; everything behind it (sums, tokens, results) runs one cycle later.
+
 **Dataflows.** Weight-stationary: two weight banks (loaded through the vertical weight chain
 while the other bank computes); the partial sum flows down, ``p_out = sat(p_in + w*a)``.
 Output-stationary: weights flow down, activations right; the PE accumulates and, at the tile's
@@ -64,6 +68,12 @@ class Datapath:
     modes: tuple[ModeSpec, ...]
     ws: bool = True
     os: bool = True
+    pipelined: bool = False  # a register between the multiplier and the adder
+
+    @property
+    def stages(self) -> int:
+        """Cycles the PE adds to the array's latency beyond one per PE."""
+        return int(self.pipelined)
 
     def __post_init__(self):
         if not self.modes:
@@ -251,8 +261,16 @@ class PE(wiring.Component):
             m.d.comb += weight.eq(self.w_in)
 
         product = Signal(signed(dp.product_bits))
-        mode = _ModeControls(dp)
         self._multiply(mul, weight, a.op, a.mode, product)
+        if dp.pipelined:
+            # The accumulating stage runs one cycle behind the multiplier: the product is
+            # registered (a DSP's output register), the activation's tags are a_out (a_in one
+            # cycle later), and the weight's scale and flags are registered beside the product.
+            registered = Signal(signed(dp.product_bits), name="product_reg")
+            weight_reg = Signal(dp.w_operand(), name="weight_reg")
+            mul.d.sync += [registered.eq(product), weight_reg.eq(weight)]
+            product, weight, a = registered, weight_reg, self.a_out
+        mode = _ModeControls(dp)
         self._mx_controls(accu, a.mode, mode)
         special = (weight.special | a.op.special) if dp.has_special else Const(0)
 

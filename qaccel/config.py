@@ -141,6 +141,9 @@ class ArrayConfig:
     # The longest K (in steps) one GEMM instruction may carry; float accumulators are sized for
     # it. 0: ``rows``.
     max_k: int = 0
+    # A register between each PE's multiplier and its accumulating adder: one more cycle of
+    # latency per GEMM, a shorter critical path (a higher clock).
+    pipelined: bool = False
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, MAX_ARRAY_SIDE)

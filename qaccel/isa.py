@@ -185,6 +185,7 @@ class Geometry:
     dataflow: str = "ws"
     bus: modes.BusWidths | None = None
     max_k: int = 0  # longest GEMM in steps (float accumulators are sized for it)
+    pe_stages: int = 0  # the PEs' pipeline registers: cycles added to the array's latency
     lut_group: int = 0
     lut_tile_m: int = 0
     lut_tile_n: int = 0
@@ -228,6 +229,7 @@ class Geometry:
             acc_cols = arr.cols
             acc_bits += [m.acc_width for m in array_modes]
             kw |= dict(rows=arr.rows, cols=arr.cols, dataflow=arr.dataflow, bus=bus, max_k=max_k)
+            kw |= dict(pe_stages=int(arr.pipelined))
         if cfg.lut is not None:
             lut = cfg.lut
             names = []

@@ -8,10 +8,10 @@ each result leaves.
   added with saturation block by block.
 - ``ws_beats`` / ``os_beats``: the stream beats (flat payload integers, as the Verilog ports see
   them) that run a product on the array, and the results expected on ``o``.
-- ``WS_LATENCY`` / ``os_latency``: the cycle contract (see ``hw.array``):
+- ``ws_latency`` / ``os_latency``: the cycle contract (see ``hw.array``):
   weight-stationary, the result of the ``a`` beat accepted in cycle t leaves in cycle
-  t + rows + cols; output-stationary, row r of the tile whose last step was accepted in cycle t
-  leaves in cycle t + rows + cols + 1 + r.
+  t + rows + cols + s; output-stationary, row r of the tile whose last step was accepted in cycle
+  t leaves in cycle t + rows + cols + 1 + s + r; s (``stages``) is 1 with pipelined PEs, else 0.
 """
 
 from __future__ import annotations
@@ -36,14 +36,15 @@ __all__ = [
 ]
 
 
-def ws_latency(rows: int, cols: int) -> int:
-    """Cycles from an accepted ``a`` beat to its ``o`` beat, weight-stationary."""
-    return rows + cols
+def ws_latency(rows: int, cols: int, stages: int = 0) -> int:
+    """Cycles from an accepted ``a`` beat to its ``o`` beat, weight-stationary; ``stages``:
+    the PEs' pipeline registers (``hw.pe.Datapath.stages``)."""
+    return rows + cols + stages
 
 
-def os_latency(rows: int, cols: int, row: int = 0) -> int:
+def os_latency(rows: int, cols: int, row: int = 0, stages: int = 0) -> int:
     """Cycles from a tile's accepted last step to its result row ``row``, output-stationary."""
-    return rows + cols + 1 + row
+    return rows + cols + 1 + stages + row
 
 
 def _values(fmt, codes) -> np.ndarray:
@@ -195,9 +196,18 @@ def _expect(beats: Beats, spec: ModeSpec, w_codes, a_codes, w_scales=None, a_sca
 
 
 def ws_beats(
-    bus: BusWidths, rows: int, cols: int, mode: int, spec: ModeSpec, w_codes, a_codes
+    bus: BusWidths,
+    rows: int,
+    cols: int,
+    mode: int,
+    spec: ModeSpec,
+    w_codes,
+    a_codes,
+    *,
+    stages: int = 0,
 ) -> Beats:
-    """Weight-stationary: W (lanes*rows x cols) into a bank, then one ``a`` beat per row of A."""
+    """Weight-stationary: W (lanes*rows x cols) into a bank, then one ``a`` beat per row of A;
+    ``stages``: the PEs' pipeline registers (the results' timing)."""
     if spec.block:
         raise ValueError(f"{spec.name} is an MX mode: it runs output-stationary only")
     w_codes, a_codes = np.asarray(w_codes), np.asarray(a_codes)
@@ -214,7 +224,7 @@ def ws_beats(
     a_words = pack_lanes(a_codes, spec.lanes, spec.a_code_bits)  # M x rows
     for i, words in enumerate(a_words):
         beats.a.append(_a_payload(bus, words, i == len(a_words) - 1, rows))
-        beats.timing.append((i, ws_latency(rows, cols)))
+        beats.timing.append((i, ws_latency(rows, cols, stages)))
     _expect(beats, spec, w_codes, a_codes)
     return beats
 
@@ -229,9 +239,11 @@ def os_beats(
     a_codes,
     w_scales=None,
     a_scales=None,
+    *,
+    stages: int = 0,
 ) -> Beats:
     """Output-stationary: one tile, A (rows x K) and W (K x cols), K a multiple of lanes; MX
-    modes also take the block scales (see ``reference``)."""
+    modes also take the block scales (see ``reference``); ``stages`` as for ``ws_beats``."""
     w_codes, a_codes = np.asarray(w_codes), np.asarray(a_codes)
     if (
         a_codes.ndim != 2
@@ -255,7 +267,7 @@ def os_beats(
     for s in range(steps):
         beats.w.append(_w_payload(bus, w_words[s], mode, cols, w_step_scales[s]))
         beats.a.append(_a_payload(bus, a_words[s], s == steps - 1, rows, a_step_scales[s]))
-    beats.timing = [(steps - 1, os_latency(rows, cols, r)) for r in range(rows)]
+    beats.timing = [(steps - 1, os_latency(rows, cols, r, stages)) for r in range(rows)]
     _expect(beats, spec, w_codes, a_codes, w_scales, a_scales)
     return beats
 

@@ -20,6 +20,7 @@ from qaccel import csr
 from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, STREAM_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim import post_model
+from sim.array_model import os_latency, ws_latency
 from sim.dram import DramTiming, split_bursts
 
 __all__ = [
@@ -781,11 +782,11 @@ class _Machine:
 
     def _array_taken(self, t, insn, a_take, w_take):
         g = self.g
-        self.flight_until = t + 2 * g.rows + g.cols + 3
+        self.flight_until = t + 2 * g.rows + g.cols + 3 + g.pe_stages
         if _f(insn, "dataflow"):
             if self.a.head_is_last():  # the tile's last step
                 self.os_gap_until = t + g.rows - 1
-                base = t + g.rows + g.cols + 1
+                base = t + os_latency(g.rows, g.cols, stages=g.pe_stages)
                 self.outs.extend(base + r for r in range(g.rows))
             return
         if w_take:
@@ -796,7 +797,7 @@ class _Machine:
             else:
                 self.ws_count += 1
         if a_take:
-            self.outs.append(t + g.rows + g.cols)
+            self.outs.append(t + ws_latency(g.rows, g.cols, g.pe_stages))
             if self.a.head_is_last():
                 self.ws_full[self.ws_use_bank] = False
                 self.ws_drain_until[self.ws_use_bank] = t + g.rows - 2

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from qaccel.isa import QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim import post_model
+from sim.array_model import os_latency, ws_latency
 from sim.cycle import (
     POPS,
     PUSHES,
@@ -188,7 +189,7 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction, gap: int = -1) ->
             if os:
                 if a_take and last:
                     gap_until = t + rows - 1
-                    outs.extend(t + rows + cols + 1 + r for r in range(rows))
+                    outs.extend(t + os_latency(rows, cols, r, g.pe_stages) for r in range(rows))
             else:
                 if w_take:
                     if final:
@@ -198,7 +199,7 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction, gap: int = -1) ->
                     else:
                         ws_count += 1
                 if a_take:
-                    outs.append(t + rows + cols)
+                    outs.append(t + ws_latency(rows, cols, g.pe_stages))
                     if a.head_is_last():
                         full[use_bank] = False
                         drain_until[use_bank] = t + rows - 2

@@ -67,6 +67,23 @@ WS_ONLY = small(
     },
     dram={"bytes_per_cycle": 32, "latency_cycles": 10, "read_bursts": 3},
 )
+# a 3x4 array with pipelined PEs, both dataflows, integer, float and MX modes
+PIPELINED = small(
+    "pipelined",
+    array={
+        "rows": 3,
+        "cols": 4,
+        "dataflow": "both",
+        "pipelined": True,
+        "max_k": 64,
+        "modes": [
+            {"weight": "int8", "activation": "int8"},
+            {"weight": "int2", "activation": "int8"},
+            {"weight": "fp8_e4m3", "activation": "fp8_e4m3"},
+            {"weight": "mxint8", "activation": "mxint8"},
+        ],
+    },
+)
 
 
 def check(results):
@@ -79,7 +96,7 @@ def test_selftest_tiny_every_mode_icarus(tmp_path):
     check(run_selftest(TINY, simulator="icarus", build_dir=tmp_path))
 
 
-@pytest.mark.parametrize("cfg", [ODD, LUT_ONLY, WS_ONLY], ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", [ODD, LUT_ONLY, WS_ONLY, PIPELINED], ids=lambda c: c.name)
 def test_selftest_other_configurations_icarus(cfg, tmp_path):
     check(run_selftest(cfg, simulator="icarus", build_dir=tmp_path, seed=7))
 
@@ -150,10 +167,20 @@ def test_random_programs_icarus(tmp_path):
     random_programs_on_rtl(TINY, [11, 12, 13], tmp_path)
 
 
+def test_random_programs_pipelined_icarus(tmp_path):
+    random_programs_on_rtl(PIPELINED, [21, 22], tmp_path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "cfg, seeds",
-    [(TINY, range(100, 108)), (ODD, range(4)), (LUT_ONLY, range(4)), (WS_ONLY, range(4))],
+    [
+        (TINY, range(100, 108)),
+        (ODD, range(4)),
+        (LUT_ONLY, range(4)),
+        (WS_ONLY, range(4)),
+        (PIPELINED, range(4)),
+    ],
     ids=lambda v: getattr(v, "name", ""),
 )
 def test_more_random_programs_icarus(cfg, seeds, tmp_path):

@@ -50,9 +50,9 @@ def edge_codes(fmt) -> list[int]:
     return sorted({int(c) for c in picks})
 
 
-def make_array(rows, cols, pairs=PAIRS, dataflow="both", acc_bits=32):
+def make_array(rows, cols, pairs=PAIRS, dataflow="both", acc_bits=32, pipelined=False):
     modes = [mode_spec(w, a, rows=rows, acc_bits=acc_bits) for w, a in pairs]
-    return SystolicArray(rows, cols, modes, dataflow)
+    return SystolicArray(rows, cols, modes, dataflow, pipelined=pipelined)
 
 
 def run_and_check(array, beats):
@@ -117,29 +117,27 @@ SHAPES = [(1, 4), (4, 1), (2, 5), (3, 3), (5, 2)]
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("dataflow", ["ws", "os", "both"])
-def test_array_back_to_back(shape, dataflow):
+@pytest.mark.parametrize("pipelined", [False, True], ids=["plain", "pipelined"])
+def test_array_back_to_back(shape, dataflow, pipelined):
     """Random products in every mode, two tiles back to back: bit-exact, on the latency
     formula's cycle, and with no bubble between the tiles."""
     rows, cols = shape
-    array = make_array(rows, cols, dataflow=dataflow)
-    bus = array.datapath.bus
-    rng = rng_for(shape, dataflow)
+    array = make_array(rows, cols, dataflow=dataflow, pipelined=pipelined)
+    bus, stages = array.datapath.bus, int(pipelined)
+    rng = rng_for(shape, dataflow) if not pipelined else rng_for(shape, dataflow, "pipelined")
     for index, spec in enumerate(array.modes):
         k = spec.lanes * rows
         if dataflow != "os":
             m = rows  # the shortest tile that hides the next bank's load (rows beats)
-            beats = ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, m, k, cols))
-            beats.extend(
-                ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, m + 2, k, cols))
-            )
+            tiles = [random_tile(spec, rng, n, k, cols) for n in (m, m + 2)]
+            beats = ws_beats(bus, rows, cols, index, spec, *tiles[0], stages=stages)
+            beats.extend(ws_beats(bus, rows, cols, index, spec, *tiles[1], stages=stages))
             run = run_and_check(array, beats)
             assert run.a_cycles == list(range(rows, rows + len(beats.a))), spec.name
         if dataflow != "ws":  # k = lanes * rows steps: the shortest tile that never stalls
-            beats = os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
-            k += spec.lanes
-            beats.extend(
-                os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
-            )
+            tiles = [random_tile(spec, rng, rows, n, cols) for n in (k, k + spec.lanes)]
+            beats = os_beats(bus, rows, cols, index, spec, *tiles[0], stages=stages)
+            beats.extend(os_beats(bus, rows, cols, index, spec, *tiles[1], stages=stages))
             run = run_and_check(array, beats)
             assert run.a_cycles == list(range(len(beats.a))), spec.name
 

@@ -25,6 +25,7 @@ def random_jobs(array: SystolicArray, seed: int) -> list[Beats]:
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     rows, cols, bus = array.rows, array.cols, array.datapath.bus
+    kw = {"stages": array.datapath.stages}
     jobs = []
     for index, spec in enumerate(array.modes):
         if spec.block:
@@ -32,29 +33,27 @@ def random_jobs(array: SystolicArray, seed: int) -> list[Beats]:
             for k in (spec.block, spec.block * 5 // 2):
                 w, a = random_tile(spec, rng, rows, k, cols)
                 scales = random_scales(spec, rng, rows, k, cols)
-                tile = os_beats(bus, rows, cols, index, spec, w, a, *scales)
+                tile = os_beats(bus, rows, cols, index, spec, w, a, *scales, **kw)
                 job = tile if job is None else job.extend(tile)
             jobs.append(job)
             continue
         k = spec.lanes * rows
         if array.supported_dataflow != "os":
-            job = ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows + 1, k, cols))
-            job.extend(
-                ws_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
-            )
+            tiles = [random_tile(spec, rng, n, k, cols) for n in (rows + 1, rows)]
+            job = ws_beats(bus, rows, cols, index, spec, *tiles[0], **kw)
+            job.extend(ws_beats(bus, rows, cols, index, spec, *tiles[1], **kw))
             jobs.append(job)
         if array.supported_dataflow != "ws":
-            job = os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, k, cols))
-            job.extend(
-                os_beats(bus, rows, cols, index, spec, *random_tile(spec, rng, rows, 2 * k, cols))
-            )
+            tiles = [random_tile(spec, rng, rows, n, cols) for n in (k, 2 * k)]
+            job = os_beats(bus, rows, cols, index, spec, *tiles[0], **kw)
+            job.extend(os_beats(bus, rows, cols, index, spec, *tiles[1], **kw))
             jobs.append(job)
     return jobs
 
 
-def run_array(tmp_path, simulator, rows, cols, pairs, dataflow="both"):
+def run_array(tmp_path, simulator, rows, cols, pairs, dataflow="both", pipelined=False):
     modes = [mode_spec(w, a, rows=rows, acc_bits=32) for w, a in pairs]
-    array = SystolicArray(rows, cols, modes, dataflow)
+    array = SystolicArray(rows, cols, modes, dataflow, pipelined=pipelined)
     tmp_path.mkdir(parents=True, exist_ok=True)
     verilog = tmp_path / "array.v"
     verilog.write_text(to_verilog(array, "array"))
@@ -83,6 +82,20 @@ MX_PAIRS = [(f, f) for f in formats.MX_FORMATS] + [("mxfp4", "mxfp8_e4m3")]
 
 def test_icarus_mx_modes(tmp_path):
     run_array(tmp_path, "icarus", 2, 3, [("int8", "int8"), *MX_PAIRS])
+
+
+def test_icarus_pipelined(tmp_path):
+    """Pipelined PEs: every mode family (integer lanes, float, MX) one cycle later, both
+    dataflows in one array and each alone."""
+    pairs = [("int8", "int8"), ("int2", "int8"), ("fp8_e4m3", "fp8_e4m3"), ("mxfp4", "mxfp4")]
+    run_array(tmp_path, "icarus", 3, 2, pairs, pipelined=True)
+    run_array(tmp_path / "ws", "icarus", 2, 3, pairs[:3], "ws", pipelined=True)
+    run_array(tmp_path / "os", "icarus", 2, 2, pairs, "os", pipelined=True)
+
+
+def test_verilator_pipelined(tmp_path):
+    pairs = [("int8", "int8"), ("int4", "int4"), ("posit8_0", "posit8_0"), ("mxint8", "mxint8")]
+    run_array(tmp_path, "verilator", 2, 3, pairs, pipelined=True)
 
 
 def test_verilator_mixed_modes(tmp_path):
