@@ -34,7 +34,8 @@ belongs to (read at the block's last step; hold it for the whole block). Blocks 
 from each tile's first step: every ``block`` steps, and the tile's last step, end one. In
 weight-stationary mode an MX mode yields ``invalid`` results.
 
-Change ``dataflow`` only while ``busy`` is low.
+Change ``dataflow`` only while ``busy`` is low. A ``mode`` code beyond the configured modes
+runs the last one (the accelerator refuses such codes before they reach the array).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.operands import ScalarDecoder
-from hw.pe import PE, Datapath
+from hw.pe import PE, Datapath, mode_cases
 from qaccel import config as qconfig
 from qaccel.modes import ModeSpec, mode_spec
 
@@ -323,31 +324,27 @@ class SystolicArray(wiring.Component):
         dp = self._dp
         op = Signal(dp.a_operand(), name=f"{name}_op")
         decoded = self._float_decoders(m, [s.activation for s in dp.floats], word, name)
-        with m.Switch(mode):
-            for index, spec in enumerate(dp.modes):
-                with m.Case(index):
-                    if spec.integer:
-                        m.d.comb += op.data.eq(word[: spec.a_word_bits])
-                    else:
-                        self._take(m, op, decoded[spec.activation.name])
+        for _, spec in mode_cases(m, mode, dp.modes):
+            if spec.integer:
+                m.d.comb += op.data.eq(word[: spec.a_word_bits])
+            else:
+                self._take(m, op, decoded[spec.activation.name])
         return op
 
     def _decode_weight(self, m, word, mode, name):
         dp = self._dp
         op = Signal(dp.w_operand(), name=f"{name}_op")
         decoded = self._float_decoders(m, [s.weight for s in dp.floats], word, name)
-        with m.Switch(mode):
-            for index, spec in enumerate(dp.modes):
-                with m.Case(index):
-                    if spec.integer and spec.weight.kind == "binary":
-                        # A binary code c is the 2-bit two's complement value {~c, 1}: +1 or -1.
-                        m.d.comb += op.data.eq(
-                            Cat(*(Cat(Const(1, 1), ~word[i]) for i in range(spec.lanes)))
-                        )
-                    elif spec.integer:
-                        m.d.comb += op.data.eq(word[: spec.w_word_bits])
-                    else:
-                        self._take(m, op, decoded[spec.weight.name])
+        for _, spec in mode_cases(m, mode, dp.modes):
+            if spec.integer and spec.weight.kind == "binary":
+                # A binary code c is the 2-bit two's complement value {~c, 1}: +1 or -1.
+                m.d.comb += op.data.eq(
+                    Cat(*(Cat(Const(1, 1), ~word[i]) for i in range(spec.lanes)))
+                )
+            elif spec.integer:
+                m.d.comb += op.data.eq(word[: spec.w_word_bits])
+            else:
+                self._take(m, op, decoded[spec.weight.name])
         return op
 
     @staticmethod

@@ -33,6 +33,7 @@ from amaranth.hdl import Array, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.pe import mode_cases
 from qaccel import config as qconfig
 from qaccel import formats
 from sim.lut_model import LutWeight, lut_weight, plane_acc_bits
@@ -196,20 +197,15 @@ class LutCore(wiring.Component):
         # ---- plane control: which plane, its shift and sign ------------------------------
         shift, negative = Signal(range(4)), Signal()
         correction = Signal(signed(5))  # C - 2z: 2**k - 1, -1 or 0
-        with m.Switch(self.w.payload.mode):
-            for index, mode in enumerate(self._modes):
-                with m.Case(index):
-                    m.d.comb += [
-                        last_plane.eq(plane == mode.planes - 1),
-                        correction.eq(mode.correction),
-                    ]
-                    with m.Switch(plane):
-                        for b, c in enumerate(mode.coefficients):
-                            with m.Case(b):
-                                m.d.comb += [
-                                    shift.eq(abs(c).bit_length() - 1),
-                                    negative.eq(c < 0),
-                                ]
+        for _, mode in mode_cases(m, self.w.payload.mode, self._modes):
+            m.d.comb += [
+                last_plane.eq(plane == mode.planes - 1),
+                correction.eq(mode.correction),
+            ]
+            with m.Switch(plane):
+                for b, c in enumerate(mode.coefficients):
+                    with m.Case(b):
+                        m.d.comb += [shift.eq(abs(c).bit_length() - 1), negative.eq(c < 0)]
         with m.If(w_take):
             m.d.sync += plane.eq(Mux(last_plane, 0, plane + 1))
 

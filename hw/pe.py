@@ -58,7 +58,7 @@ from amaranth.lib.wiring import In, Out
 from qaccel import formats
 from qaccel.modes import ACT_SIG_BITS, MAX_SLICES, BusWidths, ModeSpec, shift_bits, sig_bits
 
-__all__ = ["PE", "Datapath"]
+__all__ = ["PE", "Datapath", "mode_cases"]
 
 
 @dataclass(frozen=True)
@@ -376,10 +376,8 @@ class PE(wiring.Component):
     def _mx_controls(self, m, mode, controls):
         """``controls.mx``: the mode is an MX mode."""
         if self._dp.mx:
-            with m.Switch(mode):
-                for index, spec in enumerate(self._dp.modes):
-                    with m.Case(index):
-                        m.d.comb += controls.mx.eq(bool(spec.block))
+            for _, spec in mode_cases(m, mode, self._dp.modes):
+                m.d.comb += controls.mx.eq(bool(spec.block))
 
     def _multiply(self, m, weight, act, mode, product):
         """product = this cycle's sum of lane products (float: shifted into accumulator LSBs)."""
@@ -390,12 +388,10 @@ class PE(wiring.Component):
         positions = [Signal(range(MAX_SLICES), name=f"pos{j}") for j in range(s)]
         shift = Signal(dp.w_shift_bits + dp.a_shift_bits + 1)
         is_float = Signal()
-        with m.Switch(mode):
-            for index, spec in enumerate(dp.modes):
-                with m.Case(index):
-                    self._route(m, spec, weight, act, w_slices, a_slices, positions)
-                    if not spec.integer:
-                        m.d.comb += [is_float.eq(1), shift.eq(weight.shift + act.shift)]
+        for _, spec in mode_cases(m, mode, dp.modes):
+            self._route(m, spec, weight, act, w_slices, a_slices, positions)
+            if not spec.integer:
+                m.d.comb += [is_float.eq(1), shift.eq(weight.shift + act.shift)]
         lane_sum = Signal(signed(8 + ACT_SIG_BITS + 2))
         m.d.comb += lane_sum.eq(
             sum(
@@ -431,6 +427,16 @@ class PE(wiring.Component):
             ]
 
 
+def mode_cases(m, mode, modes):
+    """Yield (index, item) of ``modes`` inside the ``Switch`` case of each mode code. The last
+    mode's case is the default (codes beyond the configured modes, which the accelerator
+    refuses, select it), so a one-mode datapath has no mode logic on its paths."""
+    with m.Switch(mode):
+        for index, item in enumerate(modes):
+            with m.Default() if index == len(modes) - 1 else m.Case(index):
+                yield index, item
+
+
 class _ModeControls:
     """Per-mode settings beyond the multiplier's: MX block scaling."""
 
@@ -445,12 +451,10 @@ def _clamp(m, mode, raw, out, widths):
     bit, not two magnitude comparators."""
     fits, limit = Signal(), Signal.like(out)
     sign = raw[-1]
-    with m.Switch(mode):
-        for index, width in enumerate(widths):
-            with m.Case(index):
-                high = raw[width - 1 :]
-                low, top = -(1 << (width - 1)), (1 << (width - 1)) - 1
-                m.d.comb += [fits.eq(high.all() | ~high.any()), limit.eq(Mux(sign, low, top))]
+    for _, width in mode_cases(m, mode, widths):
+        high = raw[width - 1 :]
+        low, top = -(1 << (width - 1)), (1 << (width - 1)) - 1
+        m.d.comb += [fits.eq(high.all() | ~high.any()), limit.eq(Mux(sign, low, top))]
     m.d.comb += out.eq(Mux(fits, raw, limit))
 
 

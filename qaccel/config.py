@@ -143,7 +143,7 @@ class ArrayConfig:
     max_k: int = 0
     # A register between each PE's multiplier and its accumulating adder: one more cycle of
     # latency per GEMM, a shorter critical path (a higher clock).
-    pipelined: bool = False
+    pipelined: bool = True
 
     def __post_init__(self):
         _check_int("rows", self.rows, 1, MAX_ARRAY_SIDE)

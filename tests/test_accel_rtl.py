@@ -67,14 +67,14 @@ WS_ONLY = small(
     },
     dram={"bytes_per_cycle": 32, "latency_cycles": 10, "read_bursts": 3},
 )
-# a 3x4 array with pipelined PEs, both dataflows, integer, float and MX modes
-PIPELINED = small(
-    "pipelined",
+# a 3x4 array with PEs that are not pipelined, both dataflows, integer, float and MX modes
+UNPIPELINED = small(
+    "unpipelined",
     array={
         "rows": 3,
         "cols": 4,
         "dataflow": "both",
-        "pipelined": True,
+        "pipelined": False,
         "max_k": 64,
         "modes": [
             {"weight": "int8", "activation": "int8"},
@@ -96,7 +96,7 @@ def test_selftest_tiny_every_mode_icarus(tmp_path):
     check(run_selftest(TINY, simulator="icarus", build_dir=tmp_path))
 
 
-@pytest.mark.parametrize("cfg", [ODD, LUT_ONLY, WS_ONLY, PIPELINED], ids=lambda c: c.name)
+@pytest.mark.parametrize("cfg", [ODD, LUT_ONLY, WS_ONLY, UNPIPELINED], ids=lambda c: c.name)
 def test_selftest_other_configurations_icarus(cfg, tmp_path):
     check(run_selftest(cfg, simulator="icarus", build_dir=tmp_path, seed=7))
 
@@ -167,8 +167,8 @@ def test_random_programs_icarus(tmp_path):
     random_programs_on_rtl(TINY, [11, 12, 13], tmp_path)
 
 
-def test_random_programs_pipelined_icarus(tmp_path):
-    random_programs_on_rtl(PIPELINED, [21, 22], tmp_path)
+def test_random_programs_unpipelined_icarus(tmp_path):
+    random_programs_on_rtl(UNPIPELINED, [21, 22], tmp_path)
 
 
 @pytest.mark.slow
@@ -179,7 +179,7 @@ def test_random_programs_pipelined_icarus(tmp_path):
         (ODD, range(4)),
         (LUT_ONLY, range(4)),
         (WS_ONLY, range(4)),
-        (PIPELINED, range(4)),
+        (UNPIPELINED, range(4)),
     ],
     ids=lambda v: getattr(v, "name", ""),
 )
