@@ -154,12 +154,12 @@ def test_synth_writes_a_report_and_prints_the_table(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "LUT4" in table and "Fmax" in table
     # Per block: the multiplier holds the DSP and the product's register (pipelined), the
-    # accumulator holds the partial sum's register (its sign bits merged: one PE cannot
-    # overflow them) and its saturation.
+    # accumulator the partial sum's register (one PE's sum is the product: Yosys merges its
+    # sign bits and removes the adder and the saturation, which cannot act).
     blocks = report["blocks"]
     assert blocks["pe/multiplier"]["DSP"] == 1 and blocks["pe/multiplier"]["instances"] == 1
     assert blocks["pe/multiplier"]["FF"] >= 16  # the int8 x int8 product
-    assert blocks["pe/accumulator"]["FF"] >= 16 and blocks["pe/accumulator"]["LUT4"] > 0
+    assert blocks["pe/accumulator"]["FF"] >= 16
     assert sum(b["DSP"] for b in blocks.values()) == 1
     assert "pe/accumulator" in table.split("per block")[1]
 
