@@ -16,7 +16,9 @@ group of ``group`` activations at a time.
   The next group's table loads while the last plane of the current one is consumed, so the
   core takes one plane per cycle without a bubble.
 - **Correction.** After the tile's last plane (the group whose ``a`` beat had ``last``), each
-  cell adds (C - 2z) * S and halves: the exact integer dot product, saturated at ``acc_bits``.
+  cell holds its sum and each row its (C - 2z) * S (shifts and adds: C - 2z is 0, -1 or
+  2**k - 1); as a row leaves, each column adds the two and halves: the exact integer dot
+  product, saturated at ``acc_bits``.
 
 Streams: ``a`` {data: tile_m x group codes, last}; ``w`` {data: tile_n x group bits, mode};
 ``o`` {data: tile_n x acc_bits signed}, one row of C per beat, always ready.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -196,12 +198,8 @@ class LutCore(wiring.Component):
 
         # ---- plane control: which plane, its shift and sign ------------------------------
         shift, negative = Signal(range(4)), Signal()
-        correction = Signal(signed(5))  # C - 2z: 2**k - 1, -1 or 0
         for _, mode in mode_cases(m, self.w.payload.mode, self._modes):
-            m.d.comb += [
-                last_plane.eq(plane == mode.planes - 1),
-                correction.eq(mode.correction),
-            ]
+            m.d.comb += last_plane.eq(plane == mode.planes - 1)
             with m.Switch(plane):
                 for b, c in enumerate(mode.coefficients):
                     with m.Case(b):
@@ -217,14 +215,20 @@ class LutCore(wiring.Component):
         acc_fresh = Signal(init=1)
         with m.If(w_take):
             m.d.sync += acc_fresh.eq(tile_end)
+        # The cells hold their plane sums; the correction, the halving and the saturation run
+        # once per column, on the row leaving (``row``), instead of once per cell.
         hold = [
-            [Signal(signed(self._acc_bits), name=f"hold{r}_{c}") for c in range(cols)]
-            for r in range(rows)
+            [Signal(signed(wide), name=f"hold{r}_{c}") for c in range(cols)] for r in range(rows)
         ]
+        corr_bits = wide + max(abs(mode.correction) for mode in self._modes).bit_length() + 1
+        held_corr = [Signal(signed(corr_bits), name=f"held_corr{r}") for r in range(rows)]
         idx_bits = self.w.payload.data
         for r in range(rows):
-            corr = Signal(signed(wide + 6), name=f"corr{r}")
-            cu.d.comb += corr.eq(s_sum[r] * correction)
+            corr = Signal(signed(corr_bits), name=f"corr{r}")
+            for _, mode in mode_cases(cu, self.w.payload.mode, self._modes):
+                cu.d.comb += corr.eq(_times(s_sum[r], mode.correction))
+            with cu.If(w_take & tile_end):
+                cu.d.sync += held_corr[r].eq(corr)
             for c in range(cols):
                 m.submodules[f"cell_{r}_{c}"] = cell = Module()
                 idx = idx_bits[c]
@@ -240,19 +244,43 @@ class LutCore(wiring.Component):
                 with cell.If(w_take):
                     cell.d.sync += acc.eq(total)
                     with cell.If(tile_end):
-                        cell.d.sync += hold[r][c].eq(_sat((total + corr) >> 1, self._acc_bits))
+                        cell.d.sync += hold[r][c].eq(total)
         with m.If(w_take & tile_end):
             m.d.sync += [pending.eq(rows), row.eq(0)]
         with m.Elif(pending != 0):
             m.d.sync += [pending.eq(pending - 1), row.eq(row + 1)]
         m.d.comb += self.o.valid.eq(pending != 0)
+        m.submodules.output_stage = out = Module()
+        row_corr = Array(held_corr)[row]
         for c in range(cols):
-            m.d.comb += self.o.payload.data[c].eq(Array(h[c] for h in hold)[row])
+            plane_sum = Array(h[c] for h in hold)[row]
+            result = Signal(signed(self._acc_bits), name=f"result{c}")
+            out.d.comb += result.eq(_sat((plane_sum + row_corr) >> 1, self._acc_bits))
+            m.d.comb += self.o.payload.data[c].eq(result)
         m.d.comb += self.busy.eq(full | (pending != 0) | ~a_fresh)
         return m
 
 
 def _sat(value, bits: int):
-    """``value`` clamped to a signed ``bits``-bit range."""
+    """``value`` clamped to a signed ``bits``-bit range: it fits where its bits from
+    ``bits - 1`` up are all equal, and its sign tells which bound it passed (no comparators)."""
+    if len(value) <= bits:
+        return value
+    high = value[bits - 1 :]
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(value < lo, lo, Mux(value > hi, hi, value))
+    return Mux(high.all() | ~high.any(), value[:bits].as_signed(), Mux(value[-1], lo, hi))
+
+
+def _times(x, constant: int):
+    """x * constant as shifts and adds (constant 0, +-2**k or +-(2**k - 1)): the correction
+    factors C - 2z; no multiplier."""
+    magnitude = abs(constant)
+    if magnitude == 0:
+        return Const(0, 1)
+    if magnitude & (magnitude - 1) == 0:
+        product = x << (magnitude.bit_length() - 1)
+    elif magnitude & (magnitude + 1) == 0:
+        product = (x << magnitude.bit_length()) - x
+    else:
+        raise ValueError(f"no shift-add form for the correction factor {constant}")
+    return -product if constant < 0 else product
