@@ -103,12 +103,12 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
     lines += [
         "",
         "Reading the table: a LUT cell does group/bits MACs per cycle (one lookup per weight "
-        "bit plane) with its own saturating accumulator, offset-binary correction and result "
-        "register; a Bit Fusion PE does 8/bits (4 at binary weights) with one accumulator. At "
+        "bit plane) with its own saturating accumulator and result register (the "
+        "offset-binary correction, halving and saturation run once per column as a row "
+        "leaves); a Bit Fusion PE does 8/bits (4 at binary weights) with one accumulator. At "
         "group 4 the LUT core therefore needs as many accumulating cells as the MAC array has "
-        "PEs at W1A8, and twice as many at W2A8 and W4A8: most of the difference in area. "
-        "The LUT cores with two formats (intk and uintk) use DSPs for the per-row product of "
-        "the activation sum and the correction constant, which the mode picks at run time.",
+        "PEs at W1A8, and twice as many at W2A8 and W4A8: most of the difference in area "
+        "(`report.json` of each run has the resources per block).",
     ]
     return "\n".join(lines) + "\n"
 
