@@ -219,7 +219,7 @@ class SystolicArray(wiring.Component):
                 ctrl_edge.append(self._delay(skew, ctrl, c + 1, f"ws_ctrl_skew{c}"))
 
         # ---- the PE grid -----------------------------------------------------------------
-        grid = [[PE(dp, top=r == 0) for c in range(cols)] for r in range(rows)]
+        grid = [[PE(dp, row=r) for c in range(cols)] for r in range(rows)]
         for r in range(rows):
             for c in range(cols):
                 pe = grid[r][c]

@@ -172,6 +172,17 @@ class Datapath:
     def mode_bits(self) -> int:
         return self.bus.mode_bits
 
+    def ws_sum_bits(self, row: int) -> int | None:
+        """Weight-stationary: the width of every mode's exact partial sum leaving PE row
+        ``row`` ((row + 1) steps), or None where some mode's sum could saturate there."""
+        widths = [
+            formats.accumulator_format(m.weight, m.activation, (row + 1) * m.lanes).width
+            for m in self.modes
+        ]
+        if any(w > m.acc_width for w, m in zip(widths, self.modes, strict=True)):
+            return None
+        return max(widths)
+
     def w_operand(self) -> data.StructLayout:
         return data.StructLayout(
             {
@@ -209,10 +220,11 @@ class Datapath:
 
 
 class PE(wiring.Component):
-    """One processing element. ``top``: the PE starts its column's output-stationary token."""
+    """One processing element in row ``row`` (the top row starts its column's
+    output-stationary token)."""
 
-    def __init__(self, dp: Datapath, *, top: bool = False):
-        self._dp, self._top = dp, top
+    def __init__(self, dp: Datapath, *, row: int = 0):
+        self._dp, self._row, self._top = dp, row, row == 0
         super().__init__(
             {
                 "os": In(1),  # 1: output-stationary, 0: weight-stationary (quasi-static)
@@ -285,14 +297,23 @@ class PE(wiring.Component):
         # One saturating adder serves both dataflows: it adds this cycle's product to the
         # partial sum from above (weight-stationary) or to the PE's own accumulator.
         acc = Signal(signed(dp.acc_width))
-        if dp.ws and dp.os:
-            base = Mux(self.os, Mux(restart, 0, acc), self.p_in.value)
+        total = Signal(signed(dp.acc_width))
+        exact = dp.ws_sum_bits(self._row) if not dp.os else None
+        if exact is not None:
+            # Weight-stationary only, and no mode's sum can saturate this far down the column:
+            # an adder as wide as the exact sum, no clamp (the chain carries sign extensions).
+            above = dp.ws_sum_bits(self._row - 1) if self._row else 0
+            base = self.p_in.value[:above].as_signed() if above else 0
+            accu.d.comb += total.eq((base + product)[:exact].as_signed())
         else:
-            base = self.p_in.value if dp.ws else Mux(restart, 0, acc)
-        total, raw = Signal(signed(dp.acc_width)), Signal(signed(dp.acc_width + 1))
-        accu.d.comb += raw.eq(base + product)
-        sum_widths = [s.block_width if s.block else s.acc_width for s in dp.modes]
-        _clamp(accu, a.mode, raw, total, sum_widths)
+            if dp.ws and dp.os:
+                base = Mux(self.os, Mux(restart, 0, acc), self.p_in.value)
+            else:
+                base = self.p_in.value if dp.ws else Mux(restart, 0, acc)
+            raw = Signal(signed(dp.acc_width + 1))
+            accu.d.comb += raw.eq(base + product)
+            sum_widths = [s.block_width if s.block else s.acc_width for s in dp.modes]
+            _clamp(accu, a.mode, raw, total, sum_widths)
 
         ws_next, os_next = Signal.like(self.p_out), Signal.like(self.p_out)
         if dp.ws:

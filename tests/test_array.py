@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hw.array import SystolicArray, array_modes
+from hw.pe import Datapath
 from hw.simulate import simulate_array, simulate_jobs
 from qaccel import config, formats
 from qaccel.modes import BusWidths, mode_spec
@@ -110,6 +111,23 @@ def test_accumulator_saturates(pair):
     assert values[0, 0] == low  # went through high first, then all the way down
     assert reference(spec, w[:steps], a[:, :steps])[0][0, 0] == high  # the top, first
     run_and_check(array, os_beats(bus, 1, 1, 0, spec, w, a))
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["plain", "pipelined"])
+def test_weight_stationary_column_saturates(pipelined):
+    """A weight-stationary column whose partial sum can pass acc_bits saturates at every PE,
+    in k order (up to the top, then down from it); where no sum can, the PEs add exactly,
+    as wide as the sum needs (hw.pe.Datapath.ws_sum_bits)."""
+    array = make_array(4, 2, [("int8", "int8")], dataflow="ws", acc_bits=16, pipelined=pipelined)
+    dp, spec, bus = array.datapath, array.modes[0], array.datapath.bus
+    assert [dp.ws_sum_bits(r) for r in range(4)] == [16, None, None, None]
+    wide = Datapath((mode_spec("int8", "int8", rows=4, acc_bits=32),), ws=True, os=False)
+    assert wide.ws_sum_bits(3) == 18
+    w = np.array([[0x7F, 0x80]] * 3 + [[0x80, 0x7F]])  # column 0: 127 x3, -128
+    a = np.array([[0x7F] * 4, [0x80] * 4])  # rows of A: 127 x4; -128 x4
+    values, _ = reference(spec, w, a)
+    assert values[0].tolist() == [(1 << 15) - 1 - 127 * 128, -(1 << 15) + 127 * 127]
+    run_and_check(array, ws_beats(bus, 4, 2, 0, spec, w, a, stages=dp.stages))
 
 
 SHAPES = [(1, 4), (4, 1), (2, 5), (3, 3), (5, 2)]
