@@ -90,6 +90,7 @@ BAD = [
     ("array.modes", "int8", "array.modes: expected a list, got str 'int8'"),
     ("array.modes", ["int8"], "array.modes[0]: expected a table, got str 'int8'"),
     ("lut.ternary", "yes", "lut.ternary: expected true or false, got str 'yes'"),
+    ("array.pipelined", 1, "array.pipelined: expected true or false, got int 1"),
     ("clock_mhz", "fast", "clock_mhz: expected a number, got str 'fast'"),
     ("memory", 3, "memory: expected a table, got int 3"),
     ("array.rows", 0, "array.rows: must be in 1..256, not 0"),
