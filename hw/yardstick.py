@@ -75,6 +75,9 @@ class PlainWS(wiring.Component):
             for r in range(rows)
         ]
         for r in range(rows):
+            # Partial sums update with their row's valid (a free clock enable): without it,
+            # Yosys's ABC9 pass asserts on the 4x4 and 8x8 arrays of the bench (it still does on
+            # some other shapes, e.g. 3x1; amaranth.sim and the tests are unaffected).
             a, v = act[r], _delay(m, self.valid, r, f"v_skew{r}")
             for c in range(cols):
                 a_reg = Signal(signed(8), name=f"act_{r}_{c}")
