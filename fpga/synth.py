@@ -334,7 +334,8 @@ def _block_name(module: str, top: str) -> str:
         return top
     if module == wrapper_name(top):
         return "io_wrapper"
-    path = module.removeprefix(f"{top}.").split(".")
+    # Submodules are "<top>.<path>"; repeated blocks written once, "<top>__<name>" (hw.repeated).
+    path = module.removeprefix(f"{top}.").removeprefix(f"{top}__").split(".")
     return "/".join(_INDEX.sub("", part) or part for part in path)
 
 

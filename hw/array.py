@@ -46,6 +46,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw import repeated
 from hw.operands import ScalarDecoder
 from hw.pe import PE, Datapath, mode_cases
 from qaccel import config as qconfig
@@ -220,10 +221,14 @@ class SystolicArray(wiring.Component):
 
         # ---- the PE grid -----------------------------------------------------------------
         grid = [[PE(dp, row=r) for c in range(cols)] for r in range(rows)]
+        variants: dict[tuple, int] = {}
         for r in range(rows):
             for c in range(cols):
                 pe = grid[r][c]
-                m.submodules[f"pe_{r}_{c}"] = pe
+                variant = variants.setdefault(pe.variant, len(variants))
+                m.submodules[f"pe_{r}_{c}"] = repeated.once(
+                    pe, (PE, id(dp), *pe.variant), f"pe_{variant}"
+                )
                 m.d.comb += [
                     pe.os.eq(os),
                     pe.a_in.eq(a_edge[r] if c == 0 else grid[r][c - 1].a_out),

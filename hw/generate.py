@@ -14,7 +14,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Signal
 from amaranth.lib import wiring
 
-from hw import netlist_check
+from hw import netlist_check, repeated
 from qaccel import config
 
 __all__ = ["TOPS", "build_top", "generate", "manifest", "ports", "to_verilog"]
@@ -42,18 +42,22 @@ def ports(component: wiring.Component) -> dict[str, tuple[str, int]]:
 _WAKE = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*dump_module\$\d+) += 0;$", re.M)
 
 
-def to_verilog(component: wiring.Component, name: str) -> str:
-    netlist_check.install()  # Amaranth's cycle check dominated large arrays' generation
+def _convert(component: wiring.Component, name: str) -> str:
     signals = [
         v.as_value() if hasattr(v, "as_value") else v
         for _, _, v in component.signature.flatten(component)
     ]
-    text = verilog.convert(
-        component,
-        name=name,
-        ports=[s for s in signals if isinstance(s, Signal)],
-        emit_src=False,
-    )
+    ports = [s for s in signals if isinstance(s, Signal)]
+    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+
+
+def to_verilog(component: wiring.Component, name: str) -> str:
+    """The Verilog of ``component`` as module ``name``; repeated blocks (the PEs) are one
+    module per variant, named ``<name>__...`` (``hw.repeated``)."""
+    netlist_check.install()  # Amaranth's cycle check dominated large arrays' generation
+    with repeated.collecting(name, _convert) as modules:
+        text = _convert(component, name)
+    text = "".join([text, *modules])
     return _WAKE.sub(r"\1reg \2 = 0;\n\1initial #0 \2 = 1;", text)
 
 

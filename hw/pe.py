@@ -245,6 +245,19 @@ class PE(wiring.Component):
             }
         )
 
+    @property
+    def variant(self) -> tuple:
+        """What the row changes in this PE's hardware: PEs of one array with equal variants
+        are the same hardware (``hw.repeated`` writes them as one Verilog module)."""
+        dp = self._dp
+        if dp.os:
+            return (self._top,)
+        return (
+            self._top,
+            dp.ws_sum_bits(self._row),
+            dp.ws_sum_bits(self._row - 1) if self._row else 0,
+        )
+
     def elaborate(self, platform):
         m = Module()
         dp = self._dp

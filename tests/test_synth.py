@@ -149,12 +149,15 @@ def test_ecp5_multiplier_maps_to_dsp(tmp_path):
         ("array_io_wrapper", "io_wrapper"),
         ("array.pe_3_1", "pe"),
         ("array.pe_3_1.accumulator", "pe/accumulator"),
+        ("array__pe_2", "pe"),
+        ("array__pe_2.accumulator", "pe/accumulator"),
         ("array.skew", "skew"),
         ("lut_core.cell_0_12", "cell"),
     ],
 )
 def test_block_names(module, block):
-    assert _block_name(module, module.split(".")[0].removesuffix("_io_wrapper")) == block
+    top = module.split(".")[0].split("__")[0].removesuffix("_io_wrapper")
+    assert _block_name(module, top) == block
 
 
 def test_resources_per_block(tmp_path):
