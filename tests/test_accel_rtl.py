@@ -202,6 +202,10 @@ def test_selftest_lut_preset_icarus(tmp_path):
     check(run_selftest(config.load_config("configs/lut.toml"), build_dir=tmp_path))
 
 
+def test_selftest_ulx3s_preset_icarus(tmp_path):
+    check(run_selftest(config.load_config("configs/ulx3s.toml"), build_dir=tmp_path))
+
+
 def test_fault_codes_are_the_checkers(tmp_path):
     """A deadlock that only fetch's in-order dispatch creates: the load queue fills with
     loads waiting for a token that a compute instruction behind them would push."""
