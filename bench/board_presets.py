@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (configuration file, target): the board presets, then the smallest accelerator on the UP5K.
 RUNS = [("configs/ulx3s.toml", "ecp5-85k"), ("bench/configs/accel2x4_int8.toml", "ice40-up5k")]
-# nextpnr's router1 had routed two thirds of the ULX3S design's arcs after 40 minutes.
+# nextpnr's router1 had routed three quarters of the ULX3S design's arcs after 30 minutes.
 ROUTER = {"configs/ulx3s.toml": "router2"}
 
 
