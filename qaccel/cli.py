@@ -89,10 +89,14 @@ def cmd_synth(args: argparse.Namespace) -> None:
         seed=args.seed,
         router=args.router,
         clock_mhz=cfg.clock_mhz,
+        wrap_io=_WRAP_IO[args.wrap_io],
     )
     print(f"{args.top} of {cfg.name} on {args.target} (seed {args.seed}, {args.router}):")
     print(report.table())
     print(f"wrote {out / 'report.json'}")
+
+
+_WRAP_IO = {"auto": None, "yes": True, "no": False}
 
 
 def _named_arrays(items: list[str]) -> dict:
@@ -449,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--router",
         default="router1",
         help="nextpnr's router: router1 (default) or router2 (faster on congested designs)",
+    )
+    p.add_argument(
+        "--wrap-io",
+        choices=tuple(_WRAP_IO),
+        default="auto",
+        help="behind the serial I/O wrapper: auto (default: when the ports exceed the pins), "
+        "yes (keeps a design with many ports compact), no",
     )
     p.add_argument("-o", "--output", required=True, help="the output folder")
     p.set_defaults(func=cmd_synth)

@@ -162,6 +162,14 @@ def test_synth_writes_a_report_and_prints_the_table(tmp_path, capsys):
     assert blocks["pe/accumulator"]["FF"] >= 16
     assert sum(b["DSP"] for b in blocks.values()) == 1
     assert "pe/accumulator" in table.split("per block")[1]
+    # Its ports fit the pins; --wrap-io yes puts it behind the serial I/O wrapper all the same.
+    assert report["wrapped_io"] is False
+    argv = ["synth", "--config", str(cfg), "--target", "ecp5-25k", "--wrap-io", "yes"]
+    assert main([*argv, "-o", str(tmp_path / "wrapped")]) == 0
+    wrapped = json.loads((tmp_path / "wrapped" / "report.json").read_text())
+    assert wrapped["wrapped_io"] is True
+    assert wrapped["resources"]["FF"]["used"] > report["resources"]["FF"]["used"]
+    assert wrapped["resources"]["IO"]["used"] < report["resources"]["IO"]["used"]
 
 
 def test_synth_names_the_resource_that_overflows(tmp_path, capsys):
