@@ -106,8 +106,9 @@ def run() -> str:
     lines += [
         "",
         "What the figures rest on: one GEMM instruction runs many tiles back to back (the "
-        "weight-stationary K loop alternates the array's two weight banks; output-stationary "
-        "row tiles follow without a drain), the compute unit feeds the next GEMM while the "
+        "weight-stationary K loop loads the next tile's weights into the PEs' shadow registers "
+        "while the current tile computes; output-stationary row tiles follow without a drain), "
+        "the compute unit feeds the next GEMM while the "
         "last one's results drain, and the lowering keeps an m block's A rows for several n "
         "tiles and loads the next block's while these run. Where the DRAM moves a row per "
         "cycle without latency, both dataflows come within 5% of the ideal. With the preset's "

@@ -15,11 +15,14 @@ partial sums are de-skewed (column c delayed by cols-1-c), so a result row leave
 
 **Weight-stationary** (``dataflow`` = 0). A matrix W (K x cols, K = lanes * rows) is loaded as
 ``rows`` ``w`` beats, bottom row first (beat i holds the words of PE row rows-1-i); the beats
-shift down the weight chain, and the last one latches the whole chain into one of two banks.
-Then every ``a`` beat (one row of the left matrix, K codes) yields one ``o`` beat, its dot
-products with the columns of W; the beat with ``last`` retires the bank. The other bank loads
-meanwhile, so tiles follow each other without a bubble as long as a tile has at least rows
-activation beats. Latency: an ``a`` beat accepted in cycle t gives its ``o`` beat in cycle
+shift down the weight chain, and the last one latches the whole chain into the PEs' shadow
+weights; each PE copies its shadow into its active weight the cycle before the tile's first
+activation reaches it. Then every ``a`` beat (one row of the left matrix, K codes) yields one
+``o`` beat, its dot products with the columns of W; the beat with ``last`` ends the tile. The
+next tile's weights load meanwhile, so tiles follow each other without a bubble as long as a
+tile has at least rows activation beats; a tile's last ``w`` beat waits until the tile before it
+has started (``sim.array_model.ws_copy_cycles``: max(rows - 2, 0) cycles after its first ``a``
+beat). Latency: an ``a`` beat accepted in cycle t gives its ``o`` beat in cycle
 t + rows + cols + s, where s = 1 with pipelined PEs (``pipelined``), else 0.
 
 **Output-stationary** (``dataflow`` = 1). ``w`` and ``a`` are joined: each step carries one
@@ -51,6 +54,7 @@ from hw.operands import ScalarDecoder
 from hw.pe import PE, Datapath, mode_cases
 from qaccel import config as qconfig
 from qaccel.modes import ModeSpec, mode_spec
+from sim.array_model import ws_copy_cycles
 
 __all__ = ["SystolicArray", "array_modes"]
 
@@ -162,7 +166,7 @@ class SystolicArray(wiring.Component):
         ws_w_ready, ws_a_ready, ws_busy, os_ready = Const(0), Const(0), Const(0), Const(0)
         ws_mode = Signal(dp.mode_bits)
         if dp.ws:
-            ws_w_ready, ws_a_ready, ws_shift, ws_latch, ws_latch_bank, ws_busy = self._ws_control(
+            ws_w_ready, ws_a_ready, ws_shift, ws_latch, ws_busy = self._ws_control(
                 m, w_take & ~os, a_take & ~os, ws_mode, ws_bank
             )
         block_end = Const(0)
@@ -190,7 +194,7 @@ class SystolicArray(wiring.Component):
         m.submodules.decoders = dec = Module()
         m.submodules.skew = skew = Module()
         m.submodules.deskew = deskew = Module()
-        a_edge = []
+        a_edge, a_ahead = [], []  # per row: what reaches column 0, and the cycle before
         for r in range(rows):
             tagged = Signal(dp.a_tagged(), name=f"a_edge{r}")
             op = self._decode_activation(dec, self.a.payload.data[r], a_mode, f"a{r}")
@@ -207,7 +211,9 @@ class SystolicArray(wiring.Component):
                     tagged.scale.eq(self.a.payload.scale[r]),
                     tagged.block_end.eq(block_end),
                 ]
-            a_edge.append(self._delay(skew, tagged, r + 1, f"a_skew{r}"))
+            ahead = self._delay(skew, tagged, r, f"a_skew{r}")
+            a_ahead.append(ahead)
+            a_edge.append(self._delay(skew, ahead, 1, f"a_skew{r}_{r}"))
         w_edge, ctrl_edge = [], []
         for c in range(cols):
             op = self._decode_weight(dec, self.w.payload.data[c], self.w.payload.mode, f"w{c}")
@@ -215,8 +221,8 @@ class SystolicArray(wiring.Component):
                 dec.d.comb += op.scale.eq(self.w.payload.scale[c])
             w_edge.append(self._delay(skew, op, c + 1, f"w_skew{c}"))
             if dp.ws:
-                ctrl = Signal(3, name=f"ws_ctrl{c}")
-                m.d.comb += ctrl.eq(Cat(ws_shift, ws_latch, ws_latch_bank))
+                ctrl = Signal(2, name=f"ws_ctrl{c}")
+                m.d.comb += ctrl.eq(Cat(ws_shift, ws_latch))
                 ctrl_edge.append(self._delay(skew, ctrl, c + 1, f"ws_ctrl_skew{c}"))
 
         # ---- the PE grid -----------------------------------------------------------------
@@ -235,11 +241,13 @@ class SystolicArray(wiring.Component):
                     pe.w_in.eq(w_edge[c] if r == 0 else grid[r - 1][c].w_out),
                 ]
                 if dp.ws:
-                    shift, latch, bank = ctrl_edge[c]
+                    shift, latch = ctrl_edge[c]
+                    ahead = a_ahead[r] if c == 0 else grid[r][c - 1].a_in
                     m.d.comb += [
                         pe.w_shift.eq(shift),
                         pe.w_latch.eq(latch),
-                        pe.w_latch_bank.eq(bank),
+                        pe.a_next.valid.eq(ahead.valid),
+                        pe.a_next.bank.eq(ahead.bank),
                     ]
                 if r > 0:
                     m.d.comb += [
@@ -267,22 +275,28 @@ class SystolicArray(wiring.Component):
     # -- control blocks -------------------------------------------------------------------
 
     def _ws_control(self, m, w_take, a_take, ws_mode, use_bank):
-        """Weight-stationary bank bookkeeping: which bank loads, which computes, when each is
-        free. A bank may be overwritten once the last activation that uses it has passed the
-        bottom row: ``drain`` counts the cycles until then."""
+        """Weight-stationary bookkeeping: which tile parity (``bank``) loads and which computes.
+        A PE holds two weights, the active one and a shadow (``hw.pe``); a tile's last ``w``
+        beat overwrites the shadows, so it waits until the tile latched before it has started
+        and its first activation has passed every row's copy: ``copy_wait`` counts the cycles
+        until then."""
         rows = self._rows
         count = Signal(range(rows), name="w_count")
         load_bank = Signal(name="load_bank")
         full = Signal(2, name="bank_full")
         bank_mode = Array(Signal(self._dp.mode_bits, name=f"bank_mode{i}") for i in range(2))
-        drain = Array(Signal(range(max(rows - 1, 1)), name=f"drain{i}") for i in range(2))
+        pending = Signal(name="shadow_pending")  # the shadows hold a tile that has not started
+        starting = Signal(init=1, name="tile_starting")  # the next a beat starts a tile
+        wait = ws_copy_cycles(rows)
+        copy_wait = Signal(range(max(wait, 1)), name="copy_wait")
         final = count == rows - 1
-        free = ~full.bit_select(load_bank, 1) & (drain[load_bank] == 0)
-        w_ready = ~final | free
         a_ready = full.bit_select(use_bank, 1)
-        for i in range(2):
-            with m.If(drain[i] != 0):
-                m.d.sync += drain[i].eq(drain[i] - 1)
+        free = ~pending & (copy_wait == 0)
+        if wait == 0:  # one or two rows: the shadows are free as the tile's first beat enters
+            free |= a_take & starting
+        w_ready = ~final | free
+        with m.If(copy_wait != 0):
+            m.d.sync += copy_wait.eq(copy_wait - 1)
         with m.If(w_take):
             m.d.sync += count.eq(Mux(final, 0, count + 1))
             with m.If(final):
@@ -290,16 +304,19 @@ class SystolicArray(wiring.Component):
                     full.bit_select(load_bank, 1).eq(1),
                     bank_mode[load_bank].eq(self.w.payload.mode),
                     load_bank.eq(~load_bank),
+                    pending.eq(1),
                 ]
-        with m.If(a_take & self.a.payload.last):
-            m.d.sync += [
-                full.bit_select(use_bank, 1).eq(0),
-                drain[use_bank].eq(max(rows - 2, 0)),
-                use_bank.eq(~use_bank),
-            ]
+        with m.If(a_take):
+            m.d.sync += starting.eq(self.a.payload.last)
+            with m.If(starting):  # (a latch in this same cycle refills the shadows)
+                m.d.sync += pending.eq(w_take & final)
+                if wait > 1:
+                    m.d.sync += copy_wait.eq(wait - 1)
+            with m.If(self.a.payload.last):
+                m.d.sync += [full.bit_select(use_bank, 1).eq(0), use_bank.eq(~use_bank)]
         m.d.comb += ws_mode.eq(bank_mode[use_bank])
         busy = full.any() | (count != 0)
-        return w_ready, a_ready, w_take, w_take & final, load_bank, busy
+        return w_ready, a_ready, w_take, w_take & final, busy
 
     def _os_control(self, m, a_take, first):
         """Output-stationary: a tile may end only ``rows`` steps after the previous one, so

@@ -120,8 +120,9 @@ def protocol(manifest: dict) -> dict[str, str]:
         "bottom PE row first (beat i holds the words of PE row rows-1-i, k indices "
         "(rows-1-i)*lanes .. +lanes-1), all with the same `mode`; then one a beat per row of A "
         "(all K codes), `last` on the tile's final beat. Each a beat gives one o beat: C row = "
-        "A row x W. The next tile's weights may load while the current one computes (two "
-        "banks).",
+        "A row x W. The next tile's weights may load while the current one computes (each PE "
+        "holds a shadow weight beside the active one); a tile's last w beat waits until the "
+        "tile before it has started (max(rows - 2, 0) cycles after its first a beat).",
         "output_stationary": "Output-stationary (`dataflow` = 1): w and a move together, one "
         "K slice per step: each step carries one weight word per column and one activation "
         "word per row (lanes k values). `last` ends the tile; its `rows` result rows then "

@@ -36,8 +36,10 @@ the window) add nothing and set ``invalid``.
 accumulating adder, so that neither the multiply nor the add-and-saturate has the other on its
 path; everything behind it (sums, tokens, results) runs one cycle later.
 
-**Dataflows.** Weight-stationary: two weight banks (loaded through the vertical weight chain
-while the other bank computes); the partial sum flows down, ``p_out = sat(p_in + w*a)``.
+**Dataflows.** Weight-stationary: a shadow weight, latched from the vertical weight chain while
+the active weight computes, and copied into the active one the cycle before the next tile's first
+activation arrives (``a_next`` looks one cycle ahead); the partial sum flows down,
+``p_out = sat(p_in + w*a)``.
 Output-stationary: weights flow down, activations right; the PE accumulates and, at the tile's
 last step, moves the sum to ``hold``; a token that walks down the column at half speed tells the
 PE when to insert ``hold`` into the drain chain, so the tile's rows leave the bottom on
@@ -233,8 +235,9 @@ class PE(wiring.Component):
                 "w_in": In(dp.w_operand()),
                 "w_out": Out(dp.w_operand()),
                 "w_shift": In(1),  # weight-stationary: shift the weight chain this cycle
-                "w_latch": In(1),  # ...and copy w_in into bank w_latch_bank
-                "w_latch_bank": In(1),
+                "w_latch": In(1),  # ...and copy w_in into the shadow weight
+                # weight-stationary: what a_in will carry next cycle (the left neighbour's a_in)
+                **({"a_next": In(data.StructLayout({"valid": 1, "bank": 1}))} if dp.ws else {}),
                 "p_in": In(dp.psum()),
                 "p_out": Out(dp.psum()),
                 # Both dataflows: the output-stationary drain chain runs beside the partial
@@ -268,20 +271,26 @@ class PE(wiring.Component):
         m.submodules.multiplier = mul = Module()
         m.submodules.accumulator = accu = Module()
 
-        # Weights: the chain register (w_out), and two banks in weight-stationary designs.
+        # Weights: the chain register (w_out), and in weight-stationary designs a shadow weight
+        # (loaded from the chain) and the active one the multiplier reads.
         with m.If(self.os | self.w_shift):
             m.d.sync += self.w_out.eq(self.w_in)
         weight = Signal(dp.w_operand())
         if dp.ws:
-            m.submodules.weight_banks = wb = Module()
-            banks = [Signal(dp.w_operand(), name=f"bank{i}") for i in range(2)]
-            with wb.If(self.w_latch & ~self.os):
-                with wb.If(self.w_latch_bank):
-                    wb.d.sync += banks[1].eq(self.w_in)
-                with wb.Else():
-                    wb.d.sync += banks[0].eq(self.w_in)
-            ws_weight = Mux(a.bank, banks[1], banks[0])
-            wb.d.comb += weight.eq(Mux(self.os, self.w_in, ws_weight) if dp.os else ws_weight)
+            m.submodules.weights = wb = Module()
+            shadow = Signal(dp.w_operand(), name="w_shadow")
+            active = Signal(dp.w_operand(), name="w_active")
+            active_bank = Signal(init=1, name="w_active_bank")  # the tile parity active holds
+            latch = self.w_latch & ~self.os
+            with wb.If(latch):
+                wb.d.sync += shadow.eq(self.w_in)
+            # The copy happens the cycle before the tile's first activation arrives (so the
+            # multiplier reads a register, not a bank multiplexer); the top row's copy can meet
+            # its own tile's latch, and then takes the weight from the chain.
+            with wb.If(self.a_next.valid & (self.a_next.bank != active_bank) & ~self.os):
+                fresh = Mux(latch, self.w_in, shadow) if self._top else shadow
+                wb.d.sync += [active.eq(fresh), active_bank.eq(self.a_next.bank)]
+            wb.d.comb += weight.eq(Mux(self.os, self.w_in, active) if dp.os else active)
         else:
             m.d.comb += weight.eq(self.w_in)
 

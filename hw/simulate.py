@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from amaranth.sim import Simulator
 
@@ -18,18 +18,30 @@ class ArrayRun:
     a_cycles: list[int]  # the cycle each a beat was accepted in
     outputs: list[tuple[int, list[int], list[int]]]  # (cycle, values, invalid) per o beat
     cycles: int  # from the job's first cycle (its first beat offered) to its last output
+    w_cycles: list[int] = field(default_factory=list)  # the cycle each w beat was accepted in
 
 
 def simulate_array(
-    array, beats: Beats, *, vcd: str | None = None, timeout: int = 100_000
+    array,
+    beats: Beats,
+    *,
+    vcd: str | None = None,
+    timeout: int = 100_000,
+    a_not_before: dict[int, int] | None = None,
 ) -> ArrayRun:
     """Feed ``beats`` to ``array`` (a ``hw.array.SystolicArray``) as fast as it accepts them
-    and record every output. ``vcd`` (or $QACCEL_VCD, a directory) writes a waveform."""
-    return simulate_jobs(array, [beats], vcd=vcd, timeout=timeout)[0]
+    (``a_not_before``: a beats held back until a cycle, by index) and record every output.
+    ``vcd`` (or $QACCEL_VCD, a directory) writes a waveform."""
+    return simulate_jobs(array, [beats], vcd=vcd, timeout=timeout, a_not_before=a_not_before)[0]
 
 
 def simulate_jobs(
-    array, jobs: list[Beats], *, vcd: str | None = None, timeout: int = 100_000
+    array,
+    jobs: list[Beats],
+    *,
+    vcd: str | None = None,
+    timeout: int = 100_000,
+    a_not_before: dict[int, int] | None = None,
 ) -> list[ArrayRun]:
     """Run ``jobs`` one after the other in one simulation, each once the array is idle (so
     each may change the dataflow)."""
@@ -43,7 +55,7 @@ def simulate_jobs(
                 idle += 1
                 if idle > timeout:
                     raise AssertionError(f"still busy after {timeout} cycles")
-            runs.append(await _run_job(ctx, array, beats, timeout))
+            runs.append(await _run_job(ctx, array, beats, timeout, a_not_before or {}))
 
     sim = Simulator(array)
     sim.add_clock(1e-8)
@@ -59,16 +71,18 @@ def simulate_jobs(
     return runs
 
 
-async def _drive(ctx, block, beats, acc_width: int, cols: int, timeout: int):
-    """Offer every ``w`` and ``a`` beat as fast as ``block`` accepts them until all expected
-    outputs came: (cycles of accepted w beats, of accepted a beats, (cycle, values, invalid)
-    per output)."""
+async def _drive(ctx, block, beats, acc_width: int, cols: int, timeout: int, a_not_before=None):
+    """Offer every ``w`` and ``a`` beat as fast as ``block`` accepts them (a beats not before
+    their cycle in ``a_not_before``) until all expected outputs came: (cycles of accepted w
+    beats, of accepted a beats, (cycle, values, invalid) per output)."""
+    a_not_before = a_not_before or {}
     w_cycles: list[int] = []
     a_cycles: list[int] = []
     outputs: list = []
     w_next = a_next = cycle = 0
     while len(outputs) < len(beats.expected):
-        w_valid, a_valid = w_next < len(beats.w), a_next < len(beats.a)
+        w_valid = w_next < len(beats.w)
+        a_valid = a_next < len(beats.a) and cycle >= a_not_before.get(a_next, 0)
         ctx.set(block.w.valid, w_valid)
         ctx.set(block.a.valid, a_valid)
         if w_valid:
@@ -96,12 +110,14 @@ async def _drive(ctx, block, beats, acc_width: int, cols: int, timeout: int):
     return w_cycles, a_cycles, outputs
 
 
-async def _run_job(ctx, array, beats: Beats, timeout: int) -> ArrayRun:
+async def _run_job(ctx, array, beats: Beats, timeout: int, a_not_before) -> ArrayRun:
     if hasattr(array, "dataflow"):
         ctx.set(array.dataflow, int(beats.os))
     acc_width = array.datapath.bus.acc_width
-    _, a_cycles, outputs = await _drive(ctx, array, beats, acc_width, array.cols, timeout)
-    return ArrayRun(a_cycles, outputs, outputs[-1][0] + 1 if outputs else 0)
+    w_cycles, a_cycles, outputs = await _drive(
+        ctx, array, beats, acc_width, array.cols, timeout, a_not_before
+    )
+    return ArrayRun(a_cycles, outputs, outputs[-1][0] + 1 if outputs else 0, w_cycles)
 
 
 @dataclass

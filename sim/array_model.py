@@ -12,6 +12,8 @@ each result leaves.
   weight-stationary, the result of the ``a`` beat accepted in cycle t leaves in cycle
   t + rows + cols + s; output-stationary, row r of the tile whose last step was accepted in cycle
   t leaves in cycle t + rows + cols + 1 + s + r; s (``stages``) is 1 with pipelined PEs, else 0.
+- ``ws_copy_cycles``: weight-stationary, how long after a tile's first ``a`` beat the next
+  tile's weights may overwrite the PEs' shadow weights.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "reference",
     "unpack_output",
     "ws_beats",
+    "ws_copy_cycles",
     "ws_latency",
 ]
 
@@ -40,6 +43,13 @@ def ws_latency(rows: int, cols: int, stages: int = 0) -> int:
     """Cycles from an accepted ``a`` beat to its ``o`` beat, weight-stationary; ``stages``:
     the PEs' pipeline registers (``hw.pe.Datapath.stages``)."""
     return rows + cols + stages
+
+
+def ws_copy_cycles(rows: int) -> int:
+    """Weight-stationary: cycles after a tile's first ``a`` beat is accepted until the next
+    tile's last ``w`` beat may overwrite the PEs' shadow weights (``hw.array``); 0: in the cycle
+    of that ``a`` beat itself."""
+    return max(rows - 2, 0)
 
 
 def os_latency(rows: int, cols: int, row: int = 0, stages: int = 0) -> int:

@@ -20,7 +20,7 @@ from qaccel import csr
 from qaccel.isa import FETCH_WORDS, QUEUE_DEPTH, STREAM_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim import post_model
-from sim.array_model import os_latency, ws_latency
+from sim.array_model import os_latency, ws_copy_cycles, ws_latency
 from sim.dram import DramTiming, split_bursts
 
 __all__ = [
@@ -252,7 +252,9 @@ class _Machine:
         self.flight_until = -1  # the array is busy (in flight) through this cycle
         self.ws_count, self.ws_load_bank, self.ws_use_bank = 0, 0, 0
         self.ws_full = [False, False]
-        self.ws_drain_until = [-1, -1]
+        # hw.array: the PEs' shadow weights hold a tile that has not started; the next a beat
+        # starts a tile; the last w beat of a tile waits through this cycle (copies under way)
+        self.ws_pending, self.ws_starting, self.ws_copy_until = False, True, -1
         self.os_gap_until = -1
         self.lut_full, self.lut_plane, self.lut_last = False, 0, False
         self.lut_pending_until = -1
@@ -679,10 +681,11 @@ class _Machine:
             both = a_rdy and w_rdy and ready
             return both, both
         final = self.ws_count == g.rows - 1
-        lb = self.ws_load_bank
-        free = not self.ws_full[lb] and not (t <= self.ws_drain_until[lb])
-        w_take = w_rdy and (not final or free)
         a_take = a_rdy and self.ws_full[self.ws_use_bank]
+        free = not self.ws_pending and t > self.ws_copy_until
+        if ws_copy_cycles(g.rows) == 0:  # the shadows free up as the tile's first beat enters
+            free = free or (a_take and self.ws_starting)
+        w_take = w_rdy and (not final or free)
         return a_take, w_take
 
     def _lut_takes(self, t, insn):
@@ -789,18 +792,23 @@ class _Machine:
                 base = t + os_latency(g.rows, g.cols, stages=g.pe_stages)
                 self.outs.extend(base + r for r in range(g.rows))
             return
+        latched = w_take and self.ws_count == g.rows - 1
         if w_take:
             if self.ws_count == g.rows - 1:
                 self.ws_count = 0
                 self.ws_full[self.ws_load_bank] = True
                 self.ws_load_bank ^= 1
+                self.ws_pending = True
             else:
                 self.ws_count += 1
         if a_take:
             self.outs.append(t + ws_latency(g.rows, g.cols, g.pe_stages))
-            if self.a.head_is_last():
+            if self.ws_starting:  # (a latch in this same cycle refills the shadows)
+                self.ws_pending = latched
+                self.ws_copy_until = t + ws_copy_cycles(g.rows) - 1
+            self.ws_starting = self.a.head_is_last()
+            if self.ws_starting:
                 self.ws_full[self.ws_use_bank] = False
-                self.ws_drain_until[self.ws_use_bank] = t + g.rows - 2
                 self.ws_use_bank ^= 1
 
     def _lut_taken(self, t, insn, a_take, w_take):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from qaccel.isa import QUEUE_DEPTH, AccElement, Instruction, Opcode
 from qaccel.program import Program, check_program
 from sim import post_model
-from sim.array_model import os_latency, ws_latency
+from sim.array_model import os_latency, ws_copy_cycles, ws_latency
 from sim.cycle import (
     POPS,
     PUSHES,
@@ -129,7 +129,9 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction, gap: int = -1) ->
     last_take = -1
     # weight-stationary banks (hw.array): loading count, which bank loads and which computes
     ws_count, load_bank, use_bank = 0, 0, 0
-    full, drain_until = [False, False], [-1, -1]
+    full = [False, False]
+    pending, starting, copy_until = False, True, -1  # as sim.cycle's ws_pending, ...
+    copy_now = ws_copy_cycles(rows) == 0
     gap_until = gap  # output-stationary: a tile's last step waits through this cycle
     lut_full, lut_plane, lut_last = False, 0, False
     fed = last_beat = -1
@@ -160,9 +162,11 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction, gap: int = -1) ->
             a_take = w_take = a_rdy and w_rdy and not (last and t <= gap_until)
         else:
             final = ws_count == rows - 1
-            free = not full[load_bank] and t > drain_until[load_bank]
-            w_take = w_rdy and (not final or free)
             a_take = a_rdy and full[use_bank]
+            free = not pending and t > copy_until
+            if copy_now:  # the shadows free up as the tile's first beat enters
+                free = free or (a_take and starting)
+            w_take = w_rdy and (not final or free)
         # results
         out_now = out_i < len(outs) and outs[out_i] == t
         if out_now:
@@ -196,13 +200,16 @@ def _block_activity(g, sp_banks, acc_banks, insn: Instruction, gap: int = -1) ->
                         ws_count = 0
                         full[load_bank] = True
                         load_bank ^= 1
+                        pending = True
                     else:
                         ws_count += 1
                 if a_take:
                     outs.append(t + ws_latency(rows, cols, g.pe_stages))
-                    if a.head_is_last():
+                    if starting:  # (a latch in this same cycle refills the shadows)
+                        pending, copy_until = w_take and final, t + ws_copy_cycles(rows) - 1
+                    starting = a.head_is_last()
+                    if starting:
                         full[use_bank] = False
-                        drain_until[use_bank] = t + rows - 2
                         use_bank ^= 1
         if a_take:
             a.pop()

@@ -21,6 +21,7 @@ from sim.array_model import (
     random_tile,
     reference,
     ws_beats,
+    ws_copy_cycles,
     ws_latency,
 )
 
@@ -158,6 +159,31 @@ def test_array_back_to_back(shape, dataflow, pipelined):
             beats.extend(os_beats(bus, rows, cols, index, spec, *tiles[1], stages=stages))
             run = run_and_check(array, beats)
             assert run.a_cycles == list(range(len(beats.a))), spec.name
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+@pytest.mark.parametrize("dataflow", ["ws", "both"])
+@pytest.mark.parametrize("pipelined", [False, True], ids=["plain", "pipelined"])
+def test_weights_wait_for_the_tile_before_to_start(rows, dataflow, pipelined):
+    """Three short tiles, the second's activations late: the third tile's last w beat
+    (which overwrites the PEs' shadow weights) waits until the second tile has started, by
+    ``ws_copy_cycles``; every result stays right."""
+    cols = 2
+    array = make_array(rows, cols, [("int8", "int8")], dataflow=dataflow, pipelined=pipelined)
+    spec, bus = array.modes[0], array.datapath.bus
+    rng = rng_for("late tile", rows, dataflow, pipelined)
+    beats = None
+    for _ in range(3):
+        tile = ws_beats(bus, rows, cols, 0, spec, *random_tile(spec, rng, 2, rows, cols),
+                        stages=int(pipelined))  # fmt: skip
+        beats = tile if beats is None else beats.extend(tile)
+    late = 6 * rows + 10  # tile 1's first a beat: long after tile 2's weights are in the chain
+    run = simulate_array(array, beats, a_not_before={2: late})
+    check_run(beats, run.a_cycles, run.outputs)
+    assert run.a_cycles[2] == late
+    offered = run.w_cycles[2 * rows - 1] + rows  # tile 2's last w beat, had nothing stopped it
+    assert run.w_cycles[3 * rows - 1] == max(offered, late + ws_copy_cycles(rows))
+    assert run.w_cycles[3 * rows - 1] > offered  # it did wait
 
 
 def test_short_output_stationary_tiles_stall():
