@@ -203,6 +203,7 @@ class SystolicArray(wiring.Component):
                 tagged.valid.eq(a_take),
                 tagged.mode.eq(a_mode),
                 tagged.bank.eq(ws_bank),
+                tagged.os.eq(os) if dp.ws and dp.os else [],
                 tagged.first.eq(first),
                 tagged.last.eq(self.a.payload.last),
             ]
@@ -236,7 +237,6 @@ class SystolicArray(wiring.Component):
                     pe, (PE, id(dp), *pe.variant), f"pe_{variant}"
                 )
                 m.d.comb += [
-                    pe.os.eq(os),
                     pe.a_in.eq(a_edge[r] if c == 0 else grid[r][c - 1].a_out),
                     pe.w_in.eq(w_edge[c] if r == 0 else grid[r - 1][c].w_out),
                 ]
@@ -248,6 +248,7 @@ class SystolicArray(wiring.Component):
                         pe.w_latch.eq(latch),
                         pe.a_next.valid.eq(ahead.valid),
                         pe.a_next.bank.eq(ahead.bank),
+                        pe.a_next.os.eq(ahead.os) if dp.os else [],
                     ]
                 if r > 0:
                     m.d.comb += [

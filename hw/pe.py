@@ -210,10 +210,17 @@ class Datapath:
                 "bank": 1,
                 "first": 1,
                 "last": 1,
+                # both dataflows: the dataflow travels with each beat, so that no PE waits for
+                # a broadcast net (single-dataflow PEs know theirs)
+                "os": int(self.ws and self.os),
                 "scale": self.scale_bits,  # MX: the row's E8M0 block scale
                 "block_end": int(bool(self.mx)),  # MX: the last step of a block
             }
         )
+
+    def a_ahead(self) -> data.StructLayout:
+        """Weight-stationary: the tags of the beat a PE's ``a_in`` carries next cycle."""
+        return data.StructLayout({"valid": 1, "bank": 1, "os": int(self.ws and self.os)})
 
     def psum(self) -> data.StructLayout:
         return data.StructLayout(
@@ -229,7 +236,6 @@ class PE(wiring.Component):
         self._dp, self._row, self._top = dp, row, row == 0
         super().__init__(
             {
-                "os": In(1),  # 1: output-stationary, 0: weight-stationary (quasi-static)
                 "a_in": In(dp.a_tagged()),
                 "a_out": Out(dp.a_tagged()),
                 "w_in": In(dp.w_operand()),
@@ -237,7 +243,7 @@ class PE(wiring.Component):
                 "w_shift": In(1),  # weight-stationary: shift the weight chain this cycle
                 "w_latch": In(1),  # ...and copy w_in into the shadow weight
                 # weight-stationary: what a_in will carry next cycle (the left neighbour's a_in)
-                **({"a_next": In(data.StructLayout({"valid": 1, "bank": 1}))} if dp.ws else {}),
+                **({"a_next": In(dp.a_ahead())} if dp.ws else {}),
                 "p_in": In(dp.psum()),
                 "p_out": Out(dp.psum()),
                 # Both dataflows: the output-stationary drain chain runs beside the partial
@@ -273,7 +279,8 @@ class PE(wiring.Component):
 
         # Weights: the chain register (w_out), and in weight-stationary designs a shadow weight
         # (loaded from the chain) and the active one the multiplier reads.
-        with m.If(self.os | self.w_shift):
+        os = self._os(a)
+        with m.If(os | self.w_shift):
             m.d.sync += self.w_out.eq(self.w_in)
         weight = Signal(dp.w_operand())
         if dp.ws:
@@ -281,16 +288,17 @@ class PE(wiring.Component):
             shadow = Signal(dp.w_operand(), name="w_shadow")
             active = Signal(dp.w_operand(), name="w_active")
             active_bank = Signal(init=1, name="w_active_bank")  # the tile parity active holds
-            latch = self.w_latch & ~self.os
+            latch = self.w_latch & ~os
             with wb.If(latch):
                 wb.d.sync += shadow.eq(self.w_in)
             # The copy happens the cycle before the tile's first activation arrives (so the
             # multiplier reads a register, not a bank multiplexer); the top row's copy can meet
             # its own tile's latch, and then takes the weight from the chain.
-            with wb.If(self.a_next.valid & (self.a_next.bank != active_bank) & ~self.os):
+            ahead = self.a_next
+            with wb.If(ahead.valid & (ahead.bank != active_bank) & ~self._os(ahead)):
                 fresh = Mux(latch, self.w_in, shadow) if self._top else shadow
                 wb.d.sync += [active.eq(fresh), active_bank.eq(self.a_next.bank)]
-            wb.d.comb += weight.eq(Mux(self.os, self.w_in, active) if dp.os else active)
+            wb.d.comb += weight.eq(Mux(os, self.w_in, active) if dp.os else active)
         else:
             m.d.comb += weight.eq(self.w_in)
 
@@ -312,7 +320,7 @@ class PE(wiring.Component):
         restart = a.first
         new_block = Signal(init=1)
         if dp.mx:
-            with accu.If(a.valid & self.os):
+            with accu.If(a.valid & self._os(a)):
                 accu.d.sync += new_block.eq(a.block_end)
             restart = a.first | (mode.mx & new_block)
 
@@ -329,7 +337,7 @@ class PE(wiring.Component):
             accu.d.comb += total.eq((base + product)[:exact].as_signed())
         else:
             if dp.ws and dp.os:
-                base = Mux(self.os, Mux(restart, 0, acc), self.p_in.value)
+                base = Mux(self._os(a), Mux(restart, 0, acc), self.p_in.value)
             else:
                 base = self.p_in.value if dp.ws else Mux(restart, 0, acc)
             raw = Signal(signed(dp.acc_width + 1))
@@ -364,7 +372,7 @@ class PE(wiring.Component):
         hold = Signal(dp.psum())
         total_invalid = (~restart & acc_invalid) | special
         result, result_invalid = total, total_invalid
-        step = a.valid & self.os
+        step = a.valid & self._os(a)
         if dp.mx:
             outer = self._block_scaling(m, a, weight, total, total_invalid, mode)
             result = Mux(mode.mx, outer.value, total)
@@ -412,9 +420,14 @@ class PE(wiring.Component):
                 (live & outer.invalid) | block_invalid | nan_scale | (~fits & (block != 0))
             ),
         ]
-        with m.If(a.valid & self.os & mode.mx & a.block_end):
+        with m.If(a.valid & self._os(a) & mode.mx & a.block_end):
             m.d.sync += [outer.eq(new), live.eq(~a.last)]
         return new
+
+    def _os(self, tag):
+        """1 where ``tag`` (an activation's tags) is an output-stationary beat."""
+        dp = self._dp
+        return tag.os if dp.ws and dp.os else Const(int(dp.os), 1)
 
     def _mx_controls(self, m, mode, controls):
         """``controls.mx``: the mode is an MX mode."""
