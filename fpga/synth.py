@@ -179,6 +179,8 @@ class SynthReport:
     pnr_utilization: dict[str, Usage] = field(default_factory=dict)  # nextpnr's, used > 0
     # block -> {"instances", "LUT4", "FF", "DSP"}, from the hierarchical run (block_counts)
     blocks: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Yosys's LUT mapper: "abc9" (synth_ecp5's default), "abc" (iCE40, or ECP5 after ABC9 failed)
+    mapper: str = "abc9"
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -217,6 +219,11 @@ class SynthReport:
             )
         if self.wrapped_io:
             lines.append("I/O: behind the serial wrapper, whose registers are counted above")
+        if self.mapper == "abc" and self.target.startswith("ecp5"):
+            lines.append(
+                f"Mapping: Yosys's ABC9 failed on this netlist (an internal assertion); "
+                f"mapped with ABC ({ABC9_FALLBACK})"
+            )
         if self.blocks:
             lines += [
                 "",
@@ -282,6 +289,33 @@ def _yosys(sources: list[Path], script: str, out_dir: Path, log_name: str) -> No
         for rel, path in sorted(zip(files, sources, strict=True), key=lambda f: -len(f[0])):
             error = error.replace(rel, str(path))
         raise OSError(f"yosys failed: {error} (log: {log})")
+
+
+# Yosys's ABC9 mapping (synth_ecp5's default) trips an internal assertion on some netlists
+# (``GetSize(conn.first) == GetSize(conn.second)`` while reintegrating ABC's result); ABC maps
+# the same netlist. The fallback is recorded in the report, never silent.
+ABC9_FALLBACK = "-noabc9"
+
+
+def _abc9_failed(error: OSError, out_dir: Path, log_name: str) -> bool:
+    log = out_dir / log_name
+    if "Assert" not in str(error) or not log.is_file():
+        return False
+    return "ABC9" in "".join(log.read_text(errors="replace").splitlines(keepends=True)[-60:])
+
+
+def _synth_yosys(sources, family: str, synth: str, rest: str, out_dir: Path, log_name: str) -> str:
+    """Run ``<family's synth command> <synth>; <rest>``; on ECP5, when ABC9 fails, again with
+    ``-noabc9``. Returns the mapper used: "abc9" or "abc" (iCE40: "abc")."""
+    command = _SYNTH[family]
+    try:
+        _yosys(sources, f"{command} {synth}; {rest}", out_dir, log_name)
+        return "abc9" if family == "ecp5" else "abc"
+    except OSError as error:
+        if family != "ecp5" or not _abc9_failed(error, out_dir, log_name):
+            raise
+    _yosys(sources, f"{command} {ABC9_FALLBACK} {synth}; {rest}", out_dir, log_name)
+    return "abc"
 
 
 def read_ports(verilog: Path | list[Path], top: str, work_dir: Path) -> list[Port]:
@@ -425,12 +459,8 @@ def logic_counts(verilog: Path | list[Path], top: str, target: str, out_dir: Pat
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "stat.json").unlink(missing_ok=True)
-    _yosys(
-        sources,
-        f"{_SYNTH[device.family]} -top {top}; tee -q -o stat.json stat -json",
-        out_dir,
-        "yosys.log",
-    )
+    stat_json = "tee -q -o stat.json stat -json"
+    _synth_yosys(sources, device.family, f"-top {top}", stat_json, out_dir, "yosys.log")
     return _count(json.loads((out_dir / "stat.json").read_text()), top, device.family)
 
 
@@ -444,9 +474,10 @@ def block_counts(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     design_top = design_top or top
-    _yosys(
+    _synth_yosys(
         _sources(verilog),
-        f"{_SYNTH[device.family]} -noflatten -top {design_top}; "
+        device.family,
+        f"-noflatten -top {design_top}",
         "tee -q -o stat_blocks.json stat -json",
         out_dir,
         "yosys_blocks.log",
@@ -503,10 +534,14 @@ def synthesize(
             sources.append(wrapper)
     synth_top = wrapper_name(top) if wrapped else top
 
-    script = (
-        f"{_SYNTH[device.family]} -top {synth_top} -json synth.json; tee -q -o stat.json stat -json"
+    mapper = _synth_yosys(
+        sources,
+        device.family,
+        f"-top {synth_top} -json synth.json",
+        "tee -q -o stat.json stat -json",
+        out_dir,
+        "yosys.log",
     )
-    _yosys(sources, script, out_dir, "yosys.log")
     stat = json.loads((out_dir / "stat.json").read_text())
     used = _count(stat, synth_top, device.family)
     _check_fit(used, device)
@@ -531,6 +566,7 @@ def synthesize(
             if u["used"]
         },
         blocks=per_block,
+        mapper=mapper,
     )
     (out_dir / "report.json").write_text(report.to_json())
     return report

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fpga import synth as synth_module
 from fpga.io_wrapper import Port, wrapper_verilog
 from fpga.synth import (
     ROUTERS,
@@ -124,6 +125,8 @@ def test_adder_on_every_target(tmp_path, target):
         assert device.capacity[resource] == available[cell], (cell, resource)
     table = report.table()
     assert "IO" in table and "Fmax" in table and f"{ADDER_PORT_BITS}" in table
+    assert report.mapper == ("abc9" if device.family == "ecp5" else "abc")
+    assert "Mapping" not in table
 
 
 @pytest.mark.parametrize("router", ROUTERS)
@@ -287,6 +290,36 @@ def test_yosys_error_names_the_line_and_the_log(tmp_path):
         synthesize(
             write(tmp_path, "adder8", ADDER), "nosuch", "ice40-up5k", tmp_path, wrap_io=False
         )
+
+
+def test_abc9_assertion_falls_back_to_abc(tmp_path, monkeypatch):
+    """Yosys's ABC9 trips an internal assertion on some netlists: the flow maps the design with
+    ABC instead, and says so in the report and its table; other assertions still fail."""
+    real = synth_module._yosys
+    abc9_runs = []
+
+    def yosys(sources, script, out_dir, log_name, *, log_text="Executing ABC9.\n"):
+        if script.startswith("synth_ecp5") and "-noabc9" not in script:
+            abc9_runs.append(log_name)
+            (out_dir / log_name).write_text(log_text)
+            raise OSError(f"yosys failed: Assert `x' failed in rtlil.cc:1. (log: {log_name})")
+        return real(sources, script, out_dir, log_name)
+
+    monkeypatch.setattr(synth_module, "_yosys", yosys)
+    out = tmp_path / "out"
+    report = synthesize(write(tmp_path, "adder8", ADDER), "adder8", "ecp5-25k", out)
+    assert abc9_runs == ["yosys.log", "yosys_blocks.log"]
+    assert report.mapper == "abc" and report.fmax_mhz > 20 and report.resources["LUT4"].used > 0
+    assert "synth_ecp5 -noabc9" in (out / "yosys.log").read_text()
+    assert "mapped with ABC (-noabc9)" in report.table()
+    assert json.loads((out / "report.json").read_text())["mapper"] == "abc"
+
+    def other_assert(sources, script, out_dir, log_name):
+        return yosys(sources, script, out_dir, log_name, log_text="Executing OPT pass.\n")
+
+    monkeypatch.setattr(synth_module, "_yosys", other_assert)
+    with pytest.raises(OSError, match="Assert"):
+        synthesize(write(tmp_path, "adder8", ADDER), "adder8", "ecp5-25k", tmp_path / "o2")
 
 
 def test_nextpnr_out_of_cells_is_does_not_fit():
