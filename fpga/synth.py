@@ -221,8 +221,8 @@ class SynthReport:
             lines.append("I/O: behind the serial wrapper, whose registers are counted above")
         if self.mapper == "abc" and self.target.startswith("ecp5"):
             lines.append(
-                f"Mapping: Yosys's ABC9 failed on this netlist (an internal assertion); "
-                f"mapped with ABC ({ABC9_FALLBACK})"
+                "Mapping: Yosys's ABC9 failed on this netlist (an internal assertion); LUTs "
+                f"mapped by `{ABC_FALLBACK}`"
             )
         if self.blocks:
             lines += [
@@ -291,10 +291,12 @@ def _yosys(sources: list[Path], script: str, out_dir: Path, log_name: str) -> No
         raise OSError(f"yosys failed: {error} (log: {log})")
 
 
-# Yosys's ABC9 mapping (synth_ecp5's default) trips an internal assertion on some netlists
-# (``GetSize(conn.first) == GetSize(conn.second)`` while reintegrating ABC's result); ABC maps
-# the same netlist. The fallback is recorded in the report, never silent.
-ABC9_FALLBACK = "-noabc9"
+# Yosys's ABC9 mapping (synth_ecp5's only LUT mapper) trips an internal assertion on some
+# netlists (``GetSize(conn.first) == GetSize(conn.second)`` while reintegrating ABC's result).
+# The fallback runs synth_ecp5 around its map_luts step and maps the LUTs with the classic
+# ``abc`` pass instead (LUT4, and up to LUT7 through the PFU multiplexers, as synth_ecp5 did
+# before ABC9); the report records it, never silently.
+ABC_FALLBACK = "abc -lut 4:7 -dress"
 
 
 def _abc9_failed(error: OSError, out_dir: Path, log_name: str) -> bool:
@@ -306,7 +308,8 @@ def _abc9_failed(error: OSError, out_dir: Path, log_name: str) -> bool:
 
 def _synth_yosys(sources, family: str, synth: str, rest: str, out_dir: Path, log_name: str) -> str:
     """Run ``<family's synth command> <synth>; <rest>``; on ECP5, when ABC9 fails, again with
-    ``-noabc9``. Returns the mapper used: "abc9" or "abc" (iCE40: "abc")."""
+    the LUTs mapped by ``ABC_FALLBACK``. Returns the mapper used: "abc9" or "abc" (iCE40:
+    "abc")."""
     command = _SYNTH[family]
     try:
         _yosys(sources, f"{command} {synth}; {rest}", out_dir, log_name)
@@ -314,7 +317,14 @@ def _synth_yosys(sources, family: str, synth: str, rest: str, out_dir: Path, log
     except OSError as error:
         if family != "ecp5" or not _abc9_failed(error, out_dir, log_name):
             raise
-    _yosys(sources, f"{command} {ABC9_FALLBACK} {synth}; {rest}", out_dir, log_name)
+    # synth_ecp5's map_luts step, with abc in place of abc9
+    before = " ".join(w for w in synth.split() if w != "-json" and not w.endswith(".json"))
+    script = (
+        f"{command} {before} -run :map_luts; check -latchonly -assert; "
+        f"techmap -map +/lattice/latches_map.v; {ABC_FALLBACK}; clean; "
+        f"{command} {synth} -run map_cells:; {rest}"
+    )
+    _yosys(sources, script, out_dir, log_name)
     return "abc"
 
 
