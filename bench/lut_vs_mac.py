@@ -100,6 +100,7 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
             )
         if len(set(pair)) > 1:
             raise ValueError(f"{weight}: LUT core and MAC array differ in MACs/cycle: {pair}")
+    lines += ["", *_where_the_lut4_go(results)]
     lines += [
         "",
         "Reading the table: a LUT cell does group/bits MACs per cycle (one lookup per weight "
@@ -111,6 +112,35 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
         "(`report.json` of each run has the resources per block).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _where_the_lut4_go(results) -> list[str]:
+    """LUT4 per block of every run (Yosys with the hierarchy kept, all instances of a block
+    together), and per MAC/cycle for the blocks that do the arithmetic."""
+    runs = [
+        (f"{weight.upper()} {BLOCKS[block][1]}", results[(f"{block}_{weight}", BLOCKS[block][0])])
+        for weight in WEIGHTS
+        for block in BLOCKS
+    ]
+    runs = [(label, r) for label, (_, r) in runs if isinstance(r, dict) and r.get("blocks")]
+    if not runs:
+        return []
+    names = sorted({b for _, r in runs for b in r["blocks"]})
+    text = [
+        "Where the LUT4 go (Yosys with the hierarchy kept, all instances of a block together; "
+        "LUT core: `table_unit` builds the tables, each `cell` looks its entry up, shifts, "
+        "negates and accumulates, `row_correction` and `output_stage` correct, halve and "
+        "saturate once per column; MAC array: `pe/multiplier` forms the lane products and "
+        "`pe/accumulator` adds them):",
+        "",
+        "| block | " + " | ".join(label for label, _ in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for name in names:
+        cells = [str(r["blocks"].get(name, {}).get("LUT4", "")) for _, r in runs]
+        if any(c not in ("", "0") for c in cells):
+            text.append(f"| {name} | " + " | ".join(cells) + " |")
+    return text
 
 
 if __name__ == "__main__":
