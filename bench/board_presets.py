@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = [("configs/ulx3s.toml", "ecp5-85k"), ("bench/configs/accel2x4_int8.toml", "ice40-up5k")]
 # The ULX3S accelerator's ports take 316 of the 365 pins; placed beside them it spread over the
 # die and neither router finished in 30 minutes: behind the serial I/O wrapper (router2 there
-# still had thousands of overused wires after 20 minutes; router1 converges).
+# still had thousands of overused wires after 20 minutes; router1 came closest, bench/RESULTS.md).
 OPTIONS = {"configs/ulx3s.toml": ["--wrap-io", "yes"]}
 
 
