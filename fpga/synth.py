@@ -306,23 +306,25 @@ def _abc9_failed(error: OSError, out_dir: Path, log_name: str) -> bool:
     return "ABC9" in "".join(log.read_text(errors="replace").splitlines(keepends=True)[-60:])
 
 
-def _synth_yosys(sources, family: str, synth: str, rest: str, out_dir: Path, log_name: str) -> str:
-    """Run ``<family's synth command> <synth>; <rest>``; on ECP5, when ABC9 fails, again with
-    the LUTs mapped by ``ABC_FALLBACK``. Returns the mapper used: "abc9" or "abc" (iCE40:
-    "abc")."""
+def _synth_yosys(
+    sources, family: str, options: str, rest: str, out_dir: Path, log_name: str, json_out: str = ""
+) -> str:
+    """Run ``<family's synth command> <options> [-json <json_out>]; <rest>``; on ECP5, when
+    ABC9 fails, again with the LUTs mapped by ``ABC_FALLBACK``. Returns the mapper used: "abc9"
+    or "abc" (iCE40: "abc")."""
     command = _SYNTH[family]
+    write = f" -json {json_out}" if json_out else ""
     try:
-        _yosys(sources, f"{command} {synth}; {rest}", out_dir, log_name)
+        _yosys(sources, f"{command} {options}{write}; {rest}", out_dir, log_name)
         return "abc9" if family == "ecp5" else "abc"
     except OSError as error:
         if family != "ecp5" or not _abc9_failed(error, out_dir, log_name):
             raise
     # synth_ecp5's map_luts step, with abc in place of abc9
-    before = " ".join(w for w in synth.split() if w != "-json" and not w.endswith(".json"))
     script = (
-        f"{command} {before} -run :map_luts; check -latchonly -assert; "
+        f"{command} {options} -run :map_luts; check -latchonly -assert; "
         f"techmap -map +/lattice/latches_map.v; {ABC_FALLBACK}; clean; "
-        f"{command} {synth} -run map_cells:; {rest}"
+        f"{command} {options}{write} -run map_cells:; {rest}"
     )
     _yosys(sources, script, out_dir, log_name)
     return "abc"
@@ -547,10 +549,11 @@ def synthesize(
     mapper = _synth_yosys(
         sources,
         device.family,
-        f"-top {synth_top} -json synth.json",
+        f"-top {synth_top}",
         "tee -q -o stat.json stat -json",
         out_dir,
         "yosys.log",
+        json_out="synth.json",
     )
     stat = json.loads((out_dir / "stat.json").read_text())
     used = _count(stat, synth_top, device.family)
