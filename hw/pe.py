@@ -59,6 +59,7 @@ from amaranth.lib.wiring import In, Out
 
 from qaccel import formats
 from qaccel.modes import ACT_SIG_BITS, MAX_SLICES, BusWidths, ModeSpec, shift_bits, sig_bits
+from qaccel.toolchain import DONT_MERGE
 
 __all__ = ["PE", "Datapath", "mode_cases"]
 
@@ -271,7 +272,7 @@ class PE(wiring.Component):
         m = Module()
         dp = self._dp
         a = self.a_in
-        m.d.sync += self.a_out.eq(a)
+        self._pass_right(m, a)
         # Sub-blocks as submodules, so that synthesis with the hierarchy kept can say where the
         # area goes (fpga.synth.block_counts); flattened, they cost nothing.
         m.submodules.multiplier = mul = Module()
@@ -423,6 +424,27 @@ class PE(wiring.Component):
         with m.If(a.valid & self._os(a) & mode.mx & a.block_end):
             m.d.sync += [outer.eq(new), live.eq(~a.last)]
         return new
+
+    def _pass_right(self, m, a):
+        """a_out = a_in, one cycle later. The tags that steer the datapath (the mode in a
+        multi-mode array, the dataflow in a both-dataflow one) are equal in every PE of an
+        anti-diagonal (r + c), and synthesis would merge their registers into one that drives
+        a diagonal across the die; ``dont_merge`` (fpga.synth) keeps one per PE, beside the
+        logic it steers."""
+        dp = self._dp
+        wanted = {"mode": len(dp.modes) > 1, "os": dp.ws and dp.os}
+        steering = [name for name, on in wanted.items() if on]
+        if not steering:
+            m.d.sync += self.a_out.eq(a)
+            return
+        held = Signal(dp.a_tagged(), name="a_held")
+        m.d.sync += held.eq(a)
+        m.d.comb += self.a_out.eq(held)
+        for name in steering:
+            tag = getattr(a, name)
+            own = Signal(len(tag), name=f"a_{name}", attrs={DONT_MERGE: 1})
+            m.d.sync += own.eq(tag)
+            m.d.comb += getattr(self.a_out, name).eq(own)
 
     def _os(self, tag):
         """1 where ``tag`` (an activation's tags) is an output-stationary beat."""

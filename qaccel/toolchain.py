@@ -14,7 +14,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ToolStatus", "check_tools", "tool_env", "verilator_bin_dir"]
+__all__ = ["DONT_MERGE", "ToolStatus", "check_tools", "tool_env", "verilator_bin_dir"]
+
+# The Verilog attribute of registers that synthesis must not merge with equal ones (each sits
+# beside the logic it drives); fpga.synth turns it into Yosys's ``keep`` on their flip-flops.
+DONT_MERGE = "dont_merge"
 
 
 def verilator_bin_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from fractions import Fraction
 
@@ -199,6 +200,31 @@ def test_short_output_stationary_tiles_stall():
     )
     run = run_and_check(array, beats)
     assert run.a_cycles == [0, 1, 4]  # the second tile's last step waits for rows=4 cycles
+
+
+@pytest.mark.parametrize(
+    ("pairs", "dataflow", "marked"),
+    [
+        ([("int8", "int8")], "ws", set()),
+        ([("int8", "int8")], "os", set()),
+        ([("int8", "int8")], "both", {"a_os"}),
+        ([("int8", "int8"), ("int4", "int8")], "ws", {"a_mode"}),
+        ([("int8", "int8"), ("int4", "int8")], "both", {"a_mode", "a_os"}),
+    ],
+)
+def test_steering_tags_have_a_register_per_pe(pairs, dataflow, marked):
+    """The tags that steer a PE's datapath are its own registers, marked so that synthesis
+    does not merge them along the array's anti-diagonals (fpga.synth); no others are marked."""
+    from hw.generate import to_verilog
+    from qaccel.toolchain import DONT_MERGE
+
+    text = to_verilog(make_array(2, 3, pairs, dataflow), "array")
+    modules = re.split(r"^module ", text, flags=re.M)[1:]
+    pes = [m for m in modules if re.match(r"array__pe_\d+\(", m)]
+    assert pes
+    for module in [*pes, *(m for m in modules if m not in pes)]:
+        found = set(re.findall(rf"\(\* {DONT_MERGE} = \S+ \*\)\n\s+reg (\w+)", module))
+        assert found == (marked if module in pes else set())
 
 
 def test_latency_formulas():

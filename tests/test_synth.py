@@ -20,8 +20,10 @@ from fpga.synth import (
     _block_name,
     _pnr_failure,
     block_counts,
+    logic_counts,
     synthesize,
 )
+from qaccel.toolchain import DONT_MERGE
 
 ADDER = """
 module adder8(input clk, input rst, input [7:0] a, input [7:0] b, output reg [8:0] y);
@@ -179,6 +181,30 @@ def test_resources_per_block(tmp_path):
     table = report.table()
     assert "per block" in table and "lane" in table.split("per block")[1]
     assert json.loads((tmp_path / "out" / "report.json").read_text())["blocks"] == blocks
+
+
+# Two registers of the same input, each steering its own logic, inside a submodule (as the PEs
+# are): Yosys folds equal registers into one unless they are marked DONT_MERGE.
+TWINS = r"""
+module \twins.half (input clk, input d, input [3:0] x, output [3:0] y);
+  {mark} reg t;
+  always @(posedge clk) t <= d;
+  assign y = x ^ {{4{{t}}}};
+endmodule
+module twins(input clk, input rst, input d, input [7:0] x, output [7:0] y);
+  {mark} reg s;
+  always @(posedge clk) s <= d;
+  \twins.half lo (.clk(clk), .d(d), .x(x[3:0]), .y(y[3:0]));
+  assign y[7:4] = x[7:4] & {{4{{s}}}};
+endmodule
+"""
+
+
+@pytest.mark.parametrize(("mark", "ffs"), [("", 1), (f"(* {DONT_MERGE} *)", 2)])
+@pytest.mark.parametrize("target", ["ecp5-25k", "ice40-up5k"])
+def test_dont_merge_keeps_equal_registers_apart(tmp_path, mark, ffs, target):
+    verilog = write(tmp_path, "twins", TWINS.format(mark=mark))
+    assert logic_counts(verilog, "twins", target, tmp_path / "out")["FF"] == ffs
 
 
 def test_too_many_multipliers_for_up5k(tmp_path):
