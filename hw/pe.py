@@ -97,21 +97,6 @@ class Datapath:
         return 8 // self.slices
 
     @cached_property
-    def w_slice_bits(self) -> int:
-        """Signed width of a slice multiplier's weight: the slice and a sign bit, or, where
-        every mode is a float mode (one slice), the widest weight significand."""
-        if self.slices == 1 and len(self.floats) == len(self.modes):
-            return max(sig_bits(m.weight) for m in self.modes)
-        return self.slice_bits + 1
-
-    @cached_property
-    def a_slice_bits(self) -> int:
-        """Signed width of a slice multiplier's activation (float modes: the significand)."""
-        if len(self.floats) == len(self.modes):
-            return max(sig_bits(m.activation) for m in self.modes)
-        return ACT_SIG_BITS
-
-    @cached_property
     def floats(self) -> tuple[ModeSpec, ...]:
         return tuple(m for m in self.modes if not m.integer)
 
@@ -476,10 +461,8 @@ class PE(wiring.Component):
         """product = this cycle's sum of lane products (float: shifted into accumulator LSBs)."""
         dp = self._dp
         s, sw = dp.slices, dp.slice_bits
-        # float significands are narrower than the slices: the assignments below keep their
-        # low bits, which hold the whole two's-complement value
-        w_slices = [Signal(signed(dp.w_slice_bits), name=f"w_slice{j}") for j in range(s)]
-        a_slices = [Signal(signed(dp.a_slice_bits), name=f"a_slice{j}") for j in range(s)]
+        w_slices = [Signal(signed(sw + 1), name=f"w_slice{j}") for j in range(s)]
+        a_slices = [Signal(signed(ACT_SIG_BITS), name=f"a_slice{j}") for j in range(s)]
         positions = [Signal(range(MAX_SLICES), name=f"pos{j}") for j in range(s)]
         shift = Signal(dp.w_shift_bits + dp.a_shift_bits + 1)
         is_float = Signal()
@@ -489,7 +472,9 @@ class PE(wiring.Component):
                 m.d.comb += [is_float.eq(1), shift.eq(weight.shift + act.shift)]
         lane_sum = Signal(signed(8 + ACT_SIG_BITS + 2))
         m.d.comb += lane_sum.eq(
-            sum(_slice_product(w_slices[j], a_slices[j]) << (positions[j] * sw) for j in range(s))
+            sum(
+                _slice_product(w_slices[j], a_slices[j], s) << (positions[j] * sw) for j in range(s)
+            )
         )
         if dp.floats:
             m.d.comb += product.eq(Mux(is_float, lane_sum << shift, lane_sum))
@@ -551,17 +536,12 @@ def _clamp(m, mode, raw, out, widths):
     m.d.comb += out.eq(Mux(fits, raw, limit))
 
 
-# Weights of at most this many two's-complement bits are multiplied by shifted adds.
-NARROW_WEIGHT_BITS = 5
-
-
-def _slice_product(w, a):
-    """w * a for one slice. A wide weight (an 8-bit slice) is a plain multiply (a DSP block,
-    where there is one); a narrow one (a 1-, 2- or 4-bit slice, or an FP8 significand) is a few
-    shifted adds of ``a``: cheaper in LUTs than a DSP each, which FPGA synthesis would otherwise
-    spend on every small multiply, and no trip to a DSP column and back on the PE's path."""
-    n = len(w)  # two's complement: w = -w[n-1] * 2**(n-1) + sum(w[j] * 2**j)
-    if n > NARROW_WEIGHT_BITS:
+def _slice_product(w, a, slices: int):
+    """w * a for one slice. An 8-bit slice is a plain multiply (a DSP block, where there is
+    one); narrow slices are a few shifted adds of ``a``: cheaper in LUTs than a DSP each, which
+    FPGA synthesis would otherwise spend on every 3x9 or 5x9 multiply."""
+    if slices == 1:
         return w * a
+    n = len(w)  # two's complement: w = -w[n-1] * 2**(n-1) + sum(w[j] * 2**j)
     terms = [Mux(w[j], a << j, 0) for j in range(n - 1)]
     return sum(terms) - Mux(w[n - 1], a << (n - 1), 0)
