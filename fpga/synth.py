@@ -1,8 +1,9 @@
 """Synthesis, placement and routing of Verilog for an FPGA target: resources and Fmax.
 
-Yosys (``synth_ecp5``, ``synth_ice40 -dsp``) maps the design; the cell counts of its ``stat``
-are checked against the device, so a design that cannot fit fails with ``DoesNotFit`` before
-place and route; nextpnr then places and routes it and its JSON report gives the achieved Fmax.
+Yosys (``synth_ecp5 -nowidelut``, ``synth_ice40 -dsp``) maps the design; the cell counts of
+its ``stat`` are checked against the device, so a design that cannot fit fails with
+``DoesNotFit`` before place and route; nextpnr then places and routes it and its JSON report
+gives the achieved Fmax.
 Both run as the YoWASP (WebAssembly) console scripts of the project's environment, in
 ``out_dir``, which receives ``yosys.log``, ``nextpnr.log``, ``stat.json`` (Yosys),
 ``nextpnr_report.json`` and ``report.json`` (``SynthReport``).
@@ -124,7 +125,11 @@ _CELLS = {
         "SPRAM": ("SB_SPRAM256KA",),
     },
 }
-_SYNTH = {"ecp5": "synth_ecp5", "ice40": "synth_ice40 -dsp"}
+# ECP5 without wide LUTs: with them, ABC9 mapped a saturating 39-bit sum (one output column of
+# the LUT core) to 322 LUT4 + 128 PFUMX + 96 L6MUX21, against 69 LUT4 with LUT4s only (20 CCU2C
+# in both); the LUT core at W2A8 went from 16,453 to 10,206 LUT4 and from 50.6 to 62.4 MHz, the
+# 4x4 W4A8 array from 7,170 to 5,836 LUT4 and from 90.5 to 94.8 MHz.
+_SYNTH = {"ecp5": "synth_ecp5 -nowidelut", "ice40": "synth_ice40 -dsp"}
 # The label of each synth command's step after its first (``begin``: the design read and
 # elaborated, and on iCE40 its processes turned into cells).
 _ELABORATED = {"ecp5": "coarse", "ice40": "flatten"}
@@ -301,9 +306,9 @@ _KEEP_UNMERGED = f"proc; setattr -set keep 1 a:{DONT_MERGE} %ci1:+[Q] c:* %i"
 # Yosys's ABC9 mapping (synth_ecp5's only LUT mapper) trips an internal assertion on some
 # netlists (``GetSize(conn.first) == GetSize(conn.second)`` while reintegrating ABC's result).
 # The fallback runs synth_ecp5 around its map_luts step and maps the LUTs with the classic
-# ``abc`` pass instead (LUT4, and up to LUT7 through the PFU multiplexers, as synth_ecp5 did
-# before ABC9); the report records it, never silently.
-ABC_FALLBACK = "abc -lut 4:7 -dress"
+# ``abc`` pass instead (LUT4s only, as ``-nowidelut`` asks of ABC9); the report records it,
+# never silently.
+ABC_FALLBACK = "abc -lut 4 -dress"
 
 
 def _abc9_failed(error: OSError, out_dir: Path, log_name: str) -> bool:

@@ -9,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from amaranth.back import verilog as amaranth_verilog
+from amaranth.hdl import Array, Elaboratable, Module, Signal, signed
 
 from fpga import synth as synth_module
 from fpga.io_wrapper import Port, wrapper_verilog
@@ -23,6 +25,7 @@ from fpga.synth import (
     logic_counts,
     synthesize,
 )
+from hw.lut_core import _sat
 from qaccel.toolchain import DONT_MERGE
 
 ADDER = """
@@ -368,3 +371,32 @@ def test_nextpnr_out_of_cells_is_does_not_fit():
 def test_device_checks_its_family():
     with pytest.raises(ValueError, match="family must be one of ecp5, ice40, not 'xc7'"):
         Device("x", "xc7", (), lut4=1, ff=1, carry=1, dsp=0, bram=0, io=1)
+
+
+class _SaturatedColumn(Elaboratable):
+    """One output column of the LUT core: a row's 35-bit sum picked by a mux, plus a 38-bit
+    correction, halved and saturated to 32 bits (``hw.lut_core._sat``)."""
+
+    def __init__(self):
+        self.held = [Signal(signed(35), name=f"held{i}") for i in range(2)]
+        self.row, self.corr, self.y = Signal(), Signal(signed(38)), Signal(signed(32))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.y.eq(_sat((Array(self.held)[self.row] + self.corr) >> 1, 32))
+        return m
+
+
+def test_ecp5_maps_saturating_sums_to_lut4s_only(tmp_path):
+    # With wide LUTs ABC9 mapped this column to 322 LUT4 + 128 PFUMX + 96 L6MUX21 (plus the
+    # 20 CCU2C of the sum); with LUT4s only, to 69 LUT4 and the 20 CCU2C.
+    column = _SaturatedColumn()
+    ports = [*column.held, column.row, column.corr, column.y]
+    verilog = write(
+        tmp_path, "column", amaranth_verilog.convert(column, name="column", ports=ports)
+    )
+    used = logic_counts(verilog, "column", "ecp5-25k", tmp_path / "out")
+    assert used["carry"] == 20 and used["LUT4"] <= 2 * 20 + 100
+    stat = json.loads((tmp_path / "out" / "stat.json").read_text())
+    cells = synth_module._module(stat, "column")["num_cells_by_type"]
+    assert not {"PFUMX", "L6MUX21"} & set(cells)
