@@ -212,9 +212,6 @@ class LutCore(wiring.Component):
         pending = Signal(range(rows + 1))  # result rows still to leave
         row = Signal(range(max(rows, 2)))
         m.d.comb += self.w.ready.eq(full & ~(tile_end & (pending > 1)))
-        acc_fresh = Signal(init=1)
-        with m.If(w_take):
-            m.d.sync += acc_fresh.eq(tile_end)
         # The cells hold their plane sums; the correction, the halving and the saturation run
         # once per column, on the row leaving (``row``), instead of once per cell.
         hold = [
@@ -237,14 +234,20 @@ class LutCore(wiring.Component):
                 entry = table[r][low]
                 scaled = Signal(signed(self.entry_bits + 3), name=f"term{r}_{c}")
                 cell.d.comb += scaled.eq(entry << shift)
-                term = Mux(top ^ negative, -scaled, scaled)
+                # -x = ~x + 1: the inversion merges into the lookup's last LUT and the + 1 is
+                # the adder's carry in (a negation and a multiplexer cost 19 LUT4 more).
+                minus = top ^ negative
+                flipped = scaled ^ minus.replicate(len(scaled)).as_signed()
                 acc = Signal(signed(wide), name=f"acc{r}_{c}")
                 total = Signal(signed(wide), name=f"sum{r}_{c}")
-                cell.d.comb += total.eq(_sat(Mux(acc_fresh, 0, acc) + term, wide))
+                cell.d.comb += total.eq(_sat(acc + flipped + minus, wide))
+                # A tile's last plane leaves the accumulator zero for the next tile: the
+                # flip-flops' synchronous reset, where a zeroing multiplexer in front of the
+                # adder took a LUT4 per bit.
                 with cell.If(w_take):
                     cell.d.sync += acc.eq(total)
                     with cell.If(tile_end):
-                        cell.d.sync += hold[r][c].eq(total)
+                        cell.d.sync += [acc.eq(0), hold[r][c].eq(total)]
         with m.If(w_take & tile_end):
             m.d.sync += [pending.eq(rows), row.eq(0)]
         with m.Elif(pending != 0):
