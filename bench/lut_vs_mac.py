@@ -77,6 +77,7 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
         "| MACs/cycle per kLUT4 | GMAC/s per kLUT4 | command |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    macs_of: dict[str, int] = {}  # run label (as in _where_the_lut4_go) -> MACs/cycle
     for weight in WEIGHTS:
         pair = []
         for block, (top, label) in BLOCKS.items():
@@ -90,6 +91,7 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
             manifest = synth_runs.manifest(name, top, target)
             macs = _macs(manifest, weight)
             pair.append(macs)
+            macs_of[f"{weight.upper()} {label}"] = macs
             res = result["resources"]
             lut4, fmax = res["LUT4"]["used"], result["fmax_mhz"]
             per_klut = 1000 * macs / lut4
@@ -101,7 +103,7 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
             )
         if len(set(pair)) > 1:
             raise ValueError(f"{weight}: LUT core and MAC array differ in MACs/cycle: {pair}")
-    lines += ["", *_where_the_lut4_go(results)]
+    lines += ["", *_where_the_lut4_go(results, macs_of)]
     lines += [
         "",
         "Reading the table: a LUT cell does group/bits MACs per cycle (one lookup per weight "
@@ -109,13 +111,29 @@ def render(results: dict[tuple[str, str], tuple[str, dict | str]]) -> str:
         "offset-binary correction, halving and saturation run once per column as a row "
         "leaves); a Bit Fusion PE does 8/bits (4 at binary weights) with one accumulator. At "
         "group 4 the LUT core therefore needs as many accumulating cells as the MAC array has "
-        "PEs at W1A8, and twice as many at W2A8 and W4A8: most of the difference in area "
-        "(`report.json` of each run has the resources per block).",
+        "PEs at W1A8, and twice as many at W2A8 and W4A8 (`report.json` of each run has the "
+        "resources per block).",
+        "",
+        "Why the LUT core does not reach twice the MAC array's MACs per LUT4 on this fabric: "
+        "a table lookup is a multiplexer, and ECP5 logic is LUT4s. Choosing one of the 8 "
+        "stored entries of a group of 4 INT8 activations (11 bits each) takes 7 LUT4 per bit, "
+        "77 LUT4 per cell and bit plane, about what the 4 products it replaces cost when "
+        "formed directly (a 1-bit weight times an INT8 activation is a conditional negation; "
+        "four of them and their sum fit in a few carry chains). LUT Tensor Core's gain comes "
+        "from ASIC table reads that cost far less than multipliers. On top of the lookup, "
+        "every cell carries a 35-bit saturating accumulator (18 CCU2C, 35 LUT4 of clamp, 70 "
+        "flip-flops with its result register) for group/bits MACs per cycle, while a PE "
+        "amortizes its accumulator over 8/bits products. The rows above measure the two "
+        "parts: the arithmetic units' LUT4 per MAC/cycle, and the shared parts (tables, "
+        "correction, output columns, I/O wrapper). Reading more than one plane per cycle in "
+        "a cell (the `planes_per_cycle` idea) would share one accumulator among the planes "
+        "of a weight, but it needs the scratchpad to deliver that many planes per beat, a "
+        "change of the LUT_GEMM layout not made here.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _where_the_lut4_go(results) -> list[str]:
+def _where_the_lut4_go(results, macs: dict[str, int]) -> list[str]:
     """LUT4 per block of every run (Yosys with the hierarchy kept, all instances of a block
     together), and per MAC/cycle for the blocks that do the arithmetic."""
     runs = [
@@ -123,7 +141,11 @@ def _where_the_lut4_go(results) -> list[str]:
         for weight in WEIGHTS
         for block in BLOCKS
     ]
-    runs = [(label, r) for label, (_, r) in runs if isinstance(r, dict) and r.get("blocks")]
+    runs = [
+        (label, r)
+        for label, (_, r) in runs
+        if isinstance(r, dict) and r.get("blocks") and label in macs
+    ]
     if not runs:
         return []
     names = sorted({b for _, r in runs for b in r["blocks"]})
@@ -141,7 +163,37 @@ def _where_the_lut4_go(results) -> list[str]:
         cells = [str(r["blocks"].get(name, {}).get("LUT4", "")) for _, r in runs]
         if any(c not in ("", "0") for c in cells):
             text.append(f"| {name} | " + " | ".join(cells) + " |")
+    per_unit = [_per_unit(r, macs[label]) for label, r in runs]
+    for row, key in (
+        ("arithmetic units (cells or PEs)", "units"),
+        ("MACs/cycle per unit", "unit_macs"),
+        ("LUT4 per unit", "unit_lut4"),
+        ("LUT4 per MAC/cycle: arithmetic units", "arith"),
+        ("LUT4 per MAC/cycle: everything else", "shared"),
+    ):
+        text.append(f"| **{row}** | " + " | ".join(u[key] for u in per_unit) + " |")
     return text
+
+
+# The blocks that hold each design's multiply-accumulate units, and their instance counts.
+_ARITHMETIC = {"lut_core": ("cell",), "array": ("pe", "pe/multiplier", "pe/accumulator")}
+
+
+def _per_unit(report: dict, macs: int) -> dict[str, str]:
+    """The arithmetic units' share of a run's LUT4 (``_ARITHMETIC``) and the rest's, both from
+    the blocks (whose sum is a little above the flat figure)."""
+    blocks = report["blocks"]
+    total = sum(b["LUT4"] for b in blocks.values())
+    names = [b for b in _ARITHMETIC[report["top"]] if b in blocks]
+    units = blocks[names[0]]["instances"]
+    arith = sum(blocks[b]["LUT4"] for b in names)
+    return {
+        "units": str(units),
+        "unit_macs": f"{macs / units:g}",
+        "unit_lut4": f"{arith / units:.0f}",
+        "arith": f"{arith / macs:.1f}",
+        "shared": f"{(total - arith) / macs:.1f}",
+    }
 
 
 if __name__ == "__main__":
