@@ -182,10 +182,8 @@ class LutCore(wiring.Component):
             acts = [self.a.payload.data[r][j] for j in range(g)]
             acts = [a.as_signed() if self._act.signed else a for a in acts]
             with tu.If(a_take):
-                for e in range(entries):
-                    tu.d.sync += table[r][e].eq(
-                        sum(acts[j] if (e >> j) & 1 else -acts[j] for j in range(g))
-                    )
+                for e, entry in enumerate(_entries(acts)):
+                    tu.d.sync += table[r][e].eq(entry)
                 tu.d.sync += s_sum[r].eq(_sat(Mux(a_fresh, 0, s_sum[r]) + sum(acts), wide))
         with m.If(a_take):
             m.d.sync += [table_last.eq(self.a.payload.last), a_fresh.eq(self.a.payload.last)]
@@ -262,6 +260,26 @@ class LutCore(wiring.Component):
             m.d.comb += self.o.payload.data[c].eq(result)
         m.d.comb += self.busy.eq(full | (pending != 0) | ~a_fresh)
         return m
+
+
+def _entries(acts: list) -> list:
+    """The stored table entries of one group, T[e] = sum_j (bit_j(e) ? +a_j : -a_j) with the
+    top activation always negative, as one add each of two shared half tables: the signed sums
+    of the low activations and of the high ones (24 adders at group 4 become 14)."""
+    g = len(acts)
+    half = g // 2
+
+    def signed_sums(part: list, last_negative: bool) -> list:
+        free = len(part) - last_negative  # the activations whose sign the index picks
+        sums = []
+        for i in range(1 << free):
+            terms = [part[j] if (i >> j) & 1 else -part[j] for j in range(free)]
+            sums.append(sum(terms + ([-part[-1]] if last_negative else [])))
+        return sums
+
+    low = signed_sums(acts[:half], last_negative=False)
+    high = signed_sums(acts[half:], last_negative=True)
+    return [low[e & ((1 << half) - 1)] + high[e >> half] for e in range(1 << (g - 1))]
 
 
 def _sat(value, bits: int):

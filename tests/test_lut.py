@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from hw.lut_core import LutCore, lut_modes
+from hw.lut_core import LutCore, _entries, lut_modes
 from hw.simulate import simulate_lut
 from qaccel import config, formats
 from sim.lut_model import (
@@ -192,3 +192,15 @@ def test_bad_inputs_are_refused():
     core._MustUse__silence = True
     with pytest.raises(ValueError, match="takes A 2xK and W Kx3"):
         lut_beats(core, 0, np.zeros((4, 2)), np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("group", range(2, 9))
+def test_table_entries_from_half_tables(group):
+    """The table unit's entries (two shared half tables, one add each) are the symmetrized
+    table's stored half: the top activation negative, the others signed by the index bits."""
+    acts = [int(a) for a in rng_for("entries", group).integers(-128, 128, group)]
+    want = [
+        sum(acts[j] if (e >> j) & 1 else -acts[j] for j in range(group))
+        for e in range(1 << (group - 1))
+    ]
+    assert _entries(acts) == want
