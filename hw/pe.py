@@ -304,15 +304,26 @@ class PE(wiring.Component):
             m.d.comb += weight.eq(self.w_in)
 
         product = Signal(signed(dp.product_bits))
-        self._multiply(mul, weight, a.op, a.mode, product)
+        lane_sum, shift, is_float = self._multiply(mul, weight, a.op, a.mode)
         if dp.pipelined:
             # The accumulating stage runs one cycle behind the multiplier: the product is
             # registered (a DSP's output register), the activation's tags are a_out (a_in one
             # cycle later), and the weight's scale and flags are registered beside the product.
-            registered = Signal(signed(dp.product_bits), name="product_reg")
+            # A float product is registered unshifted, with its shift: the shifter then runs
+            # after the register, not behind a DSP that may sit far from the PE.
             weight_reg = Signal(dp.w_operand(), name="weight_reg")
-            mul.d.sync += [registered.eq(product), weight_reg.eq(weight)]
-            product, weight, a = registered, weight_reg, self.a_out
+            mul.d.sync += weight_reg.eq(weight)
+            if dp.floats:
+                lane_sum, shift, is_float = _registered(mul, lane_sum, shift, is_float)
+            else:
+                registered = Signal(signed(dp.product_bits), name="product_reg")
+                mul.d.sync += registered.eq(lane_sum)
+                lane_sum = registered
+            weight, a = weight_reg, self.a_out
+        if dp.floats:
+            accu.d.comb += product.eq(Mux(is_float, lane_sum << shift, lane_sum))
+        else:
+            accu.d.comb += product.eq(lane_sum)
         mode = _ModeControls(dp)
         self._mx_controls(accu, a.mode, mode)
         special = (weight.special | a.op.special) if dp.has_special else Const(0)
@@ -426,21 +437,27 @@ class PE(wiring.Component):
         return new
 
     def _pass_right(self, m, a):
-        """a_out = a_in, one cycle later. The tags that steer the datapath (the mode in a
-        multi-mode array, the dataflow in a both-dataflow one) are equal in every PE of an
-        anti-diagonal (r + c), and synthesis would merge their registers into one that drives
-        a diagonal across the die; ``dont_merge`` (fpga.synth) keeps one per PE, beside the
-        logic it steers."""
+        """a_out = a_in, one cycle later. A beat's control tags (valid, first, last, the bank,
+        the mode in a multi-mode array, the dataflow in a both-dataflow one) are equal in
+        every PE of an anti-diagonal (r + c), and synthesis would merge their registers into
+        one that drives a diagonal across the die (in the 8x8 output-stationary array, a
+        merged ``first`` on the critical path: 4.4 ns of routing); ``dont_merge``
+        (fpga.synth) keeps one per PE, beside the logic it steers. Only tags the datapath
+        reads are marked, as a marked register is never removed."""
         dp = self._dp
-        wanted = {"mode": len(dp.modes) > 1, "os": dp.ws and dp.os}
-        steering = [name for name, on in wanted.items() if on]
-        if not steering:
-            m.d.sync += self.a_out.eq(a)
-            return
+        wanted = {
+            "valid": True,
+            "bank": dp.ws,
+            "first": dp.os,
+            "last": dp.os,
+            "block_end": bool(dp.mx),
+            "mode": len(dp.modes) > 1,
+            "os": dp.ws and dp.os,
+        }
         held = Signal(dp.a_tagged(), name="a_held")
         m.d.sync += held.eq(a)
         m.d.comb += self.a_out.eq(held)
-        for name in steering:
+        for name in (name for name, on in wanted.items() if on):
             tag = getattr(a, name)
             own = Signal(len(tag), name=f"a_{name}", attrs={DONT_MERGE: 1})
             m.d.sync += own.eq(tag)
@@ -457,8 +474,9 @@ class PE(wiring.Component):
             for _, spec in mode_cases(m, mode, self._dp.modes):
                 m.d.comb += controls.mx.eq(bool(spec.block))
 
-    def _multiply(self, m, weight, act, mode, product):
-        """product = this cycle's sum of lane products (float: shifted into accumulator LSBs)."""
+    def _multiply(self, m, weight, act, mode):
+        """This cycle's sum of lane products, and for float modes the shift that puts it into
+        accumulator LSBs: (lane_sum, shift, is_float)."""
         dp = self._dp
         s, sw = dp.slices, dp.slice_bits
         w_slices = [Signal(signed(sw + 1), name=f"w_slice{j}") for j in range(s)]
@@ -476,10 +494,7 @@ class PE(wiring.Component):
                 _slice_product(w_slices[j], a_slices[j], s) << (positions[j] * sw) for j in range(s)
             )
         )
-        if dp.floats:
-            m.d.comb += product.eq(Mux(is_float, lane_sum << shift, lane_sum))
-        else:
-            m.d.comb += product.eq(lane_sum)
+        return lane_sum, shift, is_float
 
     def _route(self, m, spec: ModeSpec, weight, act, w_slices, a_slices, positions):
         """Wire the slice multipliers for one mode (see the module docstring)."""
@@ -503,6 +518,13 @@ class PE(wiring.Component):
                 a_slices[j].eq(a_val),
                 positions[j].eq(pos),
             ]
+
+
+def _registered(m, *values):
+    """Registers holding ``values`` one cycle later, named after them."""
+    regs = [Signal.like(v, name=f"{v.name}_reg") for v in values]
+    m.d.sync += [r.eq(v) for r, v in zip(regs, values, strict=True)]
+    return regs
 
 
 def mode_cases(m, mode, modes):

@@ -205,16 +205,21 @@ def test_short_output_stationary_tiles_stall():
 @pytest.mark.parametrize(
     ("pairs", "dataflow", "marked"),
     [
-        ([("int8", "int8")], "ws", set()),
-        ([("int8", "int8")], "os", set()),
-        ([("int8", "int8")], "both", {"a_os"}),
-        ([("int8", "int8"), ("int4", "int8")], "ws", {"a_mode"}),
-        ([("int8", "int8"), ("int4", "int8")], "both", {"a_mode", "a_os"}),
+        ([("int8", "int8")], "ws", {"a_valid", "a_bank"}),
+        ([("int8", "int8")], "os", {"a_valid", "a_first", "a_last"}),
+        ([("int8", "int8")], "both", {"a_valid", "a_bank", "a_first", "a_last", "a_os"}),
+        ([("int8", "int8"), ("int4", "int8")], "ws", {"a_valid", "a_bank", "a_mode"}),
+        (
+            [("int8", "int8"), ("int4", "int8")],
+            "both",
+            {"a_valid", "a_bank", "a_first", "a_last", "a_mode", "a_os"},
+        ),
+        ([("mxfp8_e4m3", "mxfp8_e4m3")], "os", {"a_valid", "a_first", "a_last", "a_block_end"}),
     ],
 )
 def test_steering_tags_have_a_register_per_pe(pairs, dataflow, marked):
-    """The tags that steer a PE's datapath are its own registers, marked so that synthesis
-    does not merge them along the array's anti-diagonals (fpga.synth); no others are marked."""
+    """The control tags a PE reads are its own registers, marked so that synthesis does not
+    merge them along the array's anti-diagonals (fpga.synth); no others are marked."""
     from hw.generate import to_verilog
     from qaccel.toolchain import DONT_MERGE
 
