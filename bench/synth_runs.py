@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ def command(name: str, top: str, target: str, router: str = "router1") -> list[s
     return argv if router == "router1" else [*argv[:-2], "--router", router, *argv[-2:]]
 
 
+@functools.cache  # sections of one `bench/run.py` share a row's run (same command, same code)
 def synth(
     name: str, top: str, targets: tuple[str, ...], router: str = "router1"
 ) -> tuple[str, dict | str]:
