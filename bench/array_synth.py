@@ -15,12 +15,10 @@ TITLE = "Systolic arrays on ECP5"
 TARGETS = ("ecp5-25k", "ecp5-85k")  # each array on the smallest that fits
 CONFIGS = [f"array{n}_{mode}" for n in (4, 8) for mode in ("int8", "w4a8", "fp8")]
 CONFIGS.append("array4_every")  # the array of configs/tiny.toml: every mode
-# nextpnr's router1 was still routing these after 40 minutes on two cores; router2 finishes.
-ROUTER = {"array8_w4a8": "router2", "array8_fp8": "router2"}
 
 
 def synth(name: str) -> tuple[str, dict | str]:
-    return synth_runs.synth(name, "array", TARGETS, ROUTER.get(name, "router1"))
+    return synth_runs.synth(name, "array", TARGETS, synth_runs.router(name))
 
 
 def run() -> str:
@@ -41,9 +39,9 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
         "100 MHz constraint); "
         "LUT4 counts the two LUT4s of every CCU2C carry cell. Arrays whose ports exceed the "
         "package's pins sit behind the serial I/O wrapper (fpga/io_wrapper.py: about one FF "
-        "per port bit, included in the figures). nextpnr's default router1 routes all but the "
-        "8x8 W4A8 and FP8 arrays, which it had not finished after 40 minutes on two cores; "
-        "those take router2 (`--router router2` in their commands). MACs/cycle: the most of any "
+        "per port bit, included in the figures). nextpnr's default router1 routes the 4x4 "
+        "arrays; the 8x8 ones take router2 (`--router router2` in their commands), as router1 "
+        "had not finished them after 40 minutes on two cores. MACs/cycle: the most of any "
         "mode (the manifest's `macs_per_cycle`).",
         "",
         "| array | mode | device | LUT4 | FF | DSP | Fmax (MHz) | MACs/cycle | LUT4 per "
@@ -53,7 +51,7 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
     for name, (target, result) in results.items():
         size, mode = name.removeprefix("array").split("_")
         label = f"{size}x{size}"
-        cmd = " ".join(synth_runs.command(name, "array", target, ROUTER.get(name, "router1")))
+        cmd = " ".join(synth_runs.command(name, "array", target, synth_runs.router(name)))
         if isinstance(result, str):
             lines.append(f"| {label} | {mode} | {target} | {result} | | | | | | | `{cmd}` |")
             continue

@@ -11,6 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# nextpnr's router1 had not routed these after 40 to 70 minutes on two cores (the 8x8 INT8
+# both-dataflow array since ECP5 logic maps to LUT4s only); router2 routes them.
+ROUTER = {f"array8_{mode}": "router2" for mode in ("int8", "int8_os", "w4a8", "fp8")}
+
+
+def router(name: str) -> str:
+    """The nextpnr router a bench configuration is routed with."""
+    return ROUTER.get(name, "router1")
+
+
 def command(name: str, top: str, target: str, router: str = "router1") -> list[str]:
     argv = [
         "qaccel", "synth", "--config", f"bench/configs/{name}.toml", "--top", top,

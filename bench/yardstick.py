@@ -27,9 +27,6 @@ SIZES = (4, 8)
 # (size, dataflow, ours): the yardsticks first, so each ratio has its denominator
 RUNS = [(n, df, ours) for n in SIZES for ours in (False, True) for df in ("ws", "os")]
 RUNS += [(n, "both", True) for n in SIZES]
-# nextpnr's router1 had not routed our 8x8 output-stationary array after 70 minutes on two
-# cores (overuse rising); router2 is the documented way out (fpga.synth.ROUTERS).
-ROUTER = {"array8_int8_os": "router2"}
 
 
 def plain_command(dataflow: str, size: int, target: str) -> list[str]:
@@ -61,7 +58,7 @@ def synth(run: tuple[int, str, bool]) -> tuple[str, dict | str]:
     size, dataflow, ours = run
     if ours:
         name = ours_name(size, dataflow)
-        return synth_runs.synth(name, "array", TARGETS, ROUTER.get(name, "router1"))
+        return synth_runs.synth(name, "array", TARGETS, synth_runs.router(name))
     for target in TARGETS:
         try:
             return target, synth_plain(dataflow, size, target)
@@ -97,9 +94,9 @@ def render(results: dict[tuple[int, str, bool], tuple[str, dict | str]]) -> str:
         "behind the "
         "serial I/O wrapper (its registers counted), on the smallest of ECP5-25k and ECP5-85k "
         "it fits. Ratios: ours over the yardstick of the same dataflow; both dataflows over "
-        "the output-stationary yardstick. Our 8x8 output-stationary array is routed by "
-        "router2 (`--router router2` in its command): router1 had not routed it after 70 "
-        "minutes. Command for the whole table: "
+        "the output-stationary yardstick. Our 8x8 output-stationary and both-dataflow arrays "
+        "are routed by router2 (`--router router2` in their commands): router1 had not routed "
+        "them after 40 to 70 minutes. Command for the whole table: "
         "`python bench/run.py yardstick`.",
         "",
         "| array | dataflow | design | device | LUT4 | FF | DSP | Fmax (MHz) | LUT4 ratio | "
@@ -110,7 +107,7 @@ def render(results: dict[tuple[int, str, bool], tuple[str, dict | str]]) -> str:
     for (size, dataflow, ours), (target, result) in results.items():
         if ours:
             name = ours_name(size, dataflow)
-            cmd = " ".join(synth_runs.command(name, "array", target, ROUTER.get(name, "router1")))
+            cmd = " ".join(synth_runs.command(name, "array", target, synth_runs.router(name)))
         else:
             cmd = " ".join(plain_command(dataflow, size, target))
         design = "qaccel" if ours else "yardstick"
