@@ -41,7 +41,8 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
         "package's pins sit behind the serial I/O wrapper (fpga/io_wrapper.py: about one FF "
         "per port bit, included in the figures). nextpnr's default router1 routes the 4x4 "
         "arrays; the 8x8 ones take router2 (`--router router2` in their commands), as router1 "
-        "had not finished them after 40 minutes on two cores. MACs/cycle: the most of any "
+        "had not finished the W4A8 and FP8 ones after 40 minutes on two cores and still had "
+        "about 1,500 overused wires on the INT8 one after 18. MACs/cycle: the most of any "
         "mode (the manifest's `macs_per_cycle`).",
         "",
         "| array | mode | device | LUT4 | FF | DSP | Fmax (MHz) | MACs/cycle | LUT4 per "
