@@ -313,8 +313,11 @@ class PE(wiring.Component):
             # after the register, not behind a DSP that may sit far from the PE.
             weight_reg = Signal(dp.w_operand(), name="weight_reg")
             mul.d.sync += weight_reg.eq(weight)
-            if dp.floats:
+            if dp.floats and len(dp.floats) < len(dp.modes):
                 lane_sum, shift, is_float = _registered(mul, lane_sum, shift, is_float)
+            elif dp.floats:  # every mode is a float mode: is_float is 1, never a register
+                lane_sum, shift = _registered(mul, lane_sum, shift)
+                is_float = Const(1)
             else:
                 registered = Signal(signed(dp.product_bits), name="product_reg")
                 mul.d.sync += registered.eq(lane_sum)

@@ -480,3 +480,17 @@ def test_mx_mode_spec_rejects(pair, message):
         mode_spec(*pair, rows=2, acc_bits=32)
     with pytest.raises(ValueError, match="lo <= hi"):
         mode_spec("mxfp4", "mxfp4", rows=2, acc_bits=32, mx_scale_range=(3, 1))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "registered"),
+    [([("fp8_e4m3", "fp8_e4m3")], False), ([("int8", "int8"), ("fp8_e4m3", "fp8_e4m3")], True)],
+)
+def test_float_only_pes_register_no_constant(pairs, registered):
+    """A pipelined PE registers whether its product is a float's only where that varies with
+    the mode: a register of a constant would be one register per array after Yosys merged
+    them, fanning out to every PE (the critical path of the 8x8 FP8 array)."""
+    from hw.generate import to_verilog
+
+    text = to_verilog(make_array(2, 2, pairs, pipelined=True), "array")
+    assert bool(re.search(r"reg .*\bis_float_reg\b", text)) == registered
