@@ -143,8 +143,22 @@ def test_array_back_to_back(shape, dataflow, pipelined):
     formula's cycle, and with no bubble between the tiles."""
     rows, cols = shape
     array = make_array(rows, cols, dataflow=dataflow, pipelined=pipelined)
-    bus, stages = array.datapath.bus, int(pipelined)
     rng = rng_for(shape, dataflow) if not pipelined else rng_for(shape, dataflow, "pipelined")
+    _back_to_back(array, rows, cols, dataflow, int(pipelined), rng)
+
+
+@pytest.mark.parametrize("pair", [("int8", "int8"), ("fp8_e4m3", "fp8_e4m3")])
+@pytest.mark.parametrize("dataflow", ["ws", "os", "both"])
+def test_one_mode_pipelined_array_back_to_back(pair, dataflow):
+    """A 3x5 array of one mode (no mode logic; a float-only PE has a constant float flag),
+    pipelined: bit-exact and on the latency formula's cycles, as with every mode."""
+    array = make_array(3, 5, [pair], dataflow=dataflow, pipelined=True)
+    _back_to_back(array, 3, 5, dataflow, 1, rng_for("one mode", pair, dataflow))
+
+
+def _back_to_back(array, rows, cols, dataflow, stages, rng):
+    """Two random tiles per mode back to back, checked against the reference."""
+    bus = array.datapath.bus
     for index, spec in enumerate(array.modes):
         k = spec.lanes * rows
         if dataflow != "os":
