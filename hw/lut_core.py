@@ -233,15 +233,16 @@ class LutCore(wiring.Component):
                 scaled = Signal(signed(self.entry_bits + 3), name=f"term{r}_{c}")
                 cell.d.comb += scaled.eq(entry << shift)
                 # -x = ~x + 1: the inversion merges into the lookup's last LUT and the + 1 is
-                # the adder's carry in (a negation and a multiplexer cost 19 LUT4 more).
+                # the adder's carry in (in a one-cell model, a negation and a multiplexer cost
+                # 19 LUT4 more).
                 minus = top ^ negative
                 flipped = scaled ^ minus.replicate(len(scaled)).as_signed()
                 acc = Signal(signed(wide), name=f"acc{r}_{c}")
                 total = Signal(signed(wide), name=f"sum{r}_{c}")
                 cell.d.comb += total.eq(_sat(acc + flipped + minus, wide))
                 # A tile's last plane leaves the accumulator zero for the next tile: the
-                # flip-flops' synchronous reset, where a zeroing multiplexer in front of the
-                # adder took a LUT4 per bit.
+                # flip-flops' synchronous reset instead of a zeroing multiplexer in front of
+                # the adder (with the carry-in negation, a cell went from 231 to 198 LUT4).
                 with cell.If(w_take):
                     cell.d.sync += acc.eq(total)
                     with cell.If(tile_end):

@@ -446,7 +446,9 @@ class PE(wiring.Component):
         one that drives a diagonal across the die (in the 8x8 output-stationary array, a
         merged ``first`` on the critical path: 4.4 ns of routing); ``dont_merge``
         (fpga.synth) keeps one per PE, beside the logic it steers. Only tags the datapath
-        reads are marked, as a marked register is never removed."""
+        reads are marked, as a marked register is never removed; the copies the last column
+        passes on (and, for the bank, the one before it) are read by no PE and stay, a few
+        flip-flops per row."""
         dp = self._dp
         wanted = {
             "valid": True,
