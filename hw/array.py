@@ -23,7 +23,8 @@ next tile's weights load meanwhile, so tiles follow each other without a bubble 
 tile has at least rows activation beats; a tile's last ``w`` beat waits until the tile before it
 has started (``sim.array_model.ws_copy_cycles``: max(rows - 2, 0) cycles after its first ``a``
 beat). Latency: an ``a`` beat accepted in cycle t gives its ``o`` beat in cycle
-t + rows + cols + s, where s = 1 with pipelined PEs (``pipelined``), else 0.
+t + rows + cols + s, where s = ``Datapath.stages``: 0 without pipelined PEs (``pipelined``),
+1 with them, 2 with them and float modes (``qaccel.modes.pe_stages``).
 
 **Output-stationary** (``dataflow`` = 1). ``w`` and ``a`` are joined: each step carries one
 k-slice (``lanes`` values of k) of W (per column) and of A (per row); each PE accumulates

@@ -215,7 +215,8 @@ def _accel_manifest(cfg: config.AcceleratorConfig, accel) -> dict:
             f"{i}: {p}" for i, p in enumerate(cfg.array.modes)
         )
         if g.pe_stages:
-            params["array"] += f"; pipelined PEs (+{g.pe_stages} cycle of latency)"
+            cycles = "1 cycle" if g.pe_stages == 1 else f"{g.pe_stages} cycles"
+            params["array"] += f"; pipelined PEs (+{cycles} of latency)"
         params["array words in a scratchpad row"] = (
             f"activations: {g.rows} x {g.bus.a_word_bits} bits; weights: "
             f"{g.cols} x {g.bus.w_word_bits} bits (row 0 / column 0 lowest)"

@@ -34,7 +34,9 @@ the window) add nothing and set ``invalid``.
 
 **Pipelining** (``Datapath.pipelined``): a register between the multiplier and the
 accumulating adder, so that neither the multiply nor the add-and-saturate has the other on its
-path; everything behind it (sums, tokens, results) runs one cycle later.
+path; in a datapath with float modes, a second one after the product's shift (the product is
+registered unshifted, with its shift, and then shifted). Everything behind them (sums, tokens,
+results) runs ``Datapath.stages`` cycles later.
 
 **Dataflows.** Weight-stationary: a shadow weight, latched from the vertical weight chain while
 the active weight computes, and copied into the active one the cycle before the next tile's first
@@ -58,7 +60,15 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from qaccel import formats
-from qaccel.modes import ACT_SIG_BITS, MAX_SLICES, BusWidths, ModeSpec, shift_bits, sig_bits
+from qaccel.modes import (
+    ACT_SIG_BITS,
+    MAX_SLICES,
+    BusWidths,
+    ModeSpec,
+    pe_stages,
+    shift_bits,
+    sig_bits,
+)
 from qaccel.toolchain import DONT_MERGE
 
 __all__ = ["PE", "Datapath", "mode_cases"]
@@ -76,7 +86,7 @@ class Datapath:
     @property
     def stages(self) -> int:
         """Cycles the PE adds to the array's latency beyond one per PE."""
-        return int(self.pipelined)
+        return pe_stages(self.modes, self.pipelined)
 
     def __post_init__(self):
         if not self.modes:
@@ -306,11 +316,12 @@ class PE(wiring.Component):
         product = Signal(signed(dp.product_bits))
         lane_sum, shift, is_float = self._multiply(mul, weight, a.op, a.mode)
         if dp.pipelined:
-            # The accumulating stage runs one cycle behind the multiplier: the product is
-            # registered (a DSP's output register), the activation's tags are a_out (a_in one
-            # cycle later), and the weight's scale and flags are registered beside the product.
-            # A float product is registered unshifted, with its shift: the shifter then runs
-            # after the register, not behind a DSP that may sit far from the PE.
+            # The accumulating stage runs dp.stages cycles behind the multiplier: the product
+            # is registered (a DSP's output register), the activation's tags are a_out (a_in
+            # one cycle later), and the weight's scale and flags are registered beside the
+            # product. A float product is registered unshifted, with its shift, and registered
+            # again once shifted: the shifter then has neither a DSP that may sit far from the
+            # PE nor the accumulator's carry chain on its path.
             weight_reg = Signal(dp.w_operand(), name="weight_reg")
             mul.d.sync += weight_reg.eq(weight)
             if dp.floats and len(dp.floats) < len(dp.modes):
@@ -318,13 +329,24 @@ class PE(wiring.Component):
             elif dp.floats:  # every mode is a float mode: is_float is 1, never a register
                 lane_sum, shift = _registered(mul, lane_sum, shift)
                 is_float = Const(1)
-            else:
-                registered = Signal(signed(dp.product_bits), name="product_reg")
-                mul.d.sync += registered.eq(lane_sum)
-                lane_sum = registered
             weight, a = weight_reg, self.a_out
         if dp.floats:
-            accu.d.comb += product.eq(Mux(is_float, lane_sum << shift, lane_sum))
+            m.submodules.shifter = shifter = Module()
+            shifted = Signal(signed(dp.product_bits), name="shifted")
+            shifter.d.comb += shifted.eq(Mux(is_float, lane_sum << shift, lane_sum))
+            if dp.pipelined:
+                # The second stage: the shifted product, and the tags and weight flags the
+                # accumulator reads, one more cycle later. The tags are copies of this PE's
+                # own registers, so synthesis cannot merge them across an anti-diagonal.
+                a_late = Signal(dp.a_tagged(), name="a_late")
+                weight_late = Signal(dp.w_operand(), name="weight_late")
+                shifter.d.sync += [a_late.eq(a), weight_late.eq(weight)]
+                (shifted,) = _registered(shifter, shifted)
+                a, weight = a_late, weight_late
+            accu.d.comb += product.eq(shifted)
+        elif dp.pipelined:
+            (registered,) = _registered(mul, lane_sum)
+            accu.d.comb += product.eq(registered)
         else:
             accu.d.comb += product.eq(lane_sum)
         mode = _ModeControls(dp)

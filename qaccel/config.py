@@ -141,8 +141,9 @@ class ArrayConfig:
     # The longest K (in steps) one GEMM instruction may carry; float accumulators are sized for
     # it. 0: ``rows``.
     max_k: int = 0
-    # A register between each PE's multiplier and its accumulating adder: one more cycle of
-    # latency per GEMM, a shorter critical path (a higher clock).
+    # A register between each PE's multiplier and its accumulating adder, and in arrays with
+    # float modes one after the product's shift: one or two more cycles of latency per GEMM
+    # (qaccel.modes.pe_stages), a shorter critical path (a higher clock).
     pipelined: bool = True
 
     def __post_init__(self):

@@ -229,7 +229,7 @@ class Geometry:
             acc_cols = arr.cols
             acc_bits += [m.acc_width for m in array_modes]
             kw |= dict(rows=arr.rows, cols=arr.cols, dataflow=arr.dataflow, bus=bus, max_k=max_k)
-            kw |= dict(pe_stages=int(arr.pipelined))
+            kw |= dict(pe_stages=modes.pe_stages(array_modes, arr.pipelined))
         if cfg.lut is not None:
             lut = cfg.lut
             names = []

@@ -47,6 +47,7 @@ __all__ = [
     "decode_fields",
     "mode_spec",
     "pack_lanes",
+    "pe_stages",
     "shift_bits",
     "sig_bits",
     "unpack_lanes",
@@ -159,6 +160,17 @@ class BusWidths:
             mode_bits=max(1, (len(modes) - 1).bit_length()),
             scale_bits=8 if any(m.block for m in modes) else 0,
         )
+
+
+def pe_stages(modes, pipelined: bool) -> int:
+    """Cycles the PEs' pipeline registers add to an array's latency. Pipelined PEs register the
+    product before the accumulating adder; where a float mode shifts its product into
+    accumulator LSBs, the shifted product is registered too, so that the shifter (six levels of
+    multiplexers for the widest float accumulators) has neither the multiplier nor the adder on
+    its path."""
+    if not pipelined:
+        return 0
+    return 1 + any(not m.integer for m in modes)
 
 
 def mode_spec(

@@ -11,7 +11,7 @@ each result leaves.
 - ``ws_latency`` / ``os_latency``: the cycle contract (see ``hw.array``):
   weight-stationary, the result of the ``a`` beat accepted in cycle t leaves in cycle
   t + rows + cols + s; output-stationary, row r of the tile whose last step was accepted in cycle
-  t leaves in cycle t + rows + cols + 1 + s + r; s (``stages``) is 1 with pipelined PEs, else 0.
+  t leaves in cycle t + rows + cols + 1 + s + r; s (``stages``) is ``hw.pe.Datapath.stages``.
 - ``ws_copy_cycles``: weight-stationary, how long after a tile's first ``a`` beat the next
   tile's weights may overwrite the PEs' shadow weights.
 """

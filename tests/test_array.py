@@ -13,6 +13,7 @@ from hw.array import SystolicArray, array_modes
 from hw.pe import Datapath
 from hw.simulate import simulate_array, simulate_jobs
 from qaccel import config, formats
+from qaccel.isa import Geometry
 from qaccel.modes import BusWidths, mode_spec
 from sim.array_model import (
     check_run,
@@ -144,16 +145,50 @@ def test_array_back_to_back(shape, dataflow, pipelined):
     rows, cols = shape
     array = make_array(rows, cols, dataflow=dataflow, pipelined=pipelined)
     rng = rng_for(shape, dataflow) if not pipelined else rng_for(shape, dataflow, "pipelined")
-    _back_to_back(array, rows, cols, dataflow, int(pipelined), rng)
+    # tiny's modes include float ones: their shifted products take a second register
+    _back_to_back(array, rows, cols, dataflow, 2 * pipelined, rng)
 
 
-@pytest.mark.parametrize("pair", [("int8", "int8"), ("fp8_e4m3", "fp8_e4m3")])
+@pytest.mark.parametrize(
+    ("pair", "stages"), [(("int8", "int8"), 1), (("fp8_e4m3", "fp8_e4m3"), 2)], ids=str
+)
 @pytest.mark.parametrize("dataflow", ["ws", "os", "both"])
-def test_one_mode_pipelined_array_back_to_back(pair, dataflow):
+def test_one_mode_pipelined_array_back_to_back(pair, stages, dataflow):
     """A 3x5 array of one mode (no mode logic; a float-only PE has a constant float flag),
-    pipelined: bit-exact and on the latency formula's cycles, as with every mode."""
+    pipelined: bit-exact and on the latency formula's cycles, as with every mode. A float
+    product is registered once more after its shift."""
     array = make_array(3, 5, [pair], dataflow=dataflow, pipelined=True)
-    _back_to_back(array, 3, 5, dataflow, 1, rng_for("one mode", pair, dataflow))
+    _back_to_back(array, 3, 5, dataflow, stages, rng_for("one mode", pair, dataflow))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "pipelined", "stages"),
+    [
+        ([("int8", "int8")], False, 0),
+        ([("int8", "int8"), ("int2", "int8")], True, 1),
+        ([("fp8_e4m3", "fp8_e4m3")], False, 0),
+        ([("int8", "int8"), ("fp4_e2m1", "int8")], True, 2),
+        ([("mxfp8_e4m3", "mxfp8_e4m3")], True, 2),
+    ],
+)
+def test_pipeline_stages_follow_the_modes(pairs, pipelined, stages):
+    """The latency the array's datapath has is the one the ISA geometry (the simulator's and
+    the compiler's timing) derives from the configuration."""
+    modes = tuple(mode_spec(w, a, rows=2, acc_bits=32) for w, a in pairs)
+    assert Datapath(modes, ws=False, os=True, pipelined=pipelined).stages == stages
+    cfg = config.config_from_dict(
+        {
+            "name": "stages",
+            "array": {
+                "rows": 2,
+                "cols": 3,
+                "dataflow": "os",
+                "pipelined": pipelined,
+                "modes": [{"weight": w, "activation": a} for w, a in pairs],
+            },
+        }
+    )
+    assert Geometry.of(cfg).pe_stages == stages
 
 
 def _back_to_back(array, rows, cols, dataflow, stages, rng):
