@@ -55,7 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -587,10 +587,28 @@ def _clamp(m, mode, raw, out, widths):
 
 def _slice_product(w, a, slices: int):
     """w * a for one slice. An 8-bit slice is a plain multiply (a DSP block, where there is
-    one); narrow slices are a few shifted adds of ``a``: cheaper in LUTs than a DSP each, which
-    FPGA synthesis would otherwise spend on every 3x9 or 5x9 multiply."""
+    one). A narrow slice is a radix-4 Booth sum, cheaper in LUTs than a DSP each (which FPGA
+    synthesis would otherwise spend on every 3x9 or 5x9 multiply): w = sum_i d_i * 4**i with
+    digits d_i = -2*w[2i+1] + w[2i] + w[2i-1] in {-2..2} (w[-1] = 0, the sign bit repeated
+    above), so a 5-bit w needs 3 partial products and a 3-bit one 2, each a choice of 0, a or
+    2a. A negative digit's product is its one's complement (an XOR, which merges into the LUT
+    that chooses) and a 1 in the correction word (-x = ~x + 1), so that synthesis sums every
+    partial product and the correction in one adder tree. On ECP5 this halves the LUT4 of a
+    Bit Fusion PE's slices against summing a conditional shifted copy of a per weight bit."""
     if slices == 1:
         return w * a
-    n = len(w)  # two's complement: w = -w[n-1] * 2**(n-1) + sum(w[j] * 2**j)
-    terms = [Mux(w[j], a << j, 0) for j in range(n - 1)]
-    return sum(terms) - Mux(w[n - 1], a << (n - 1), 0)
+    n = len(w)
+    bits = [Const(0, 1), *(w[j] for j in range(n))]
+    if n % 2:
+        bits.append(w[n - 1])
+    width = len(a) + 1  # |d| <= 2
+    terms, negative = [], []
+    for i in range(0, len(bits) - 2, 2):
+        lo, mid, hi = bits[i], bits[i + 1], bits[i + 2]
+        one = lo ^ mid  # |d| = 1
+        two = Mux(hi, ~mid & ~lo, mid & lo)  # |d| = 2
+        neg = hi & ~(mid & lo)  # d < 0 (hi, mid and lo all set is d = 0)
+        magnitude = Mux(one, a, Mux(two, a << 1, 0))
+        terms.append((magnitude ^ neg.replicate(width).as_signed()) << i)
+        negative += [neg, Const(0, 1)]
+    return sum(terms) + Cat(*negative)

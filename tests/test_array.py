@@ -543,3 +543,35 @@ def test_float_only_pes_register_no_constant(pairs, registered):
 
     text = to_verilog(make_array(2, 2, pairs, pipelined=True), "array")
     assert bool(re.search(r"reg .*\bis_float_reg\b", text)) == registered
+
+
+@pytest.mark.parametrize("slices", [2, 4])
+def test_booth_slice_product_is_exact(slices):
+    """A narrow slice's Booth product, for every slice weight (two's complement, sign bit
+    included) against activations from the 9-bit extremes and random ones."""
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    from hw.pe import _slice_product
+
+    n = 8 // slices + 1
+    w, a = Signal(signed(n)), Signal(signed(9))
+    p = Signal(signed(n + 9))
+    m = Module()
+    m.d.comb += p.eq(_slice_product(w, a, slices))
+    rng = rng_for("booth", slices)
+    acts = [-256, -255, -129, -1, 0, 1, 2, 127, 254, 255, *rng.integers(-256, 256, 24).tolist()]
+    wrong = []
+
+    async def testbench(ctx):
+        for wv in range(-(1 << (n - 1)), 1 << (n - 1)):
+            for av in acts:
+                ctx.set(w, wv)
+                ctx.set(a, av)
+                if ctx.get(p) != wv * av:
+                    wrong.append((wv, av, ctx.get(p)))
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert not wrong
