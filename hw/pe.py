@@ -345,7 +345,8 @@ class PE(wiring.Component):
                 a, weight = a_late, weight_late
             accu.d.comb += product.eq(shifted)
         elif dp.pipelined:
-            (registered,) = _registered(mul, lane_sum)
+            registered = Signal(signed(dp.product_bits), name="product_reg")
+            mul.d.sync += registered.eq(lane_sum)
             accu.d.comb += product.eq(registered)
         else:
             accu.d.comb += product.eq(lane_sum)
