@@ -43,18 +43,20 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
         "arrays; the 8x8 ones take router2 (`--router router2` in their commands), as router1 "
         "had not finished the W4A8 and FP8 ones after 40 minutes on two cores and still had "
         "about 1,500 overused wires on the INT8 one after 18. MACs/cycle: the most of any "
-        "mode (the manifest's `macs_per_cycle`).",
+        "mode (the manifest's `macs_per_cycle`). Synth time: the wall time of the whole "
+        "`qaccel synth` run (Verilog, Yosys, nextpnr), two runs sharing the machine's two "
+        "cores.",
         "",
         "| array | mode | device | LUT4 | FF | DSP | Fmax (MHz) | MACs/cycle | LUT4 per "
-        "MAC/cycle | I/O wrapper | command |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "MAC/cycle | I/O wrapper | synth time | command |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for name, (target, result) in results.items():
         size, mode = name.removeprefix("array").split("_")
         label = f"{size}x{size}"
         cmd = " ".join(synth_runs.command(name, "array", target, synth_runs.router(name)))
         if isinstance(result, str):
-            lines.append(f"| {label} | {mode} | {target} | {result} | | | | | | | `{cmd}` |")
+            lines.append(f"| {label} | {mode} | {target} | {result} | | | | | | | | `{cmd}` |")
             continue
         res = result["resources"]
         fmax = f"{result['fmax_mhz']:.1f}" if result["fmax_mhz"] else "n/a"
@@ -62,7 +64,8 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
         lines.append(
             f"| {label} | {mode} | {target} | {res['LUT4']['used']} | {res['FF']['used']} | "
             f"{res['DSP']['used']} | {fmax} | {macs} | {res['LUT4']['used'] / macs:.1f} | "
-            f"{'yes' if result['wrapped_io'] else 'no'} | `{cmd}` |"
+            f"{'yes' if result['wrapped_io'] else 'no'} | "
+            f"{result['synth_seconds'] / 60:.1f} min | `{cmd}` |"
         )
     return "\n".join(lines) + "\n"
 
