@@ -44,8 +44,8 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
         "had not finished the W4A8 and FP8 ones after 40 minutes on two cores and still had "
         "about 1,500 overused wires on the INT8 one after 18. MACs/cycle: the most of any "
         "mode (the manifest's `macs_per_cycle`). Synth time: the wall time of the whole "
-        "`qaccel synth` run (Verilog, Yosys, nextpnr), two runs sharing the machine's two "
-        "cores.",
+        "`qaccel synth` run (Verilog, Yosys, nextpnr), two at a time on the machine's two "
+        "cores, often with other benchmarks beside them: an upper bound.",
         "",
         "| array | mode | device | LUT4 | FF | DSP | Fmax (MHz) | MACs/cycle | LUT4 per "
         "MAC/cycle | I/O wrapper | synth time | command |",
