@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # nextpnr's router1 had not routed these after 40 to 70 minutes on two cores, or (the 8x8 INT8
 # both-dataflow array, since ECP5 logic maps to LUT4s only) still had about 1,500 overused
-# wires after 18; router2 routes them.
+# wires after 18, or (the 4x4 W4A8 array, since its slices multiply by Booth digits) 100 to
+# 300 after 30; router2 routes them.
 ROUTER = {f"array8_{mode}": "router2" for mode in ("int8", "int8_os", "w4a8", "fp8")}
+ROUTER["array4_w4a8"] = "router2"
 
 
 def router(name: str) -> str:
