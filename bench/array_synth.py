@@ -40,9 +40,10 @@ def render(results: dict[str, tuple[str, dict | str]]) -> str:
         "LUT4 counts the two LUT4s of every CCU2C carry cell. Arrays whose ports exceed the "
         "package's pins sit behind the serial I/O wrapper (fpga/io_wrapper.py: about one FF "
         "per port bit, included in the figures). nextpnr's default router1 routes the 4x4 "
-        "arrays; the 8x8 ones take router2 (`--router router2` in their commands), as router1 "
-        "had not finished the W4A8 and FP8 ones after 40 minutes on two cores and still had "
-        "about 1,500 overused wires on the INT8 one after 18. MACs/cycle: the most of any "
+        "arrays but W4A8; the 8x8 ones and the 4x4 W4A8 take router2 (`--router router2` in "
+        "their commands), as router1 had not finished the 8x8 W4A8 and FP8 ones after 40 "
+        "minutes on two cores, and still had about 1,500 overused wires on the 8x8 INT8 one "
+        "after 18 and 100 to 300 on the 4x4 W4A8 one after 30. MACs/cycle: the most of any "
         "mode (the manifest's `macs_per_cycle`). Synth time: the wall time of the whole "
         "`qaccel synth` run (Verilog, Yosys, nextpnr), two at a time on the machine's two "
         "cores, often with other benchmarks beside them: an upper bound.",
